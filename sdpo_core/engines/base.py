@@ -1,0 +1,29 @@
+"""The generation-engine protocol shared by the `hf` and `vllm` engines."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from sdpo_core.types import Completion, SamplingParams
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """Samples completions for chat prompts from the current adapter version.
+
+    prompt_ids: the prompt already rendered with the chat template and tokenized
+    (the trainer and the engine must agree on the exact tokens).
+    """
+
+    name: str
+    adapter_version: int
+
+    def generate(self, prompt_ids: list[int], sampling: SamplingParams) -> list[Completion]:
+        """`sampling.n` completions of one prompt."""
+        ...
+
+    def load_adapter(self, path: str, version: int) -> None:
+        """Serve the PEFT adapter saved at `path` as `version` from now on."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,133 @@
+"""Plain data types shared by every part of sdpo_core (and read by service/)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a verifier says about one response.
+
+    passed:   the response solves the problem.
+    score:    fraction of tests passed, in [0, 1].
+    feedback: text the self-teacher reads ("" when there is nothing to say).
+    details:  per-test outcomes and anything else machine-readable.
+    """
+
+    passed: bool
+    score: float
+    feedback: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    n: int = 16
+    max_new_tokens: int = 512
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled response.
+
+    token_ids: the response tokens (no prompt), ending with EOS when the model stopped.
+    logprobs:  the sampler's log-prob of each token in token_ids (same length),
+               under the sampling distribution at temperature 1 (raw model log-probs).
+    """
+
+    text: str
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: Literal["stop", "length"] = "stop"
+
+
+# ---------------------------------------------------------------- solve events
+# The solve loop reports progress through a callback that receives these.
+# `kind` is the SSE event name the service uses for them.
+
+
+@dataclass(frozen=True)
+class AttemptEvent:
+    index: int  # 1-based index over every generation of the problem
+    step: int  # the SDPO step whose rollout batch produced it (0-based)
+    text: str
+    verdict: Verdict
+    num_tokens: int
+    kind: str = "attempt"
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    step: int  # 1-based count of SDPO updates done so far
+    attempts: int  # attempts so far
+    adapter_version: int
+    metrics: dict[str, float]  # loss, kl, grad_norm, masked_fraction, tokens, time_* ...
+    kind: str = "step"
+
+
+@dataclass(frozen=True)
+class SolvedEvent:
+    attempt_index: int
+    solution: str
+    attempts: int
+    steps: int
+    seconds: float
+    kind: str = "solved"
+
+
+@dataclass(frozen=True)
+class ExhaustedEvent:
+    reason: Literal["max_attempts", "max_seconds"]
+    attempts: int
+    steps: int
+    seconds: float
+    best_score: float
+    kind: str = "exhausted"
+
+
+@dataclass(frozen=True)
+class CancelledEvent:
+    attempts: int
+    steps: int
+    seconds: float
+    kind: str = "cancelled"
+
+
+@dataclass(frozen=True)
+class FailedEvent:
+    error: str
+    attempts: int
+    steps: int
+    kind: str = "failed"
+
+
+SolveEvent = AttemptEvent | StepEvent | SolvedEvent | ExhaustedEvent | CancelledEvent | FailedEvent
+
+
+def event_to_dict(event: SolveEvent) -> dict[str, Any]:
+    return asdict(event)
+
+
+@dataclass(frozen=True)
+class SolveResult:
+    status: Literal["solved", "exhausted", "cancelled", "failed"]
+    solved: bool
+    attempts: int  # attempts made in total
+    first_pass_attempt: int | None  # index of the first passing attempt (discovery time)
+    solution: str | None
+    best_score: float
+    steps: int
+    seconds: float
+    adapter_version: int
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
