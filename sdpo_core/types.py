@@ -94,14 +94,6 @@ class ExhaustedEvent:
 
 
 @dataclass(frozen=True)
-class CancelledEvent:
-    attempts: int
-    steps: int
-    seconds: float
-    kind: str = "cancelled"
-
-
-@dataclass(frozen=True)
 class FailedEvent:
     error: str
     attempts: int
@@ -109,7 +101,7 @@ class FailedEvent:
     kind: str = "failed"
 
 
-SolveEvent = AttemptEvent | StepEvent | SolvedEvent | ExhaustedEvent | CancelledEvent | FailedEvent
+SolveEvent = AttemptEvent | StepEvent | SolvedEvent | ExhaustedEvent | FailedEvent
 
 
 def event_to_dict(event: SolveEvent) -> dict[str, Any]:
@@ -118,7 +110,9 @@ def event_to_dict(event: SolveEvent) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class SolveResult:
-    status: Literal["solved", "exhausted", "cancelled", "failed"]
+    # "stopped": the caller's should_stop() said so (cancel or shutdown; the caller knows which
+    # and reports it); solve emits no terminal event then.
+    status: Literal["solved", "exhausted", "stopped", "failed"]
     solved: bool
     attempts: int  # attempts made in total
     first_pass_attempt: int | None  # index of the first passing attempt (discovery time)
