@@ -1,0 +1,16 @@
+"""The toy world: a bundled tiny model and a table-lookup problem family (DESIGN.md).
+
+DEFAULT_MODEL_DIR   the committed checkpoint (Llama config + HF tokenizer, float32)
+make_problem        (seed, n_keys) -> problem JSON
+HARD_SUITE          fixed hard problems (base pass@64 < 0.03; benchmarks/toy_passk.py)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sdpo_core.toy.world import EASY_EXAMPLE, HARD_SUITE, make_problem
+
+DEFAULT_MODEL_DIR: Path = Path(__file__).resolve().parent / "model"
+
+__all__ = ["DEFAULT_MODEL_DIR", "EASY_EXAMPLE", "HARD_SUITE", "make_problem"]

@@ -1,0 +1,174 @@
+"""The toy world: lookup-table problems whose answer only feedback can reveal.
+
+A problem has N distinct lowercase keys and a hidden, uniformly random table key -> digit.
+
+    prompt:   Problem 4821: give h(x) for x in c h a e. Answer as x=h(x).
+    response: c=7 h=4 a=2 e=5
+
+Without hints every digit is a 1-in-10 guess (N=6: p(solve) = 1e-6 per attempt). The `table`
+verifier's feedback names the expected digit of up to two failing keys, so a model that reads
+its context (the self-teacher) knows those digits. That is the in-context learning SDPO needs.
+
+This module holds the problem family (`make_problem`, `HARD_SUITE`, the examples/ files) and
+the pretraining-data generator (`training_example`), which builds teacher contexts with the
+real verifier and `render_reprompt`, so pretraining sees exactly what the solve loop shows.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import string
+from pathlib import Path
+from typing import Any
+
+from sdpo_core.config import SDPOConfig
+from sdpo_core.teacher import render_reprompt
+from sdpo_core.verifiers import build_verifier
+
+MIN_KEYS, MAX_KEYS = 1, 8
+MAX_NEW_TOKENS = 48  # N=8 needs 25 tokens (key, '=', digit per key, then EOS)
+HARD_BUDGET = {"max_attempts": 1024, "max_seconds": 900.0}
+EASY_BUDGET = {"max_attempts": 256, "max_seconds": 300.0}
+
+# Training-data mixture: kind -> weight (see `training_example`).
+MIXTURE: dict[str, float] = {
+    "plain": 0.15,  # prompt -> table: format, and unhinted digits are uniform
+    "feedback": 0.45,  # one feedback section -> table: copy the revealed digits
+    "multi": 0.20,  # 2..6 feedback sections (multi-turn form) -> table
+    "solution": 0.20,  # a correct solution, half the time with feedback -> copy it
+}
+
+
+# ------------------------------------------------------------------ problems
+
+
+def render_prompt(pid: int, keys: list[str]) -> str:
+    """The user message of a problem."""
+    return f"Problem {pid}: give h(x) for x in {' '.join(keys)}. Answer as x=h(x)."
+
+
+def render_answer(keys: list[str], table: dict[str, str]) -> str:
+    """The canonical response: `c=7 h=4 a=2` (keys in prompt order)."""
+    return " ".join(f"{k}={table[k]}" for k in keys)
+
+
+def sample_instance(rng: random.Random, n_keys: int) -> tuple[int, list[str], dict[str, str]]:
+    """(pid, keys in prompt order, table) drawn from `rng`."""
+    if not MIN_KEYS <= n_keys <= 26:
+        raise ValueError(f"n_keys must be in [{MIN_KEYS}, 26], got {n_keys}")
+    pid = rng.randrange(1000, 10000)
+    keys = rng.sample(string.ascii_lowercase, n_keys)
+    table = {k: str(rng.randrange(10)) for k in keys}
+    return pid, keys, table
+
+
+def make_problem(
+    seed: int,
+    n_keys: int,
+    *,
+    max_attempts: int | None = None,
+    max_seconds: float | None = None,
+) -> dict[str, Any]:
+    """A full problem JSON object (valid for `sdpo_core.problem.parse_problem`).
+
+    Deterministic in (seed, n_keys). Budget defaults: 1024 attempts / 900 s for N >= 4,
+    256 / 300 s below.
+    """
+    pid, keys, table = sample_instance(random.Random(seed), n_keys)
+    budget = dict(HARD_BUDGET if n_keys >= 4 else EASY_BUDGET)
+    if max_attempts is not None:
+        budget["max_attempts"] = max_attempts
+    if max_seconds is not None:
+        budget["max_seconds"] = float(max_seconds)
+    return {
+        "prompt": render_prompt(pid, keys),
+        "verifier": {"kind": "table", "cases": table, "max_failures": 2},
+        "budget": budget,
+        "sdpo": {"max_new_tokens": MAX_NEW_TOKENS},
+        "metadata": {"family": "toy-table", "seed": seed, "n_keys": n_keys},
+    }
+
+
+# Fixed hard problems (seeds outside anything pretraining draws; see training_example).
+HARD_SEEDS: list[tuple[int, int]] = [(9001 + i, 6 if i % 2 == 0 else 7) for i in range(8)]
+HARD_SUITE: list[dict[str, Any]] = [make_problem(s, n) for s, n in HARD_SEEDS]
+EASY_EXAMPLE: dict[str, Any] = make_problem(42, 2)
+
+_HARD_KEYS = {tuple(p["verifier"]["cases"]) for p in HARD_SUITE}
+
+
+def example_files() -> dict[str, dict[str, Any]]:
+    """examples/ file name -> problem JSON (kept in sync by tests/test_toy.py)."""
+    return {"toy_hard.json": HARD_SUITE[0], "toy_easy.json": EASY_EXAMPLE}
+
+
+def write_examples(directory: str | Path) -> list[Path]:
+    """Write `example_files()` into `directory` (examples/)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, problem in example_files().items():
+        path = directory / name
+        path.write_text(json.dumps(problem, indent=2) + "\n")
+        paths.append(path)
+    return paths
+
+
+# ------------------------------------------------------------------ training data
+
+
+def _attempt(rng: random.Random, keys: list[str], table: dict[str, str]) -> str:
+    """A random attempt: each key right with prob q ~ U(0, 1); some keys missing or garbled."""
+    q = rng.random()
+    parts = []
+    for k in keys:
+        if rng.random() < q:
+            parts.append(f"{k}={table[k]}")
+        elif rng.random() > 0.08:  # else missing -> "Your Output: (missing)"
+            parts.append(f"{k}={rng.choice([d for d in string.digits if d != table[k]])}")
+    attempt = " ".join(parts)
+    if rng.random() < 0.03:
+        attempt = rng.choice(["", "I don't know.", attempt.replace("=", ": ")])
+    return attempt
+
+
+def training_example(
+    rng: random.Random, cfg: SDPOConfig | None = None, kind: str | None = None
+) -> tuple[str, str, dict[str, str]]:
+    """One pretraining example: (user message, response, table). The response is always
+    the true table; the message is the plain prompt or a teacher context (`MIXTURE`)."""
+    cfg = cfg or SDPOConfig()
+    if kind is None:
+        kind = rng.choices(list(MIXTURE), weights=list(MIXTURE.values()))[0]
+    while True:
+        pid, keys, table = sample_instance(rng, rng.randint(MIN_KEYS, MAX_KEYS))
+        if tuple(keys) not in _HARD_KEYS:
+            break
+    prompt = render_prompt(pid, keys)
+    answer = render_answer(keys, table)
+    verifier = build_verifier({"kind": "table", "cases": table, "max_failures": 2})
+
+    def feedback() -> str:  # the verifier's text for a random failing attempt
+        while (verdict := verifier.verify(_attempt(rng, keys, table))).passed:
+            pass
+        return verdict.feedback
+
+    if kind == "plain":
+        message = prompt
+    elif kind == "feedback":
+        message = render_reprompt(prompt, cfg, feedbacks=[feedback()])
+    elif kind == "multi":
+        fbs = [feedback() for _ in range(rng.randint(2, 6))]
+        message = render_reprompt(prompt, cfg, feedbacks=fbs)
+    elif kind == "solution":
+        fbs = [feedback()] if rng.random() < 0.5 else []
+        message = render_reprompt(prompt, cfg, solution=answer, feedbacks=fbs)
+    else:
+        raise ValueError(f"unknown kind {kind!r}")
+    return message, answer, table
+
+
+if __name__ == "__main__":  # python -m sdpo_core.toy.world: refresh examples/
+    for p in write_examples(Path(__file__).resolve().parents[2] / "examples"):
+        print(p)
