@@ -1,0 +1,61 @@
+"""A loaded base model with its trainer and generation engine, reused across problems."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from sdpo_core.engines.base import Engine
+from sdpo_core.trainer import SDPOTrainer
+
+EngineName = Literal["hf", "vllm"]
+
+
+def default_model_dir() -> Path:
+    from sdpo_core.toy import DEFAULT_MODEL_DIR
+
+    return Path(DEFAULT_MODEL_DIR)
+
+
+@dataclass
+class Runtime:
+    model_path: str
+    trainer: SDPOTrainer
+    engine: Engine
+    _owned: list[Any] = field(default_factory=list)  # things to stop on close (a vLLM server)
+
+    def close(self) -> None:
+        self.engine.close()
+        for thing in self._owned:
+            thing.stop()
+
+
+def load_runtime(
+    model_path: str | Path | None = None,
+    *,
+    engine: EngineName = "hf",
+    vllm_url: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    max_lora_rank: int = 64,
+) -> Runtime:
+    """Load the base model once. engine="vllm" without a URL starts a local vLLM server."""
+    path = str(model_path or default_model_dir())
+    trainer = SDPOTrainer(path, device=device, dtype=dtype)
+    if engine == "hf":
+        from sdpo_core.engines.hf import HFEngine
+
+        return Runtime(path, trainer, HFEngine(trainer))
+    if engine == "vllm":
+        from sdpo_core.engines.vllm import VLLMEngine
+
+        owned: list[Any] = []
+        if vllm_url is None:
+            from sdpo_core.engines.vllm_server import launch_vllm_server
+
+            server = launch_vllm_server(path, max_lora_rank=max_lora_rank)
+            owned.append(server)
+            vllm_url = server.url
+        return Runtime(path, trainer, VLLMEngine(vllm_url, path), owned)
+    raise ValueError(f"unknown engine {engine!r}; one of 'hf', 'vllm'")

@@ -1,0 +1,335 @@
+"""The test-time SDPO loop: sample, verify, build self-teachers, update the LoRA, swap, repeat.
+
+Checkpoints (in `checkpoint_dir`) make a run resumable with every attempt counted once:
+- state.pt        the loop's counters; after generation, also the pending rollout batch.
+- trainer/        adapters, optimizer, RNG and the counters as of the last finished update.
+- adapter/        the latest student adapter in PEFT format (what users download).
+Per step: generate + verify -> state.pt (pending) -> attempt events -> update -> trainer/
+-> adapter/ -> state.pt (no pending) -> step event. After a crash the newer of state.pt and
+trainer/ wins; a pending batch is trained on rather than sampled again, and its attempt
+events are emitted again with the same indices and content (consumers drop indices they have).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sdpo_core.config import SDPOConfig
+from sdpo_core.engines.base import Engine
+from sdpo_core.problem import ProblemSpec
+from sdpo_core.runtime import Runtime
+from sdpo_core.teacher import build_teacher_contexts
+from sdpo_core.trainer import RolloutBatch, rng_state, set_rng_state
+from sdpo_core.types import (
+    AttemptEvent,
+    Completion,
+    ExhaustedEvent,
+    FailedEvent,
+    SamplingParams,
+    SolvedEvent,
+    SolveEvent,
+    SolveResult,
+    StepEvent,
+    Verdict,
+)
+from sdpo_core.verifiers import Verifier, build_verifier
+
+EventCallback = Callable[[SolveEvent], None]
+
+
+@dataclasses.dataclass
+class Pending:
+    """A rollout batch that was sampled and verified but not yet trained on."""
+
+    step: int
+    first_index: int
+    completions: list[Completion]
+    verdicts: list[Verdict]
+    time_generate: float
+    time_verify: float
+
+
+@dataclasses.dataclass
+class LoopState:
+    attempts: int = 0
+    steps: int = 0
+    adapter_version: int = 0
+    best_score: float = 0.0
+    seconds: float = 0.0  # wall time spent before this run (resumed runs)
+    pending: Pending | None = None
+    result: dict[str, Any] | None = None  # set once the problem is finished
+
+    def to_blob(self) -> dict[str, Any]:
+        blob = dataclasses.asdict(self)
+        blob["rng"] = rng_state()
+        return blob
+
+    @classmethod
+    def from_blob(cls, blob: dict[str, Any]) -> LoopState:
+        pending = blob.get("pending")
+        if pending is not None:
+            pending = Pending(
+                **{
+                    **pending,
+                    "completions": [Completion(**c) for c in pending["completions"]],
+                    "verdicts": [Verdict(**v) for v in pending["verdicts"]],
+                }
+            )
+        fields = {f.name for f in dataclasses.fields(cls)} - {"pending"}
+        return cls(pending=pending, **{k: blob[k] for k in fields})
+
+
+def latest_adapter_dir(checkpoint_dir: str | Path) -> Path | None:
+    """The latest adapter (PEFT format) a run has written, or None before the first step."""
+    path = Path(checkpoint_dir) / "adapter"
+    return path if (path / "adapter_config.json").exists() else None
+
+
+class _Checkpoints:
+    def __init__(self, root: Path | None) -> None:
+        self.root = root
+        if root is not None:
+            root.mkdir(parents=True, exist_ok=True)
+
+    def save_state(self, state: LoopState) -> None:
+        if self.root is None:
+            return
+        tmp = self.root / "state.pt.tmp"
+        torch.save(state.to_blob(), tmp)
+        os.replace(tmp, self.root / "state.pt")
+
+    def load(self, runtime: Runtime) -> LoopState | None:
+        """Restore the newest consistent state, or None when there is no checkpoint."""
+        if self.root is None:
+            return None
+        state_file = self.root / "state.pt"
+        trainer_dir = self.root / "trainer"
+        if not (trainer_dir / "trainer.pt").exists() and (self.root / "trainer.old").exists():
+            trainer_dir = self.root / "trainer.old"  # crashed between the two renames
+        blob = torch.load(state_file, weights_only=False) if state_file.exists() else None
+        trained = None
+        if (trainer_dir / "trainer.pt").exists():
+            trained = runtime.trainer.load_checkpoint(trainer_dir)  # sets the trainer's RNG too
+        if blob is None and trained is None:
+            return None
+        if blob is None or (trained is not None and trained["steps"] > blob["steps"]):
+            blob = trained  # the update finished after state.pt was last written
+        state = LoopState.from_blob(blob)
+        set_rng_state(blob["rng"])
+        return state
+
+    def save_trainer(self, runtime: Runtime, state: LoopState) -> None:
+        if self.root is not None:
+            runtime.trainer.save_checkpoint(self.root / "trainer", state.to_blob())
+
+
+def solve(
+    problem: ProblemSpec,
+    runtime: Runtime,
+    *,
+    on_event: EventCallback | None = None,
+    checkpoint_dir: str | Path | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> SolveResult:
+    """Solve one problem by test-time SDPO. Resumes from `checkpoint_dir` if it holds a run.
+
+    should_stop() is polled between phases; when it says so the run returns status "stopped"
+    (its caller knows whether that is a cancel or a shutdown) and emits no terminal event.
+    """
+    emit = on_event or (lambda _e: None)
+    stop = should_stop or (lambda: False)
+    cfg = problem.sdpo_config()
+    budget = problem.budget
+    trainer, engine = runtime.trainer, runtime.engine
+    ckpt = _Checkpoints(Path(checkpoint_dir) if checkpoint_dir else None)
+    state = LoopState()
+
+    try:
+        verifier = build_verifier(problem.verifier)
+        trainer.reset(cfg)
+        state = ckpt.load(runtime) or state
+        if state.result is not None:  # finished before a crash: report it again
+            return _finish(state, emit, SolveResult(**state.result))
+        adapter = latest_adapter_dir(checkpoint_dir) if checkpoint_dir else None
+        if state.adapter_version and adapter is not None:
+            engine.load_adapter(str(adapter), state.adapter_version)
+        prompt_ids = trainer.encode_chat(problem.prompt)
+        started = time.monotonic() - state.seconds
+
+        def elapsed() -> float:
+            return time.monotonic() - started
+
+        while True:
+            if stop():
+                return _stopped(state, elapsed())
+            if state.pending is None:
+                left = budget.max_attempts - state.attempts
+                if left <= 0 or elapsed() >= budget.max_seconds:
+                    reason = "max_attempts" if left <= 0 else "max_seconds"
+                    return _exhausted(state, reason, elapsed(), ckpt, emit)
+                state.pending = _rollout(
+                    state, engine, verifier, prompt_ids, cfg, min(left, cfg.samples_per_step)
+                )
+                state.attempts += len(state.pending.completions)
+                state.seconds = elapsed()
+                ckpt.save_state(state)
+            pending = state.pending
+            for i, (c, v) in enumerate(zip(pending.completions, pending.verdicts, strict=True)):
+                emit(
+                    AttemptEvent(pending.first_index + i, pending.step, c.text, v, len(c.token_ids))
+                )
+            state.best_score = max([state.best_score, *(v.score for v in pending.verdicts)])
+            winner = next((i for i, v in enumerate(pending.verdicts) if v.passed), None)
+            if winner is not None:
+                return _solved(state, pending, winner, elapsed(), ckpt, emit)
+            if stop():
+                return _stopped(state, elapsed())
+
+            metrics = _update(
+                state, pending, runtime, problem.prompt, prompt_ids, cfg, checkpoint_dir
+            )
+            state.pending = None
+            state.seconds = elapsed()
+            ckpt.save_trainer(runtime, state)
+            ckpt.save_state(state)
+            emit(StepEvent(state.steps, state.attempts, state.adapter_version, metrics))
+    except Exception as exc:  # reported as a failed run, never swallowed silently
+        error = f"{type(exc).__name__}: {exc}"
+        emit(FailedEvent(error, state.attempts, state.steps))
+        return _result(state, "failed", state.seconds, error=error)
+
+
+def _rollout(
+    state: LoopState,
+    engine: Engine,
+    verifier: Verifier,
+    prompt_ids: list[int],
+    cfg: SDPOConfig,
+    n: int,
+) -> Pending:
+    t0 = time.perf_counter()
+    sampling = SamplingParams(
+        n=n, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p
+    )
+    completions = engine.generate(prompt_ids, sampling)
+    t1 = time.perf_counter()
+    verdicts = verifier.verify_batch([c.text for c in completions])
+    t2 = time.perf_counter()
+    return Pending(state.steps, state.attempts + 1, completions, verdicts, t1 - t0, t2 - t1)
+
+
+def _update(
+    state: LoopState,
+    pending: Pending,
+    runtime: Runtime,
+    prompt: str,
+    prompt_ids: list[int],
+    cfg: SDPOConfig,
+    checkpoint_dir: str | Path | None,
+) -> dict[str, float]:
+    """One SDPO update on the pending batch, then export and swap the adapter."""
+    trainer, engine = runtime.trainer, runtime.engine
+    texts = [c.text for c in pending.completions]
+    contexts = build_teacher_contexts(prompt, texts, pending.verdicts, cfg)
+    batch = RolloutBatch(
+        prompt_ids=prompt_ids,
+        response_ids=[c.token_ids for c in pending.completions],
+        teacher_prompt_ids=[None if t.masked else trainer.encode_chat(t.message) for t in contexts],
+    )
+    metrics = trainer.step(batch)
+    state.steps += 1
+    state.adapter_version += 1
+    t0 = time.perf_counter()
+    adapter_dir = Path(checkpoint_dir) / "adapter" if checkpoint_dir else None
+    if adapter_dir is None and engine.name != "hf":
+        raise ValueError("the vllm engine needs a checkpoint_dir to export adapters to")
+    if adapter_dir is not None:
+        trainer.save_adapter(adapter_dir)
+    t1 = time.perf_counter()
+    engine.load_adapter(str(adapter_dir), state.adapter_version)
+    t2 = time.perf_counter()
+    metrics.update(
+        time_generate=pending.time_generate,
+        time_verify=pending.time_verify,
+        time_export=t1 - t0,
+        time_swap=t2 - t1,
+        pass_rate=sum(v.passed for v in pending.verdicts) / len(pending.verdicts),
+        mean_score=sum(v.score for v in pending.verdicts) / len(pending.verdicts),
+    )
+    return metrics
+
+
+def _result(state: LoopState, status: str, seconds: float, **kw: Any) -> SolveResult:
+    return SolveResult(
+        status=status,
+        solved=status == "solved",
+        attempts=state.attempts,
+        first_pass_attempt=kw.get("first_pass_attempt"),
+        solution=kw.get("solution"),
+        best_score=state.best_score,
+        steps=state.steps,
+        seconds=seconds,
+        adapter_version=state.adapter_version,
+        error=kw.get("error"),
+    )
+
+
+def _stopped(state: LoopState, seconds: float) -> SolveResult:
+    return _result(state, "stopped", seconds)
+
+
+def _solved(
+    state: LoopState,
+    pending: Pending,
+    winner: int,
+    seconds: float,
+    ckpt: _Checkpoints,
+    emit: EventCallback,
+) -> SolveResult:
+    result = _result(
+        state,
+        "solved",
+        seconds,
+        first_pass_attempt=pending.first_index + winner,
+        solution=pending.completions[winner].text,
+    )
+    state.pending, state.seconds, state.result = None, seconds, result.to_dict()
+    ckpt.save_state(state)
+    return _finish(state, emit, result)
+
+
+def _exhausted(
+    state: LoopState, reason: str, seconds: float, ckpt: _Checkpoints, emit: EventCallback
+) -> SolveResult:
+    result = _result(state, "exhausted", seconds, error=reason)
+    state.seconds, state.result = seconds, result.to_dict()
+    ckpt.save_state(state)
+    return _finish(state, emit, result)
+
+
+def _finish(state: LoopState, emit: EventCallback, result: SolveResult) -> SolveResult:
+    """Emit the terminal event of a finished run (again, after a resume)."""
+    if result.status == "solved":
+        emit(
+            SolvedEvent(
+                result.first_pass_attempt,
+                result.solution,
+                result.attempts,
+                result.steps,
+                result.seconds,
+            )
+        )
+    else:
+        emit(
+            ExhaustedEvent(
+                result.error, result.attempts, result.steps, result.seconds, result.best_score
+            )
+        )
+    return result
