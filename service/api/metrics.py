@@ -1,0 +1,104 @@
+"""/metrics: Prometheus text, built from the counters every worker keeps in Redis."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+
+from service.deps import SettingsDep, StoreDep
+from service.queue import Queue
+from service.store import STATUSES
+
+router = APIRouter(tags=["metrics"])
+
+_HIST = re.compile(r"^h:(?P<name>[a-z_]+):(?P<part>le:(?P<le>[^:]+)|sum)$")
+_HIST_DOCS = {
+    "solve_seconds": "Wall time of a problem from start to its terminal status.",
+    "step_seconds": "Wall time of one SDPO step.",
+    "step_generate_seconds": "Step time spent generating attempts.",
+    "step_verify_seconds": "Step time spent in the verifier.",
+    "step_train_seconds": "Step time spent in the trainer (forward/backward/optimizer).",
+    "adapter_swap_seconds": "Time to save and hot-swap the adapter into the engine.",
+}
+
+
+class _Snapshot:
+    """A collector over numbers read from Redis just before rendering."""
+
+    def __init__(self, families: list) -> None:
+        self.families = families
+
+    def collect(self):
+        yield from self.families
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
+async def metrics(store: StoreDep, settings: SettingsDep) -> Response:
+    stats = await store.stats()
+    counts = await store.status_counts()
+    workers = await store.live_workers(settings.heartbeat_timeout)
+    fams: list = []
+
+    g = GaugeMetricFamily("sdpo_problems", "Problems by status.", labels=["status"])
+    for s in STATUSES:
+        g.add_metric([s], counts.get(s, 0))
+    fams.append(g)
+
+    q = GaugeMetricFamily("sdpo_queue_depth", "Queue entries by model.", labels=["model", "state"])
+    for model in settings.models:
+        waiting, pending = await Queue(store.redis, store.prefix, model).depth()
+        q.add_metric([model, "waiting"], waiting)
+        q.add_metric([model, "pending"], pending)
+    fams.append(q)
+
+    w = GaugeMetricFamily("sdpo_workers_live", "Workers with a recent heartbeat.", labels=["model"])
+    per_model: dict[str, int] = defaultdict(int)
+    for info in workers:
+        per_model[info.get("model", "")] += 1
+    for model in sorted(set(settings.models) | set(per_model)):
+        w.add_metric([model], per_model.get(model, 0))
+    fams.append(w)
+
+    for name, doc in (
+        ("problems_created", "Problems submitted."),
+        ("attempts", "Attempts generated (each counted once)."),
+        ("verifier_runs", "Verifier runs."),
+        ("steps", "SDPO steps taken."),
+        ("attempts_passed", "Attempts that passed the verifier."),
+    ):
+        fams.append(CounterMetricFamily(f"sdpo_{name}", doc, value=stats.get(name, 0.0)))
+
+    hist: dict[str, dict] = defaultdict(lambda: {"buckets": {}, "sum": 0.0})
+    for field, value in stats.items():
+        m = _HIST.match(field)
+        if not m:
+            continue
+        if m["part"] == "sum":
+            hist[m["name"]]["sum"] = value
+        else:
+            hist[m["name"]]["buckets"][m["le"]] = value
+    for name, doc in _HIST_DOCS.items():
+        h = hist.get(name, {"buckets": {}, "sum": 0.0})
+        buckets = sorted(
+            h["buckets"].items(), key=lambda kv: float("inf") if kv[0] == "+Inf" else float(kv[0])
+        )
+        if not buckets or buckets[-1][0] != "+Inf":
+            buckets.append(("+Inf", 0.0))
+        fams.append(HistogramMetricFamily(f"sdpo_{name}", doc, buckets=buckets, sum_value=h["sum"]))
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(fams))
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

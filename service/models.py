@@ -1,0 +1,119 @@
+"""Pydantic response models: the schema of every answer in the OpenAPI document."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from sdpo_core.problem import ProblemSpec
+
+Status = Literal["queued", "running", "solved", "exhausted", "cancelled", "failed"]
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(..., description="Machine-readable error code, e.g. `invalid`, `not_found`.")
+    message: str = Field(..., description="What went wrong, for humans.")
+    field: str | None = Field(None, description="Dotted path of the offending field, if any.")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class Problem(BaseModel):
+    """A submitted problem and its progress."""
+
+    id: str
+    status: Status
+    model: str
+    attempts: int = Field(..., description="Attempts so far (each counted once).")
+    steps: int = Field(..., description="SDPO steps done.")
+    best_score: float | None = Field(None, description="Best verifier score so far, in [0, 1].")
+    solved_attempt: int | None = Field(None, description="Index of the first passing attempt.")
+    solution: str | None = Field(None, description="The passing attempt's text.")
+    error: str | None = None
+    exhausted_reason: Literal["max_attempts", "max_seconds"] | None = None
+    adapter_version: int = Field(..., description="Version of the latest LoRA adapter (0: none).")
+    cancel_requested: bool = False
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    spec: ProblemSpec
+
+
+class ProblemList(BaseModel):
+    data: list[Problem]
+    next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page.")
+
+
+class AttemptRecord(BaseModel):
+    index: int = Field(..., description="1-based attempt index.")
+    step: int = Field(..., description="SDPO step whose rollout batch produced it (0-based).")
+    text: str
+    passed: bool
+    score: float
+    feedback: str
+    num_tokens: int
+    created_at: datetime
+
+
+class AttemptList(BaseModel):
+    data: list[AttemptRecord]
+    next_cursor: int | None = Field(None, description="Pass as `after` for the next page.")
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class WorkerInfo(BaseModel):
+    name: str
+    model: str | None = None
+    host: str | None = None
+    problem: str | None = None
+
+
+class Ready(BaseModel):
+    status: Literal["ready", "not_ready"]
+    redis: bool
+    workers: list[WorkerInfo]
+
+
+def _ts(value: str | None) -> datetime | None:
+    return datetime.fromtimestamp(float(value), UTC) if value else None
+
+
+def _int(value: str | None) -> int | None:
+    return int(float(value)) if value not in (None, "") else None
+
+
+def problem_from_row(row: dict[str, str]) -> Problem:
+    """Build the resource from its Redis hash."""
+    best = row.get("best_score")
+    return Problem(
+        id=row["id"],
+        status=row["status"],  # type: ignore[arg-type]
+        model=row["model"],
+        attempts=_int(row.get("attempts")) or 0,
+        steps=_int(row.get("steps")) or 0,
+        best_score=float(best) if best not in (None, "") else None,
+        solved_attempt=_int(row.get("solved_attempt")),
+        solution=row.get("solution") or None,
+        error=row.get("error") or None,
+        exhausted_reason=row.get("exhausted_reason") or None,  # type: ignore[arg-type]
+        adapter_version=_int(row.get("adapter_version")) or 0,
+        cancel_requested=row.get("cancel_requested") == "1",
+        created_at=_ts(row["created_at"]),  # type: ignore[arg-type]
+        updated_at=_ts(row.get("updated_at") or row["created_at"]),  # type: ignore[arg-type]
+        started_at=_ts(row.get("started_at")),
+        finished_at=_ts(row.get("finished_at")),
+        spec=ProblemSpec.model_validate(json.loads(row["spec"])),
+    )
+
+
+def attempt_from_record(rec: dict) -> AttemptRecord:
+    return AttemptRecord(**{**rec, "created_at": _ts(str(rec["created_at"]))})

@@ -1,0 +1,507 @@
+"""Redis data model: problems, per-tenant index, event log, attempts, API keys, stats.
+
+Keys (P = SDPO_KEY_PREFIX):
+    P:problem:{id}            hash    the problem resource (spec, status, counters, owner ...)
+    P:tenant:{t}:problems     zset    every problem of a tenant; all scores 0, ids sort by time
+    P:tenant:{t}:active       set     the tenant's queued + running problems (per-tenant limit)
+    P:queued                  set     every queued problem (global queue cap, queue depth)
+    P:events:{id}             stream  the event log; entry ids are the SSE event ids
+    P:attempts:{id}           list    attempt records; position i holds attempt i + 1
+    P:queue:{model}           stream  the work queue of a model (see service/queue.py)
+    P:idem:{t}:{sha256(key)}  string  "{problem id} {sha256(body)}" for 24 h
+    P:apikey:{sha256(key)}    hash    tenant, key_id, created_at
+    P:apikey_id:{key_id}      string  sha256(key), to revoke by id
+    P:workers                 zset    worker name -> last heartbeat (unix seconds)
+    P:worker:{name}           hash    model, host, pid, current problem
+    P:stats                   hash    counters and histogram buckets for /metrics
+
+Every multi-key change is one Lua script, so a crash never leaves half a transition.
+Worker writes carry an owner token: a worker whose problem was reclaimed cannot write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import secrets
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+STATUSES = ("queued", "running", "solved", "exhausted", "cancelled", "failed")
+TERMINAL = frozenset({"solved", "exhausted", "cancelled", "failed"})
+TERMINAL_EVENTS = TERMINAL  # SSE event names that end a stream
+IDEMPOTENCY_TTL = 24 * 3600
+
+# Histogram buckets (seconds) for the timings /metrics reports.
+SOLVE_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
+STEP_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+def connect(url: str, **kwargs: Any) -> aioredis.Redis:
+    """An asyncio Redis client that reconnects by itself (exponential backoff, ~30 s)."""
+    return aioredis.Redis.from_url(
+        url,
+        decode_responses=True,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=40),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        socket_connect_timeout=2,
+        socket_keepalive=True,
+        health_check_interval=15,
+        **kwargs,
+    )
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def new_problem_id() -> str:
+    """`prb_` + 12 hex digits of milliseconds + 8 random: unique and sortable by time."""
+    return f"prb_{int(time.time() * 1000):012x}{secrets.token_hex(4)}"
+
+
+def histogram_incr(name: str, value: float, buckets: Sequence[float]) -> list[tuple[str, float]]:
+    """Stat increments that record one observation of a cumulative histogram."""
+    incr = [(f"h:{name}:le:{b:g}", 1.0) for b in buckets if value <= b]
+    return [*incr, (f"h:{name}:le:+Inf", 1.0), (f"h:{name}:sum", value)]
+
+
+_LUA_COMMON = """
+local function hset_pairs(key, argv, first, n)
+  for i = first, first + 2 * n - 1, 2 do redis.call('HSET', key, argv[i], argv[i + 1]) end
+  return first + 2 * n
+end
+local function incr_pairs(key, argv, first)
+  for i = first, #argv, 2 do redis.call('HINCRBYFLOAT', key, argv[i], argv[i + 1]) end
+end
+local terminal = {solved = true, exhausted = true, cancelled = true, failed = true}
+"""
+
+# KEYS: problem, tenant index, tenant active, queued set, events, queue, idem key or "", stats
+# ARGV: id, max_active, max_queued, idem value, event data, now, n, field/value * n
+_CREATE = (
+    _LUA_COMMON
+    + """
+if KEYS[7] ~= '' then
+  local existing = redis.call('GET', KEYS[7])
+  if existing then return {'existing', existing} end
+end
+if redis.call('SCARD', KEYS[3]) >= tonumber(ARGV[2]) then return {'tenant_limit', ''} end
+if redis.call('SCARD', KEYS[4]) >= tonumber(ARGV[3]) then return {'queue_full', ''} end
+hset_pairs(KEYS[1], ARGV, 8, tonumber(ARGV[7]))
+redis.call('ZADD', KEYS[2], 0, ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('SADD', KEYS[4], ARGV[1])
+redis.call('XADD', KEYS[5], '*', 'event', 'status', 'data', ARGV[5])
+local entry = redis.call('XADD', KEYS[6], '*', 'problem', ARGV[1])
+redis.call('HSET', KEYS[1], 'queue_entry', entry)
+redis.call('HINCRBY', KEYS[8], 'problems_created', 1)
+if KEYS[7] ~= '' then redis.call('SET', KEYS[7], ARGV[4], 'EX', IDEM_TTL) end
+return {'created', ARGV[1]}
+""".replace("IDEM_TTL", str(IDEMPOTENCY_TTL))
+)
+
+# KEYS: problem, tenant active, queued set, events, stats
+# ARGV: owner ('' = no check), new status, event name ('' = none), event data, now,
+#       n, field/value * n, stat/incr pairs ...
+# Returns 'ok', 'missing', 'not_owner' or 'terminal'.
+_TRANSITION = (
+    _LUA_COMMON
+    + """
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur then return 'missing' end
+if terminal[cur] then return 'terminal' end
+if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 'not_owner' end
+local id = redis.call('HGET', KEYS[1], 'id')
+local nxt = ARGV[2]
+local after = hset_pairs(KEYS[1], ARGV, 7, tonumber(ARGV[6]))
+redis.call('HSET', KEYS[1], 'status', nxt, 'updated_at', ARGV[5])
+if nxt == 'queued' then redis.call('SADD', KEYS[3], id) else redis.call('SREM', KEYS[3], id) end
+if terminal[nxt] then
+  redis.call('SREM', KEYS[2], id)
+  redis.call('HSET', KEYS[1], 'finished_at', ARGV[5], 'owner', '')
+  redis.call('HINCRBY', KEYS[5], 'problems_finished:' .. nxt, 1)
+end
+if ARGV[3] ~= '' then redis.call('XADD', KEYS[4], '*', 'event', ARGV[3], 'data', ARGV[4]) end
+incr_pairs(KEYS[5], ARGV, after)
+return 'ok'
+"""
+)
+
+# KEYS: problem, events, stats, attempts list
+# ARGV: owner, counter field, seq, event name, event data, list record ('' = none),
+#       score ('' = none), now, n, field/value * n, stat/incr pairs ...
+# Returns 'ok', 'dup', 'missing', 'not_owner' or 'terminal'.
+_RECORD = (
+    _LUA_COMMON
+    + """
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur then return 'missing' end
+if terminal[cur] then return 'terminal' end
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 'not_owner' end
+local seq = tonumber(ARGV[3])
+if seq <= (tonumber(redis.call('HGET', KEYS[1], ARGV[2])) or 0) then return 'dup' end
+redis.call('HSET', KEYS[1], ARGV[2], seq, 'updated_at', ARGV[8])
+local after = hset_pairs(KEYS[1], ARGV, 10, tonumber(ARGV[9]))
+if ARGV[7] ~= '' then
+  local best = tonumber(redis.call('HGET', KEYS[1], 'best_score')) or -1
+  if tonumber(ARGV[7]) > best then redis.call('HSET', KEYS[1], 'best_score', ARGV[7]) end
+end
+if ARGV[6] ~= '' then redis.call('RPUSH', KEYS[4], ARGV[6]) end
+redis.call('XADD', KEYS[2], '*', 'event', ARGV[4], 'data', ARGV[5])
+incr_pairs(KEYS[3], ARGV, after)
+return 'ok'
+"""
+)
+
+# KEYS: problem, tenant active, queued set, events, stats, queue
+# ARGV: now, cancelled event data, group. Returns 'cancelled', 'requested', 'terminal' or 'missing'.
+_CANCEL = """
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur then return 'missing' end
+if cur == 'running' then
+  redis.call('HSET', KEYS[1], 'cancel_requested', '1', 'updated_at', ARGV[1])
+  return 'requested'
+end
+if cur ~= 'queued' then return 'terminal' end
+local id = redis.call('HGET', KEYS[1], 'id')
+redis.call('HSET', KEYS[1], 'status', 'cancelled', 'cancel_requested', '1',
+           'updated_at', ARGV[1], 'finished_at', ARGV[1])
+redis.call('SREM', KEYS[2], id)
+redis.call('SREM', KEYS[3], id)
+redis.call('HINCRBY', KEYS[5], 'problems_finished:cancelled', 1)
+redis.call('XADD', KEYS[4], '*', 'event', 'cancelled', 'data', ARGV[2])
+local entry = redis.call('HGET', KEYS[1], 'queue_entry')
+if entry then
+  redis.call('XACK', KEYS[6], ARGV[3], entry)
+  redis.call('XDEL', KEYS[6], entry)
+end
+return 'cancelled'
+"""
+
+
+class Store:
+    """Async access to everything the service keeps in Redis."""
+
+    def __init__(self, redis: aioredis.Redis, prefix: str = "sdpo") -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self._create = redis.register_script(_CREATE)
+        self._transition = redis.register_script(_TRANSITION)
+        self._record = redis.register_script(_RECORD)
+        self._cancel = redis.register_script(_CANCEL)
+
+    # ------------------------------------------------------------------ keys
+    def key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    def problem_key(self, pid: str) -> str:
+        return self.key("problem", pid)
+
+    def events_key(self, pid: str) -> str:
+        return self.key("events", pid)
+
+    def attempts_key(self, pid: str) -> str:
+        return self.key("attempts", pid)
+
+    def queue_key(self, model: str) -> str:
+        return self.key("queue", model)
+
+    def _active_key(self, tenant: str) -> str:
+        return self.key("tenant", tenant, "active")
+
+    def _index_key(self, tenant: str) -> str:
+        return self.key("tenant", tenant, "problems")
+
+    # -------------------------------------------------------------- problems
+    async def create_problem(
+        self,
+        *,
+        tenant: str,
+        model: str,
+        spec: dict[str, Any],
+        checkpoint_root: str,
+        max_active: int,
+        max_queued: int,
+        idempotency_key: str | None = None,
+        body_hash: str = "",
+    ) -> tuple[str, str, str]:
+        """Create and enqueue a problem. Returns (outcome, problem id, stored body hash);
+        outcome is 'created', 'existing' (same idempotency key), 'tenant_limit' or 'queue_full'."""
+        pid = new_problem_id()
+        now = f"{time.time():.6f}"
+        fields = {
+            "id": pid,
+            "tenant": tenant,
+            "model": model,
+            "status": "queued",
+            "spec": json.dumps(spec),
+            "created_at": now,
+            "updated_at": now,
+            "attempts": "0",
+            "steps": "0",
+            "adapter_version": "0",
+            "checkpoint_dir": f"{checkpoint_root.rstrip('/')}/{pid}",
+            "deliveries": "0",
+        }
+        idem_key = self.key("idem", tenant, sha256(idempotency_key)) if idempotency_key else ""
+        flat = [x for kv in fields.items() for x in kv]
+        outcome, value = await self._create(
+            keys=[
+                self.problem_key(pid),
+                self._index_key(tenant),
+                self._active_key(tenant),
+                self.key("queued"),
+                self.events_key(pid),
+                self.queue_key(model),
+                idem_key,
+                self.key("stats"),
+            ],
+            args=[
+                pid,
+                max_active,
+                max_queued,
+                f"{pid} {body_hash}",
+                json.dumps({"status": "queued"}),
+                now,
+                len(fields),
+                *flat,
+            ],
+        )
+        if outcome == "existing":
+            existing_id, _, stored_hash = value.partition(" ")
+            return outcome, existing_id, stored_hash
+        return outcome, value, body_hash
+
+    async def get_problem(self, pid: str) -> dict[str, str] | None:
+        data = await self.redis.hgetall(self.problem_key(pid))
+        return data or None
+
+    async def list_problems(
+        self, tenant: str, *, status: str | None, cursor: str | None, limit: int
+    ) -> tuple[list[dict[str, str]], str | None]:
+        """A page of the tenant's problems, newest first. Returns (problems, next cursor)."""
+        index = self._index_key(tenant)
+        out: list[dict[str, str]] = []
+        start = f"({cursor}" if cursor else "+"
+        for _ in range(20):  # scan at most 20 batches per page when filtering
+            batch = await self.redis.zrange(
+                index, start, "-", desc=True, bylex=True, offset=0, num=max(limit, 50)
+            )
+            if not batch:
+                return out, None
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for pid in batch:
+                    pipe.hgetall(self.problem_key(pid))
+                rows = await pipe.execute()
+            for pid, row in zip(batch, rows, strict=True):
+                start = f"({pid}"
+                if row and (status is None or row.get("status") == status):
+                    out.append(row)
+                    if len(out) == limit:
+                        more = await self.redis.zrange(
+                            index, start, "-", desc=True, bylex=True, offset=0, num=1
+                        )
+                        return out, (pid if more else None)
+        return out, start[1:]
+
+    async def cancel(self, pid: str) -> str:
+        """Cancel a problem: 'cancelled' (was queued), 'requested' (running: the worker
+        stops within one step), 'terminal' or 'missing'."""
+        row = await self.redis.hmget(
+            self.problem_key(pid), ["tenant", "attempts", "steps", "model"]
+        )
+        tenant, attempts, steps, model = row
+        if tenant is None:
+            return "missing"
+        data = json.dumps({"attempts": int(attempts or 0), "steps": int(steps or 0)})
+        return await self._cancel(
+            keys=[
+                self.problem_key(pid),
+                self._active_key(tenant),
+                self.key("queued"),
+                self.events_key(pid),
+                self.key("stats"),
+                self.queue_key(model or ""),
+            ],
+            args=[f"{time.time():.6f}", data, "workers"],
+        )
+
+    async def cancel_requested(self, pid: str) -> bool:
+        return await self.redis.hget(self.problem_key(pid), "cancel_requested") == "1"
+
+    async def transition(
+        self,
+        pid: str,
+        status: str,
+        *,
+        owner: str = "",
+        event: str = "",
+        data: dict[str, Any] | None = None,
+        fields: dict[str, Any] | None = None,
+        stats: Iterable[tuple[str, float]] = (),
+    ) -> str:
+        """Move a problem to `status` (setting `fields`, logging `event`) unless it is
+        terminal or (with `owner`) owned by someone else."""
+        tenant = await self.redis.hget(self.problem_key(pid), "tenant")
+        if tenant is None:
+            return "missing"
+        fields = {k: ("" if v is None else str(v)) for k, v in (fields or {}).items()}
+        return await self._transition(
+            keys=[
+                self.problem_key(pid),
+                self._active_key(tenant),
+                self.key("queued"),
+                self.events_key(pid),
+                self.key("stats"),
+            ],
+            args=[
+                owner,
+                status,
+                event,
+                json.dumps(data or {}),
+                f"{time.time():.6f}",
+                len(fields),
+                *[x for kv in fields.items() for x in kv],
+                *[x for kv in stats for x in kv],
+            ],
+        )
+
+    async def record(
+        self,
+        pid: str,
+        *,
+        owner: str,
+        counter: str,
+        seq: int,
+        event: str,
+        data: dict[str, Any],
+        record: dict[str, Any] | None = None,
+        score: float | None = None,
+        fields: dict[str, Any] | None = None,
+        stats: Iterable[tuple[str, float]] = (),
+    ) -> str:
+        """Log an attempt or step event once: dropped ('dup') if `seq` <= the `counter` field."""
+        fields = {k: str(v) for k, v in (fields or {}).items()}
+        return await self._record(
+            keys=[
+                self.problem_key(pid),
+                self.events_key(pid),
+                self.key("stats"),
+                self.attempts_key(pid),
+            ],
+            args=[
+                owner,
+                counter,
+                seq,
+                event,
+                json.dumps(data),
+                json.dumps(record) if record is not None else "",
+                "" if score is None else repr(float(score)),
+                f"{time.time():.6f}",
+                len(fields),
+                *[x for kv in fields.items() for x in kv],
+                *[x for kv in stats for x in kv],
+            ],
+        )
+
+    async def attempts(self, pid: str, *, after: int, limit: int) -> tuple[list[dict], int | None]:
+        """Attempt records with index > after. Returns (records, next cursor or None)."""
+        key = self.attempts_key(pid)
+        raw = await self.redis.lrange(key, after, after + limit - 1)
+        records = [json.loads(r) for r in raw]
+        total = await self.redis.llen(key)
+        nxt = after + len(records)
+        return records, (nxt if nxt < total and records else None)
+
+    # ---------------------------------------------------------------- events
+    async def read_events(
+        self, pid: str, after: str, *, block_ms: int | None, count: int = 100
+    ) -> list[tuple[str, str, str]]:
+        """Events after stream id `after`, as (id, event, data); blocks up to block_ms."""
+        resp = await self.redis.xread({self.events_key(pid): after}, count=count, block=block_ms)
+        out = []
+        for _stream, entries in resp or []:
+            for eid, fields in entries:
+                out.append((eid, fields.get("event", "message"), fields.get("data", "{}")))
+        return out
+
+    # -------------------------------------------------------------- API keys
+    async def create_key(self, tenant: str) -> tuple[str, str]:
+        """A new API key for `tenant`. Returns (key id, key); only the hash is stored."""
+        key_id = secrets.token_hex(6)
+        key = f"sdpo_{key_id}_{secrets.token_urlsafe(24)}"
+        digest = sha256(key)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                self.key("apikey", digest),
+                mapping={"tenant": tenant, "key_id": key_id, "created_at": f"{time.time():.0f}"},
+            )
+            pipe.set(self.key("apikey_id", key_id), digest)
+            await pipe.execute()
+        return key_id, key
+
+    async def tenant_for_key(self, key: str) -> str | None:
+        return await self.redis.hget(self.key("apikey", sha256(key)), "tenant")
+
+    async def revoke_key(self, key_or_id: str) -> bool:
+        """Revoke by key id or by the key itself. True when a key was revoked."""
+        if key_or_id.startswith("sdpo_"):
+            key_or_id = key_or_id.split("_")[1]
+        digest = await self.redis.get(self.key("apikey_id", key_or_id))
+        if digest is None:
+            return False
+        await self.redis.delete(self.key("apikey", digest), self.key("apikey_id", key_or_id))
+        return True
+
+    async def list_keys(self) -> list[dict[str, str]]:
+        out = []
+        async for k in self.redis.scan_iter(match=self.key("apikey_id", "*"), count=500):
+            digest = await self.redis.get(k)
+            row = await self.redis.hgetall(self.key("apikey", digest)) if digest else {}
+            if row:
+                out.append(row)
+        return sorted(out, key=lambda r: r.get("created_at", ""))
+
+    # ------------------------------------------------------------ workers/stats
+    async def heartbeat(self, name: str, info: dict[str, Any], ttl: float) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(self.key("workers"), {name: time.time()})
+            pipe.hset(self.key("worker", name), mapping={k: str(v) for k, v in info.items()})
+            pipe.expire(self.key("worker", name), max(1, math.ceil(ttl * 4)))
+            await pipe.execute()
+
+    async def remove_worker(self, name: str) -> None:
+        await self.redis.zrem(self.key("workers"), name)
+        await self.redis.delete(self.key("worker", name))
+
+    async def live_workers(self, timeout: float) -> list[dict[str, str]]:
+        names = await self.redis.zrange(
+            self.key("workers"), time.time() - timeout, "+inf", byscore=True
+        )
+        out = []
+        for name in names:
+            info = await self.redis.hgetall(self.key("worker", name))
+            out.append({"name": name, **info})
+        return out
+
+    async def stats(self) -> dict[str, float]:
+        raw = await self.redis.hgetall(self.key("stats"))
+        return {k: float(v) for k, v in raw.items()}
+
+    async def status_counts(self) -> dict[str, int]:
+        """Problems by status: queued/running from the live sets, terminal from counters."""
+        stats = await self.stats()
+        counts = {s: int(stats.get(f"problems_finished:{s}", 0)) for s in TERMINAL}
+        counts["queued"] = await self.redis.scard(self.key("queued"))
+        created = int(stats.get("problems_created", 0))
+        counts["running"] = max(0, created - counts["queued"] - sum(counts[s] for s in TERMINAL))
+        return counts

@@ -1,0 +1,409 @@
+"""The worker: pull a problem from its model's queue, run `sdpo_core.solve`, report to Redis.
+
+One worker = one loaded model (one GPU). It
+- reads new queue entries (XREADGROUP) and takes over entries of dead workers (XAUTOCLAIM
+  once their heartbeat lapsed), resuming from the checkpoint directory recorded in Redis;
+- heartbeats: refreshes its liveness and re-claims its own entry so nobody takes it over;
+- writes every solve event to the problem's event log once (attempts deduplicated by index,
+  steps by number, terminal events by the status change) and fenced by an owner token, so a
+  worker whose problem was taken over cannot write any more;
+- stops within one step on cancel (status `cancelled`) or SIGTERM (problem handed back to
+  the queue, status `queued`), and rides out Redis restarts by reconnecting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from sdpo_core.problem import ProblemSpec
+from sdpo_core.types import (
+    AttemptEvent,
+    ExhaustedEvent,
+    FailedEvent,
+    SolvedEvent,
+    SolveEvent,
+    SolveResult,
+    StepEvent,
+    event_to_dict,
+)
+from service.queue import Entry, Queue
+from service.settings import Settings
+from service.store import SOLVE_BUCKETS, STEP_BUCKETS, TERMINAL, Store, connect, histogram_incr
+
+log = logging.getLogger("sdpo.worker")
+_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+
+# StepEvent.metrics key -> histogram name (seconds)
+_STEP_PARTS = {
+    "time_generate": "step_generate_seconds",
+    "time_verify": "step_verify_seconds",
+    "time_train": "step_train_seconds",
+}
+
+
+def model_name_for(model_path: str | None) -> str:
+    """The queue name of a model: `toy` for the bundled model, else the directory name."""
+    if model_path is None:
+        return "toy"
+    from sdpo_core.toy import DEFAULT_MODEL_DIR
+
+    path = Path(model_path).resolve()
+    return "toy" if path == Path(DEFAULT_MODEL_DIR).resolve() else path.name
+
+
+@dataclass
+class _Job:
+    entry: Entry
+    pid: str
+    owner: str
+    lost: bool = False  # another worker took the problem over
+    started: float = field(default_factory=time.monotonic)
+
+
+class Worker:
+    """A queue consumer that runs problems on one loaded runtime."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        model_path: str | None = None,
+        model_name: str | None = None,
+        engine: str = "hf",
+        vllm_url: str | None = None,
+        device: str | None = None,
+        name: str | None = None,
+        redis_url: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.model_path = model_path
+        self.model = model_name or model_name_for(model_path)
+        self.engine = engine
+        self.vllm_url = vllm_url
+        self.device = device
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.redis_url = redis_url or settings.redis_url or "redis://127.0.0.1:6379/0"
+        self._stop = threading.Event()
+        self.job: _Job | None = None
+        self.runtime: Any = None
+        self.problems_done = 0
+
+    def stop(self) -> None:
+        """Ask the worker to hand back its problem and exit (what SIGTERM does)."""
+        self._stop.set()
+
+    # ------------------------------------------------------------------ main loop
+    async def run(self, *, max_problems: int | None = None) -> None:
+        from sdpo_core.runtime import load_runtime
+
+        log.info("worker %s: loading %s (%s engine)", self.name, self.model_path, self.engine)
+        self.runtime = await asyncio.to_thread(
+            load_runtime,
+            self.model_path,
+            engine=self.engine,
+            vllm_url=self.vllm_url,
+            device=self.device,
+        )
+        redis = connect(self.redis_url)
+        self.store = Store(redis, self.settings.key_prefix)
+        self.queue = Queue(redis, self.settings.key_prefix, self.model)
+        beat = asyncio.create_task(self._heartbeat_loop())
+        log.info("worker %s: serving model %r", self.name, self.model)
+        try:
+            while not self._stop.is_set():
+                if max_problems is not None and self.problems_done >= max_problems:
+                    break
+                try:
+                    await self.queue.ensure_group()
+                    entry = await self.queue.claim_stale(
+                        self.name, self.settings.heartbeat_timeout
+                    ) or await self.queue.read(self.name, block_s=1.0)
+                except _TRANSIENT as exc:
+                    log.warning("worker %s: redis unavailable (%s); retrying", self.name, exc)
+                    await asyncio.sleep(1.0)
+                    continue
+                if entry is not None:
+                    await self._run_entry(entry)
+        finally:
+            beat.cancel()
+            try:
+                await self.store.remove_worker(self.name)
+            except _TRANSIENT:
+                pass
+            await redis.aclose()
+            self.runtime.close()
+            log.info("worker %s: stopped", self.name)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            try:
+                job = self.job
+                info = {"model": self.model, "host": socket.gethostname(), "pid": os.getpid()}
+                info["problem"] = job.pid if job else ""
+                await self.store.heartbeat(self.name, info, self.settings.heartbeat_timeout)
+                if job is not None and not await self.queue.touch(self.name, job.entry.entry_id):
+                    log.warning("worker %s: lost %s to another worker", self.name, job.pid)
+                    job.lost = True
+            except _TRANSIENT as exc:
+                log.warning("worker %s: heartbeat failed (%s)", self.name, exc)
+            except RedisError as exc:
+                log.warning("worker %s: heartbeat error (%s)", self.name, exc)
+            await asyncio.sleep(self.settings.heartbeat_seconds)
+
+    # --------------------------------------------------------------- one problem
+    async def _run_entry(self, entry: Entry) -> None:
+        from sdpo_core.solve import solve
+
+        store, pid = self.store, entry.problem_id
+        row = await _retry(store.get_problem, pid)
+        if row is None or row.get("status") in TERMINAL:
+            await _retry(self.queue.ack, entry.entry_id)
+            return
+        if entry.claimed:
+            deliveries = await _retry(self.queue.deliveries, entry.entry_id)
+            if deliveries > self.settings.max_deliveries:
+                error = f"abandoned: {deliveries - 1} workers died running it"
+                await self._finish(pid, "", "failed", {"error": error}, {"error": error})
+                await _retry(self.queue.ack, entry.entry_id)
+                return
+        if row.get("cancel_requested") == "1":
+            await self._cancelled(pid, "", row)
+            await _retry(self.queue.ack, entry.entry_id)
+            return
+
+        owner = f"{self.name}:{uuid.uuid4().hex[:12]}"
+        outcome = await _retry(
+            store.transition,
+            pid,
+            "running",
+            event="status",
+            data={"status": "running", "worker": self.name, "resumed": entry.claimed},
+            fields={
+                "owner": owner,
+                "worker": self.name,
+                "started_at": row.get("started_at") or f"{time.time():.6f}",
+            },
+        )
+        if outcome != "ok":
+            await _retry(self.queue.ack, entry.entry_id)
+            return
+        job = self.job = _Job(entry, pid, owner)
+        log.info("worker %s: running %s (resumed=%s)", self.name, pid, entry.claimed)
+        spec = ProblemSpec.model_validate(json.loads(row["spec"]))
+        loop = asyncio.get_running_loop()
+
+        def on_event(event: SolveEvent) -> None:
+            fut = asyncio.run_coroutine_threadsafe(self._publish(job, event), loop)
+            if fut.result() == "not_owner":
+                job.lost = True
+
+        def should_stop() -> bool:
+            if self._stop.is_set() or job.lost:
+                return True
+            fut = asyncio.run_coroutine_threadsafe(store.cancel_requested(pid), loop)
+            try:
+                return bool(fut.result(timeout=30))
+            except Exception:  # Redis away: keep going, the next poll asks again
+                return False
+
+        try:
+            result: SolveResult = await asyncio.to_thread(
+                solve,
+                spec,
+                self.runtime,
+                on_event=on_event,
+                checkpoint_dir=row["checkpoint_dir"],
+                should_stop=should_stop,
+            )
+        except Exception as exc:  # solve reports its own errors; this is a bug in ours
+            log.exception("worker %s: solve raised", self.name)
+            result = SolveResult("failed", False, 0, None, None, 0.0, 0, 0.0, 0, repr(exc))
+        finally:
+            self.job = None
+        await self._after(job, result)
+        self.problems_done += 1
+
+    async def _after(self, job: _Job, result: SolveResult) -> None:
+        pid, owner, entry = job.pid, job.owner, job.entry
+        if job.lost:  # someone else owns it now: leave their queue entry alone
+            log.warning("worker %s: %s was taken over; dropping", self.name, pid)
+            return
+        if result.status == "stopped":
+            if self._stop.is_set():  # shutdown: hand the problem back
+                await _retry(
+                    self.queue.requeue,
+                    problem_key=self.store.problem_key(pid),
+                    queued_key=self.store.key("queued"),
+                    events_key=self.store.events_key(pid),
+                    entry=entry,
+                    owner=owner,
+                    now=time.time(),
+                )
+                log.info("worker %s: handed %s back to the queue", self.name, pid)
+                return
+            row = await _retry(self.store.get_problem, pid) or {}
+            await self._cancelled(pid, owner, row)
+        else:  # normally the terminal event already did this; make sure
+            fields = {
+                "attempts": result.attempts,
+                "steps": result.steps,
+                "error": result.error if result.status == "failed" else None,
+            }
+            data = {"error": result.error, "attempts": result.attempts, "steps": result.steps}
+            await self._finish(pid, owner, result.status, fields, data)
+        await _retry(self.queue.ack, entry.entry_id)
+
+    async def _cancelled(self, pid: str, owner: str, row: dict[str, str]) -> None:
+        data = {"attempts": int(row.get("attempts") or 0), "steps": int(row.get("steps") or 0)}
+        await self._finish(pid, owner, "cancelled", {}, data)
+
+    async def _finish(
+        self, pid: str, owner: str, status: str, fields: dict[str, Any], data: dict[str, Any]
+    ) -> str:
+        row = await _retry(self.store.get_problem, pid) or {}
+        stats: list[tuple[str, float]] = []
+        if row.get("started_at"):
+            stats = histogram_incr(
+                "solve_seconds", time.time() - float(row["started_at"]), SOLVE_BUCKETS
+            )
+        return await _retry(
+            self.store.transition,
+            pid,
+            status,
+            owner=owner,
+            event=status,
+            data=data,
+            fields=fields,
+            stats=stats,
+        )
+
+    async def _publish(self, job: _Job, event: SolveEvent) -> str:
+        """Write one solve event to Redis (deduplicated, fenced by the owner token)."""
+        store, pid, owner = self.store, job.pid, job.owner
+        data = event_to_dict(event)
+        data.pop("kind", None)
+        if isinstance(event, AttemptEvent):
+            v = event.verdict
+            record = {
+                "index": event.index,
+                "step": event.step,
+                "text": event.text,
+                "passed": v.passed,
+                "score": v.score,
+                "feedback": v.feedback,
+                "num_tokens": event.num_tokens,
+                "created_at": round(time.time(), 6),
+            }
+            return await _retry(
+                store.record,
+                pid,
+                owner=owner,
+                counter="last_attempt_index",
+                seq=event.index,
+                event="attempt",
+                data=data,
+                record=record,
+                score=v.score,
+                fields={"attempts": event.index},
+                stats=[("attempts", 1), ("verifier_runs", 1), ("attempts_passed", int(v.passed))],
+            )
+        if isinstance(event, StepEvent):
+            m = event.metrics
+            stats: list[tuple[str, float]] = [("steps", 1)]
+            total = sum(float(m.get(k, 0.0)) for k in (*_STEP_PARTS, "time_export", "time_swap"))
+            stats += histogram_incr("step_seconds", total, STEP_BUCKETS)
+            for key, hist in _STEP_PARTS.items():
+                if key in m:
+                    stats += histogram_incr(hist, float(m[key]), STEP_BUCKETS)
+            if "time_swap" in m:
+                swap = float(m["time_swap"]) + float(m.get("time_export", 0.0))
+                stats += histogram_incr("adapter_swap_seconds", swap, STEP_BUCKETS)
+            return await _retry(
+                store.record,
+                pid,
+                owner=owner,
+                counter="last_step",
+                seq=event.step,
+                event="step",
+                data=data,
+                fields={"steps": event.step, "adapter_version": event.adapter_version},
+                stats=stats,
+            )
+        if isinstance(event, SolvedEvent):
+            fields = {
+                "solution": event.solution,
+                "solved_attempt": event.attempt_index,
+                "attempts": event.attempts,
+                "steps": event.steps,
+                "best_score": 1.0,
+            }
+            return await self._finish(pid, owner, "solved", fields, data)
+        if isinstance(event, ExhaustedEvent):
+            fields = {
+                "exhausted_reason": event.reason,
+                "attempts": event.attempts,
+                "steps": event.steps,
+            }
+            return await self._finish(pid, owner, "exhausted", fields, data)
+        if isinstance(event, FailedEvent):
+            fields = {"error": event.error, "attempts": event.attempts, "steps": event.steps}
+            return await self._finish(pid, owner, "failed", fields, data)
+        raise TypeError(f"unknown event {event!r}")
+
+
+async def _retry(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call `fn` until Redis answers (the client already retries ~30 s; this keeps going)."""
+    delay = 0.2
+    while True:
+        try:
+            return await fn(*args, **kwargs)
+        except _TRANSIENT as exc:
+            log.warning("redis unavailable (%s); retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def run_worker(
+    settings: Settings,
+    *,
+    model_path: str | None,
+    engine: str = "hf",
+    vllm_url: str | None = None,
+    device: str | None = None,
+    name: str | None = None,
+    model_name: str | None = None,
+) -> int:
+    """`sdpo worker`: run until SIGTERM/SIGINT, then hand the current problem back."""
+    worker = Worker(
+        settings,
+        model_path=model_path,
+        model_name=model_name,
+        engine=engine,
+        vllm_url=vllm_url,
+        device=device,
+        name=name,
+    )
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, worker.stop)
+        await worker.run()
+
+    asyncio.run(main())
+    return 0
