@@ -1,0 +1,97 @@
+"""The `python` verifier: a user's own `def verify(response)`, run inside the sandbox.
+
+verify returns a bool or (bool, feedback_text). The response is passed as data; it is never
+executed. A verifier that crashes or overruns fails the response with empty feedback (the
+self-teacher should not learn from the verifier's bug) and says why in details.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+from typing import Any
+
+from sdpo_core.types import Verdict
+from sdpo_core.verifiers.base import VerifierBase, VerifierSpecError, truncate
+from sdpo_core.verifiers.feedback import traceback_tail
+from sdpo_core.verifiers.sandbox import Job, RunResult, Sandbox, get_sandbox
+from sdpo_core.verifiers.spec import check_fields, check_python_source, get_int, get_number, get_str
+
+log = logging.getLogger(__name__)
+FIELDS = {"kind", "source", "timeout_s", "memory_mb", "max_feedback_chars"}
+
+
+def validate_python_spec(spec: dict[str, Any]) -> None:
+    check_fields(spec, FIELDS)
+    source = get_str(spec, "source", required=True)
+    check_python_source(source, "source")
+    names: set[str] = set()
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.ImportFrom | ast.Import):
+            names.update((a.asname or a.name) for a in node.names)
+    if "verify" not in names:
+        raise VerifierSpecError("must define verify(response)", "source")
+    get_number(spec, "timeout_s", 10.0, 0.1, 120.0)
+    get_int(spec, "memory_mb", 512, 64, 16384)
+    get_int(spec, "max_feedback_chars", 2000, 200, 100_000)
+
+
+class PythonVerifier(VerifierBase):
+    def __init__(self, spec: dict[str, Any], sandbox: Sandbox | None = None) -> None:
+        validate_python_spec(spec)
+        self.source: str = spec["source"]
+        self.timeout_s = float(spec.get("timeout_s", 10.0))
+        self.memory_mb = int(spec.get("memory_mb", 512))
+        self.max_feedback_chars = int(spec.get("max_feedback_chars", 2000))
+        self._sandbox = sandbox
+
+    @property
+    def sandbox(self) -> Sandbox:
+        return self._sandbox or get_sandbox()
+
+    def verify(self, response: str) -> Verdict:
+        return self.verify_batch([response])[0]
+
+    def verify_batch(self, responses: list[str]) -> list[Verdict]:
+        jobs = [
+            Job(
+                code=self.source,
+                harness="verify",
+                data=r,
+                timeout_s=self.timeout_s,
+                memory_mb=self.memory_mb,
+                group=i,
+            )
+            for i, r in enumerate(responses)
+        ]
+        return [self._verdict(run) for run in self.sandbox.run_many(jobs)]
+
+    def _verdict(self, run: RunResult) -> Verdict:
+        details: dict[str, Any] = {"sandbox": run.mode, "time_s": round(run.wall_s, 4)}
+        value = run.result.get("value") if run.status == "ok" else None
+        if isinstance(value, bool):
+            passed, feedback = value, ""
+        elif isinstance(value, list) and len(value) == 2 and isinstance(value[0], bool):
+            passed, feedback = value[0], str(value[1])
+        else:
+            if run.status == "ok":
+                error = f"verify() returned {value!r}; expected a bool or (bool, feedback)"
+            elif run.status == "timeout":
+                error = f"verify() exceeded its time limit of {self.timeout_s:g} s"
+            elif run.status == "memory":
+                error = f"verify() exceeded its memory limit of {self.memory_mb} MB"
+            else:
+                error = traceback_tail(run.stderr) or f"verify() failed ({run.status})"
+            log.warning("user verifier failed: %s", error.splitlines()[-1] if error else "")
+            details["verifier_error"] = error
+            return Verdict(False, 0.0, "", details)
+        if passed:
+            feedback = ""
+        elif not feedback:
+            feedback = "Wrong Answer"
+        feedback = truncate(feedback, self.max_feedback_chars)
+        return Verdict(passed, 1.0 if passed else 0.0, feedback, details)

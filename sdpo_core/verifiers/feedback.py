@@ -1,0 +1,91 @@
+"""Feedback text in LiveCodeBench's wording, which models have seen during training.
+
+One block per reported test, e.g.
+
+    Wrong Answer
+    Input: 1 2
+    Expected Output: 3
+    Your Output: 4
+
+The `table` verifier's blocks use the same wording.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+from typing import Any
+
+from sdpo_core.verifiers.base import truncate
+
+FENCE = re.compile(r"```[^\n`]*\n(.*?)```", re.S)
+OPEN_FENCE = re.compile(r"```[^\n`]*\n(.*)\Z", re.S)
+
+
+def extract_code(response: str) -> str:
+    """The last fenced code block (an unclosed final one counts), else the whole response."""
+    blocks = list(FENCE.finditer(response))
+    unclosed = OPEN_FENCE.search(response, blocks[-1].end() if blocks else 0)
+    if unclosed:
+        return unclosed.group(1)
+    return blocks[-1].group(1) if blocks else response
+
+
+TITLES = {
+    "wrong_answer": "Wrong Answer",
+    "timeout": "Time Limit Exceeded",
+    "runtime_error": "Runtime Error",
+    "compile_error": "Compilation Error",
+    "memory": "Memory Limit Exceeded",
+    "output_limit": "Output Limit Exceeded",
+}
+
+
+def traceback_tail(stderr: str, lines: int = 8) -> str:
+    text = stderr.rstrip("\n")
+    start = text.rfind("Traceback (most recent call last):")
+    if start >= 0:
+        text = text[start:]
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
+
+
+def block(test: dict[str, Any], field_chars: int) -> str:
+    """One test's feedback block. `test` is an entry of details["tests"]."""
+    status = test["status"]
+    lines = [TITLES[status]]
+    if status == "compile_error":
+        lines.append(truncate(test.get("error", ""), field_chars))
+        return "\n".join(lines)
+    shown = (
+        ("Input: ", test.get("input")),
+        ("Expected Output: ", test.get("expected")),
+        ("Your Output: ", test.get("actual") if status == "wrong_answer" else None),
+        ("", test.get("error")),
+    )
+    for label, value in shown:
+        if value is not None and (label or value):
+            lines.append(label + truncate(value.rstrip("\n"), field_chars))
+    return "\n".join(lines)
+
+
+def summarize(tests: list[dict[str, Any]], max_chars: int) -> str:
+    """The first failing test, or (when it is a wrong answer) the two shortest wrong answers."""
+    failed = [t for t in tests if t["status"] not in ("passed", "skipped")]
+    if not failed:
+        return ""
+    field_chars = max(80, max_chars // 4)
+    if failed[0]["status"] == "wrong_answer":
+        wrong = [t for t in failed if t["status"] == "wrong_answer"]
+        wrong.sort(key=lambda t: len(t.get("input") or "") + len(t.get("expected") or ""))
+        shown = sorted(wrong[:2], key=lambda t: t["index"])
+        text = "\n\n".join(block(t, field_chars) for t in shown)
+    else:
+        text = block(failed[0], field_chars)
+    return truncate(text, max_chars)

@@ -1,0 +1,534 @@
+"""The one sandbox for untrusted code (model-written solutions and users' verifiers).
+
+Each of `slots` concurrent slots owns an unprivileged uid and a pre-started fork server
+(`_sandbox_child.py`, run by the system python with an empty environment). Per run the server
+forks, unshares fresh network, IPC, UTS, mount and PID namespaces, mounts private tmpfs over
+/tmp and the other world-writable dirs, sets rlimits (address space, CPU, file size, open
+files, processes), drops to the slot uid with no_new_privs in its own session, and runs the
+code; on timeout the run's PID-namespace init is killed, which takes every process it
+started with it. Output is capped. Forking a warm server instead of spawning an interpreter
+is what keeps the sandbox cheaper than a plain `subprocess.run` (see
+benchmarks/verifier_throughput.py).
+
+Without namespaces (not root, or a container without CAP_SYS_ADMIN) it refuses to run
+anything unless the operator sets SDPO_SANDBOX=unsafe-local: then runs get rlimits, a session
+that is killed as a group, a scrubbed environment and a temporary directory, but no
+namespaces. Verdicts say which mode ran them ("sandbox" in details) and it is logged.
+"""
+
+from __future__ import annotations
+
+import atexit
+import fcntl
+import json
+import logging
+import os
+import queue
+import secrets
+import selectors
+import socket
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+log = logging.getLogger(__name__)
+
+CHILD = Path(__file__).with_name("_sandbox_child.py")
+Mode = Literal["namespaces", "unsafe-local"]
+Status = Literal[
+    "ok", "error", "timeout", "memory", "compile_error", "output_limit", "skipped", "crashed"
+]
+
+
+class SandboxError(RuntimeError):
+    """The sandbox cannot run code (e.g. namespaces unavailable and no opt-in)."""
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SandboxError(f"{name}={raw!r} is not an integer") from None
+
+
+@dataclass(frozen=True)
+class SandboxSettings:
+    """Operator settings; `from_env` reads the SDPO_SANDBOX_* variables (see docs/verifiers.md)."""
+
+    mode: Mode = "namespaces"
+    slots: int = field(default_factory=lambda: max(2, os.cpu_count() or 2))
+    uid_base: int = 61000  # slots take free uids from [uid_base, uid_base + uid_range)
+    uid_range: int = 1000
+    python: str = "/usr/bin/python3"  # must be readable by the slot uids
+    max_output_bytes: int = 8 * 1024 * 1024  # per stream; more ends the run (Output Limit)
+    nproc: int = 64
+    nofile: int = 256
+    fsize_mb: int = 64
+    tmpfs_mb: int = 64
+    lock_dir: str = "/run/sdpo-sandbox"
+
+    @classmethod
+    def from_env(cls) -> SandboxSettings:
+        mode = os.environ.get("SDPO_SANDBOX", "namespaces").strip() or "namespaces"
+        if mode not in ("namespaces", "unsafe-local"):
+            raise SandboxError(f"SDPO_SANDBOX={mode!r}: use 'namespaces' or 'unsafe-local'")
+        d = cls()
+        return cls(
+            mode=mode,  # type: ignore[arg-type]
+            slots=_env_int("SDPO_SANDBOX_SLOTS", d.slots),
+            uid_base=_env_int("SDPO_SANDBOX_UID_BASE", d.uid_base),
+            python=os.environ.get("SDPO_SANDBOX_PYTHON", d.python),
+            max_output_bytes=_env_int("SDPO_SANDBOX_MAX_OUTPUT_BYTES", d.max_output_bytes),
+            nproc=_env_int("SDPO_SANDBOX_NPROC", d.nproc),
+            lock_dir=os.environ.get("SDPO_SANDBOX_LOCK_DIR", d.lock_dir),
+        )
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run. `harness`: stdin (a program), call (fn_name(*args)), assert, verify.
+
+    `group` ties runs of one attempt together for `Sandbox.run_many`'s early stop.
+    """
+
+    code: str
+    harness: Literal["stdin", "call", "assert", "verify"] = "stdin"
+    stdin: str = ""
+    timeout_s: float = 6.0
+    memory_mb: int = 512
+    fn_name: str | None = None
+    args: str | None = None  # JSON list of positional arguments (call)
+    test: str | None = None  # test code (assert)
+    entry_point: str | None = None
+    prefix: str | None = None  # code run before the solution (assert), e.g. HumanEval's prompt
+    data: str | None = None  # the argument of verify() (verify)
+    group: int = 0
+
+
+@dataclass
+class RunResult:
+    status: Status
+    stdout: str = ""
+    stderr: str = ""
+    exit_code: int | None = None
+    signal: int | None = None
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    result: dict[str, Any] = field(default_factory=dict)  # what the harness reported
+    mode: Mode = "namespaces"
+
+
+class _Slot:
+    """One uid + one fork server; used by one thread at a time."""
+
+    def __init__(self, settings: SandboxSettings, uid: int | None, lock_fd: int | None) -> None:
+        self.settings = settings
+        self.uid = uid
+        self.lock_fd = lock_fd
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.sock: socket.socket | None = None
+        self._buf = b""
+
+    def start(self) -> None:
+        s = self.settings
+        cfg = {
+            "namespaces": s.mode == "namespaces",
+            "uid": self.uid,
+            "nproc": s.nproc,
+            "nofile": s.nofile,
+            "fsize_mb": s.fsize_mb,
+            "tmpfs_mb": s.tmpfs_mb,
+        }
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.proc = subprocess.Popen(
+                [s.python, "-I", str(CHILD), str(child.fileno()), json.dumps(cfg)],
+                pass_fds=[child.fileno()],
+                env={},
+                cwd="/",
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            parent.close()
+            raise SandboxError(f"cannot start {s.python}: {exc}") from exc
+        finally:
+            child.close()
+        self.sock = parent
+        self._buf = b""
+        hello = self._read_line(time.monotonic() + 30)
+        if hello is None or "ready" not in hello:
+            why = (hello or {}).get("error", "the fork server did not start")
+            self.stop()
+            raise SandboxError(f"sandbox unavailable ({s.mode}): {why}")
+
+    def stop(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        if self.proc is not None:
+            self.proc.kill()  # its supervisors and runs die with it (PR_SET_PDEATHSIG)
+            self.proc.wait()
+            self.proc = None
+
+    def _read_line(self, deadline: float) -> dict[str, Any] | None:
+        assert self.sock is not None
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self.sock.settimeout(left)
+            try:
+                chunk = self.sock.recv(65536)
+            except (TimeoutError, OSError):
+                return None
+            if not chunk:
+                return None
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def run(self, job: Job) -> RunResult:
+        if self.proc is None or self.proc.poll() is not None:
+            self.start()
+        assert self.sock is not None
+        nonce = secrets.token_hex(16)
+        payload = json.dumps(
+            {
+                "nonce": nonce,
+                "harness": job.harness,
+                "code": job.code,
+                "timeout_s": job.timeout_s,
+                "memory_mb": job.memory_mb,
+                "fn_name": job.fn_name,
+                "args": job.args,
+                "test": job.test,
+                "entry_point": job.entry_point,
+                "prefix": job.prefix,
+                "data": job.data,
+            }
+        ).encode()
+        in_r, in_w = os.pipe()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        res_r, res_w = os.pipe()
+        try:
+            head = struct.pack(">Q", len(payload))
+            socket.send_fds(self.sock, [head], [in_r, out_w, err_w, res_w])
+            self.sock.sendall(payload)
+        except OSError as exc:
+            for fd in (in_r, in_w, out_r, out_w, err_r, err_w, res_r, res_w):
+                os.close(fd)
+            self.stop()
+            raise SandboxError(f"sandbox slot lost: {exc}") from exc
+        for fd in (in_r, out_w, err_w, res_w):
+            os.close(fd)
+        return self._collect(job, nonce, in_w, out_r, err_r, res_r)
+
+    def _collect(
+        self, job: Job, nonce: str, in_w: int, out_r: int, err_r: int, res_r: int
+    ) -> RunResult:
+        cap = self.settings.max_output_bytes
+        data = job.stdin.encode("utf-8", "surrogateescape")
+        bufs: dict[int, bytearray] = {out_r: bytearray(), err_r: bytearray(), res_r: bytearray()}
+        caps = {out_r: cap, err_r: cap, res_r: max(cap, 16 * 1024 * 1024)}
+        over = False
+        sel = selectors.DefaultSelector()
+        for fd in bufs:
+            os.set_blocking(fd, False)
+            sel.register(fd, selectors.EVENT_READ)
+        if data:
+            os.set_blocking(in_w, False)
+            sel.register(in_w, selectors.EVENT_WRITE)
+        else:
+            os.close(in_w)
+        assert self.sock is not None
+        sel.register(self.sock, selectors.EVENT_READ)
+        self.sock.setblocking(False)
+        open_fds = set(bufs) | ({in_w} if data else set())
+        reply: dict[str, Any] | None = None
+        watchdog = time.monotonic() + job.timeout_s + 10.0
+        drain_until: float | None = None
+        try:
+            while True:
+                now = time.monotonic()
+                if reply is not None and (not (open_fds - {in_w}) or now >= (drain_until or now)):
+                    break
+                if now >= watchdog:
+                    break
+                limit = watchdog if drain_until is None else min(watchdog, drain_until)
+                for key, _ in sel.select(timeout=max(0.0, limit - now)):
+                    fd = key.fd
+                    if fd == self.sock.fileno():
+                        try:
+                            chunk = self.sock.recv(65536)
+                        except BlockingIOError:
+                            continue
+                        if not chunk:
+                            sel.unregister(self.sock)
+                            watchdog = 0.0
+                            continue
+                        self._buf += chunk
+                        if b"\n" in self._buf:
+                            line, self._buf = self._buf.split(b"\n", 1)
+                            reply = json.loads(line)
+                            sel.unregister(self.sock)
+                            drain_until = time.monotonic() + 0.5
+                    elif fd == in_w:
+                        try:
+                            data = data[os.write(in_w, data[:65536]) :]
+                        except BlockingIOError:
+                            continue
+                        except BrokenPipeError:  # the program stopped reading its input
+                            data = b""
+                        if not data:
+                            sel.unregister(in_w)
+                            os.close(in_w)
+                            open_fds.discard(in_w)
+                    else:
+                        try:
+                            chunk = os.read(fd, 65536)
+                        except BlockingIOError:
+                            continue
+                        buf = bufs[fd]
+                        if chunk and len(buf) + len(chunk) <= caps[fd]:
+                            buf += chunk
+                            continue
+                        if chunk:  # over the cap: keep what fits, stop reading (EPIPE ends it)
+                            buf += chunk[: caps[fd] - len(buf)]
+                            over = True
+                        sel.unregister(fd)
+                        os.close(fd)
+                        open_fds.discard(fd)
+        finally:
+            sel.close()
+            for fd in open_fds:
+                os.close(fd)
+            if self.sock is not None:
+                self.sock.setblocking(True)
+        if reply is None:  # the server hung or died: rebuild the slot, report a crash/timeout
+            self.stop()
+            return RunResult(
+                status="timeout" if time.monotonic() >= watchdog else "crashed",
+                stdout=bufs[out_r].decode("utf-8", "replace"),
+                stderr=bufs[err_r].decode("utf-8", "replace"),
+                mode=self.settings.mode,
+            )
+        if "error" in reply:
+            raise SandboxError(f"sandbox run failed: {reply['error']}")
+        return _classify(job, nonce, reply, bufs[out_r], bufs[err_r], bufs[res_r], over, self)
+
+
+def _classify(
+    job: Job,
+    nonce: str,
+    reply: dict[str, Any],
+    out: bytes,
+    err: bytes,
+    res: bytes,
+    over: bool,
+    slot: _Slot,
+) -> RunResult:
+    reported: dict[str, Any] = {}
+    for line in res.decode("utf-8", "replace").splitlines():
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(obj, dict):
+            continue
+        if "nonce" in obj:  # only the harness knows the nonce: ignore forged results
+            if obj.pop("nonce") != nonce:
+                continue
+            reported["done"] = True
+        for key in ("compile_error", "exception", "setup_error", "exit_called"):
+            if key in obj and key not in reported:
+                reported[key] = obj.pop(key)
+        reported.update({k: v for k, v in obj.items() if k not in reported})
+    if "setup_error" in reported:
+        raise SandboxError(f"sandbox setup failed: {reported['setup_error']}")
+    sig = reply.get("signal")
+    exit_code = reply.get("exit")
+    if reply.get("timed_out") or (sig in (24, 9) and not over):  # 24 = SIGXCPU
+        status: Status = "timeout"
+    elif over:
+        status = "output_limit"
+    elif "compile_error" in reported:
+        status = "compile_error"
+    elif reported.get("exception") == "MemoryError":
+        status = "memory"
+    elif exit_code == 0 and (job.harness == "stdin" or reported.get("done")):
+        status = "ok"
+    else:
+        status = "error"
+    return RunResult(
+        status=status,
+        stdout=out.decode("utf-8", "replace"),
+        stderr=err.decode("utf-8", "replace"),
+        exit_code=exit_code,
+        signal=sig,
+        wall_s=float(reply.get("wall_s", 0.0)),
+        cpu_s=float(reply.get("cpu_s", 0.0)),
+        result=reported,
+        mode=slot.settings.mode,
+    )
+
+
+class Sandbox:
+    """A pool of slots. `run` one job, or `run_many` in parallel across the slots."""
+
+    def __init__(self, settings: SandboxSettings | None = None) -> None:
+        self.settings = settings or SandboxSettings.from_env()
+        if self.settings.slots < 1:
+            raise SandboxError("slots must be >= 1")
+        self._free: queue.Queue[_Slot] = queue.Queue()
+        self._slots: list[_Slot] = []
+        self._lock = threading.Lock()
+        self._started = False
+        self._pool = ThreadPoolExecutor(self.settings.slots, thread_name_prefix="sandbox")
+        if self.settings.mode == "unsafe-local":
+            log.warning(
+                "SDPO_SANDBOX=unsafe-local: untrusted code runs WITHOUT namespaces "
+                "(network, other processes and the file system are reachable)"
+            )
+
+    @property
+    def mode(self) -> Mode:
+        return self.settings.mode
+
+    @property
+    def uids(self) -> list[int]:
+        return [s.uid for s in self._slots if s.uid is not None]
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._started:
+                return
+            s = self.settings
+            root = os.geteuid() == 0
+            if s.mode == "namespaces" and not root:
+                raise SandboxError(
+                    "sandbox unavailable: namespaces and per-slot uids need root; refusing to "
+                    "run untrusted code (set SDPO_SANDBOX=unsafe-local to accept weaker isolation)"
+                )
+            try:
+                for uid, lock_fd in self._claim_uids(s.slots) if root else [(None, None)] * s.slots:
+                    slot = _Slot(s, uid, lock_fd)
+                    self._slots.append(slot)
+                    slot.start()
+                    self._free.put(slot)
+            except SandboxError as exc:
+                self._close_slots()
+                if s.mode == "namespaces":
+                    raise SandboxError(
+                        f"{exc}; refusing to run untrusted code "
+                        "(set SDPO_SANDBOX=unsafe-local to accept weaker isolation)"
+                    ) from None
+                raise
+            self._started = True
+
+    def _claim_uids(self, n: int) -> list[tuple[int, int]]:
+        """Take `n` uids nobody else holds, by flock on one file per uid (across processes)."""
+        lock_dir = Path(self.settings.lock_dir)
+        lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        got: list[tuple[int, int]] = []
+        base = self.settings.uid_base
+        for uid in range(base, base + self.settings.uid_range):
+            fd = os.open(lock_dir / f"uid-{uid}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            got.append((uid, fd))
+            if len(got) == n:
+                return got
+        for _, fd in got:
+            os.close(fd)
+        raise SandboxError(f"no {n} free sandbox uids in [{base}, {base + 1000})")
+
+    def _close_slots(self) -> None:
+        for slot in self._slots:
+            slot.stop()
+            if slot.lock_fd is not None:
+                os.close(slot.lock_fd)
+        self._slots.clear()
+        while not self._free.empty():
+            self._free.get_nowait()
+
+    def run(self, job: Job) -> RunResult:
+        self._start()
+        slot = self._free.get()
+        try:
+            result = slot.run(job)
+        finally:
+            self._free.put(slot)
+        if result.status == "crashed":
+            raise SandboxError("the sandbox fork server died during a run")
+        return result
+
+    def run_many(
+        self, jobs: Sequence[Job], stop: Callable[[RunResult], bool] | None = None
+    ) -> list[RunResult]:
+        """Run `jobs` in parallel over the slots, results in order.
+
+        Once a result of some group satisfies `stop`, that group's jobs not yet started are
+        skipped (status "skipped"), e.g. stop after one Time Limit Exceeded.
+        """
+        self._start()
+        stopped: set[int] = set()
+
+        def one(job: Job) -> RunResult:
+            if job.group in stopped:
+                return RunResult(status="skipped", mode=self.mode)
+            result = self.run(job)
+            if stop is not None and stop(result):
+                stopped.add(job.group)
+            return result
+
+        return list(self._pool.map(one, jobs))
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_slots()
+            self._started = False
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_shared: Sandbox | None = None
+_shared_lock = threading.Lock()
+
+
+def get_sandbox() -> Sandbox:
+    """The process-wide sandbox, configured from the environment on first use."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = Sandbox(SandboxSettings.from_env())
+            atexit.register(_shared.close)
+        return _shared
+
+
+__all__ = [
+    "Job",
+    "RunResult",
+    "Sandbox",
+    "SandboxError",
+    "SandboxSettings",
+    "get_sandbox",
+]
