@@ -59,7 +59,7 @@ CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 16384, 1 << 18
-PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
+PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
 NS_FLAGS = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID | CLONE_NEWNET
 PRIVATE_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue")
 SANDBOX_ENV = {
@@ -294,12 +294,33 @@ def _kill_uid(uid: int) -> None:
     os.waitpid(pid, 0)
 
 
+def _kill_children() -> None:
+    """Kill and reap every child (orphans of the run land here as we are a subreaper)."""
+    me = os.getpid()
+    while True:
+        try:
+            with open(f"/proc/{me}/task/{me}/children") as f:
+                children = [int(p) for p in f.read().split()]
+        except OSError:
+            children = []
+        for child in children:
+            try:
+                os.kill(child, signal.SIGKILL)
+            except OSError:
+                pass
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+
+
 def _supervise(sock: socket.socket, req: dict, cfg: dict, fds: list[int]) -> dict:
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     workdir = None
     if cfg["namespaces"]:
         _libc(libc.unshare(NS_FLAGS), "unshare")
-    else:
+    else:  # orphans of the run become our children, so we can kill and reap them
+        _prctl(PR_SET_CHILD_SUBREAPER, 1)
         workdir = tempfile.mkdtemp(prefix="sdpo-sandbox-")
     start = time.monotonic()
     pid = os.fork()
@@ -328,6 +349,7 @@ def _supervise(sock: socket.socket, req: dict, cfg: dict, fds: list[int]) -> dic
             pass
         if cfg["uid"] is not None:
             _kill_uid(cfg["uid"])
+        _kill_children()
         shutil.rmtree(workdir, ignore_errors=True)
     return {
         "exit": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,

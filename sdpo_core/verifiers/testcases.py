@@ -149,6 +149,8 @@ def validate_tests_spec(spec: dict[str, Any]) -> None:
 
 
 class TestsVerifier(VerifierBase):
+    __test__ = False  # not a pytest class
+
     """Runs each test in its own sandboxed process; tests and attempts run in parallel."""
 
     def __init__(self, spec: dict[str, Any], sandbox: Sandbox | None = None) -> None:

@@ -1,0 +1,318 @@
+"""Containment: hostile code gets a verdict in bounded time, the host is unaffected, and no
+process of the sandbox uids is left behind. Real processes, no mocks."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from sdpo_core.verifiers import build_verifier
+from sdpo_core.verifiers.sandbox import Job, RunResult, Sandbox, SandboxError, SandboxSettings
+from sdpo_core.verifiers.testcases import TestsVerifier
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the namespace sandbox needs root")
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    settings = SandboxSettings(slots=2, max_output_bytes=1 << 20, nproc=32)
+    with Sandbox(settings) as sb:
+        sb.run(Job(code="pass"))  # start the slots
+        yield sb
+
+
+def leftovers(uids: list[int]) -> list[str]:
+    """Processes on the host whose real uid is one of the sandbox uids."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+        if int(uid_line.split()[1]) in uids:
+            found.append(f"{pid}: {status.splitlines()[0]}")
+    return found
+
+
+def run(sb: Sandbox, code: str, timeout_s: float = 2.0, **kw) -> tuple[RunResult, float]:
+    start = time.monotonic()
+    result = sb.run(Job(code=textwrap.dedent(code), timeout_s=timeout_s, **kw))
+    elapsed = time.monotonic() - start
+    assert leftovers(sb.uids) == []
+    return result, elapsed
+
+
+def test_isolated_identity(sandbox):
+    r, _ = run(
+        sandbox,
+        """
+        import os, socket
+        print(os.getuid(), os.getgid(), os.getgroups(), os.getpid(), socket.gethostname())
+        print(os.getcwd(), sorted(p for p in os.listdir('/proc') if p.isdigit()))
+        """,
+    )
+    uid, gid, groups, pid, host = r.stdout.splitlines()[0].split(" ", 4)
+    assert int(uid) in sandbox.uids and int(uid) != 0 and int(gid) == int(uid)
+    assert groups == "[]" and pid == "1" and host == "sandbox"
+    assert r.stdout.splitlines()[1] == "/tmp/work ['1']"
+
+
+def test_infinite_loop(sandbox):
+    r, elapsed = run(sandbox, "while True: pass", timeout_s=1.0)
+    assert r.status == "timeout" and elapsed < 6
+
+
+def test_fork_bomb(sandbox):
+    r, elapsed = run(
+        sandbox,
+        """
+        import os
+        while True:
+            try:
+                os.fork()
+            except OSError:
+                pass
+        """,
+        timeout_s=2.0,
+    )
+    assert r.status == "timeout" and elapsed < 10
+    assert subprocess.run(["true"]).returncode == 0  # the host can still fork
+
+
+def test_memory_bomb(sandbox):
+    r, elapsed = run(sandbox, "a = []\nwhile True:\n    a.append(bytearray(10**7))", memory_mb=256)
+    assert r.status == "memory" and elapsed < 6
+    r, _ = run(sandbox, "x = ' ' * (10**10)", memory_mb=256)
+    assert r.status == "memory"
+
+
+def test_gigabyte_print(sandbox):
+    code = "import sys\nchunk = 'x' * 2**20\nfor _ in range(1024):\n    sys.stdout.write(chunk)"
+    r, elapsed = run(sandbox, code)
+    assert r.status == "output_limit" and elapsed < 6
+    assert len(r.stdout) == sandbox.settings.max_output_bytes
+
+
+def test_no_network(sandbox):
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.settimeout(0.5)
+    port = server.getsockname()[1]
+    try:
+        r, elapsed = run(
+            sandbox,
+            f"""
+            import socket
+            for addr in [("127.0.0.1", {port}), ("203.0.113.1", 80)]:
+                s = socket.socket()
+                s.settimeout(1.5)
+                try:
+                    s.connect(addr)
+                    print(addr[0], "CONNECTED")
+                except OSError as e:
+                    print(addr[0], type(e).__name__, e.errno)
+            """,
+            timeout_s=5.0,
+        )
+        with pytest.raises(TimeoutError):
+            server.accept()  # nothing reached the host's listening socket
+    finally:
+        server.close()
+    assert "CONNECTED" not in r.stdout
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("127.0.0.1 ") and lines[1].startswith("203.0.113.1 ")
+    assert elapsed < 2.5  # refused at once: there is no route, not even loopback
+
+
+def test_writes_stay_inside(sandbox):
+    tag = uuid.uuid4().hex
+    targets = [
+        f"/tmp/escape-{tag}",
+        f"/var/tmp/escape-{tag}",
+        f"/dev/shm/escape-{tag}",
+        str(ROOT / f"escape-{tag}"),
+        f"/root/escape-{tag}",
+        f"/etc/escape-{tag}",
+    ]
+    r, _ = run(
+        sandbox,
+        f"""
+        import os
+        for path in {targets!r} + ["here-{tag}"]:
+            try:
+                with open(path, "w") as f:
+                    f.write("x")
+                print("wrote", path)
+            except OSError as e:
+                print("denied", path, e.errno)
+        print(os.getcwd())
+        """,
+    )
+    assert r.status == "ok"
+    out = r.stdout
+    for path in targets[3:]:
+        assert f"denied {path}" in out  # the host's own directories are not writable
+    for path in targets:
+        assert not Path(path).exists()  # and the private tmpfs went away with the run
+    assert f"wrote here-{tag}" in out
+    assert not Path("/tmp/work").joinpath(f"here-{tag}").exists()
+
+
+def test_service_environment_is_not_readable(sandbox, monkeypatch):
+    secret = "sdpo-secret-" + uuid.uuid4().hex
+    monkeypatch.setenv("SDPO_API_KEY_FOR_TEST", secret)
+    r, _ = run(
+        sandbox,
+        f"""
+        import os
+        print(dict(os.environ))
+        for pid in os.listdir('/proc'):
+            try:
+                print(open(f'/proc/{{pid}}/environ').read())
+            except OSError:
+                pass
+        for pid in ({os.getpid()}, {os.getppid()}):
+            try:
+                print(open(f'/proc/{{pid}}/environ').read())
+            except OSError as e:
+                print('no', pid, e.errno)
+        """,
+    )
+    assert r.status == "ok"
+    assert secret not in r.stdout + r.stderr
+    assert "SDPO_API_KEY_FOR_TEST" not in r.stdout
+    assert sorted(eval(r.stdout.splitlines()[0])) == [
+        "HOME",
+        "LANG",
+        "LC_ALL",
+        "PATH",
+        "PWD",
+        "PYTHONIOENCODING",
+        "TMPDIR",
+    ]
+
+
+def test_killing_the_parent(sandbox):
+    r, _ = run(
+        sandbox,
+        f"""
+        import os, signal
+        for pid in (os.getppid(), 1, -1, {os.getpid()}, {os.getppid()}):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                print("sent", pid)
+            except OSError as e:
+                print("failed", pid, e.errno)
+        """,
+    )
+    assert f"sent {os.getpid()}" not in r.stdout
+    again, _ = run(sandbox, "print('still here')")
+    assert again.status == "ok" and again.stdout == "still here\n"
+
+
+def test_sleep_outliving_the_run(sandbox):
+    r, elapsed = run(
+        sandbox,
+        "import subprocess, time\nsubprocess.Popen(['sleep', '600'])\ntime.sleep(600)",
+        timeout_s=1.0,
+    )
+    assert r.status == "timeout" and elapsed < 6
+    # a detached background sleep after a clean exit dies with the run's PID namespace
+    r, _ = run(sandbox, "import os\nos.system('setsid sleep 600 &')\nprint('bye')")
+    assert r.status == "ok" and r.stdout == "bye\n"
+
+
+def test_closing_stdout_early(sandbox):
+    r, elapsed = run(
+        sandbox, "import os, time\nprint('partial', flush=True)\nos.close(1)\ntime.sleep(600)"
+    )
+    assert r.status == "timeout" and r.stdout == "partial\n" and elapsed < 6
+    r, _ = run(sandbox, "import os\nprint('bye', flush=True)\nos.close(1)\nos.close(2)")
+    assert r.status == "ok" and r.stdout == "bye\n"
+
+
+def test_attempts_run_in_parallel_on_distinct_uids(sandbox):
+    code = "import os, time\ntime.sleep(1)\nprint(os.getuid())"
+    jobs = [Job(code=code, timeout_s=5.0, group=i) for i in range(4)]
+    start = time.monotonic()
+    results = sandbox.run_many(jobs)
+    elapsed = time.monotonic() - start
+    assert all(r.status == "ok" for r in results)
+    assert {int(r.stdout) for r in results} == set(sandbox.uids) and len(sandbox.uids) == 2
+    assert elapsed < 3.8  # 4 one-second runs over 2 slots, not one after the other
+    assert leftovers(sandbox.uids) == []
+
+
+def test_verify_batch_contains_hostile_attempts(sandbox):
+    v = TestsVerifier(
+        {"kind": "tests", "tests": [{"input": "2\n", "output": "4\n"}], "timeout_s": 1},
+        sandbox=sandbox,
+    )
+    good = "```python\nprint(int(input()) * 2)\n```"
+    bomb = "```python\nimport os\nwhile True:\n    os.fork()\n```"
+    start = time.monotonic()
+    verdicts = v.verify_batch([good, bomb, good, "```python\nwhile True: pass\n```"])
+    assert [x.passed for x in verdicts] == [True, False, True, False]
+    assert verdicts[3].feedback.startswith("Time Limit Exceeded")
+    assert time.monotonic() - start < 10
+    assert leftovers(sandbox.uids) == []
+
+
+# --------------------------------------------------------- no namespaces: refuse, or opt in
+
+SNIPPET = """
+import logging, sys
+logging.basicConfig(level=logging.WARNING, stream=sys.stdout)
+from sdpo_core.verifiers import build_verifier
+v = build_verifier({"kind": "tests", "tests": [{"input": "", "output": "ok"}]})
+try:
+    d = v.verify("print('ok')")
+    print("VERDICT", d.passed, d.details["sandbox"])
+except Exception as e:
+    print("REFUSED", type(e).__name__, e)
+"""
+
+
+def _without_cap_sys_admin(env_extra: dict[str, str]) -> str:
+    env = {**os.environ, **env_extra, "SDPO_SANDBOX_UID_BASE": "63000"}
+    cmd = ["setpriv", "--bounding-set", "-sys_admin", sys.executable, "-c", SNIPPET]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env, cwd=ROOT)
+    return out.stdout + out.stderr
+
+
+def test_refuses_without_namespaces_unless_opted_in():
+    text = _without_cap_sys_admin({"SDPO_SANDBOX": "namespaces"})
+    assert "REFUSED SandboxError" in text and "SDPO_SANDBOX=unsafe-local" in text
+    text = _without_cap_sys_admin({"SDPO_SANDBOX": "unsafe-local"})
+    assert "VERDICT True unsafe-local" in text
+    assert "WARNING" in text and "WITHOUT namespaces" in text
+
+
+def test_unsafe_local_mode_still_limits_and_cleans_up():
+    settings = SandboxSettings(mode="unsafe-local", slots=1, uid_base=63100)
+    with Sandbox(settings) as sb:
+        r, elapsed = run(sb, "import os\nos.system('sleep 600 &')\nwhile True: pass", 1.0)
+        assert r.status == "timeout" and r.mode == "unsafe-local" and elapsed < 6
+        v = build_verifier({"kind": "tests", "tests": [{"input": "", "output": "1"}]})
+        assert isinstance(v, TestsVerifier)
+        v._sandbox = sb
+        assert v.verify("print(1)").details["sandbox"] == "unsafe-local"
+
+
+def test_bad_settings_are_reported(monkeypatch):
+    monkeypatch.setenv("SDPO_SANDBOX", "docker")
+    with pytest.raises(SandboxError, match="unsafe-local"):
+        SandboxSettings.from_env()
