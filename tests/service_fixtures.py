@@ -37,10 +37,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_REDIS_URL = os.environ.get("SDPO_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
-def toy_model_available() -> bool:
+def toy_model_dir() -> Path:
+    """The model workers load: SDPO_TEST_MODEL if set, else the bundled toy model."""
     from sdpo_core.toy import DEFAULT_MODEL_DIR
 
-    return (Path(DEFAULT_MODEL_DIR) / "config.json").exists()
+    return Path(os.environ.get("SDPO_TEST_MODEL") or DEFAULT_MODEL_DIR)
+
+
+def toy_model_available() -> bool:
+    return (toy_model_dir() / "config.json").exists()
 
 
 def new_prefix() -> str:
@@ -151,7 +156,8 @@ def start_api(env: dict[str, str], log: Path, *, timeout: float = 30.0) -> tuple
 
 def start_worker(env: dict[str, str], log: Path, name: str, *extra: str) -> Proc:
     """`python -m service worker` on the bundled toy model."""
-    return spawn(["-m", "service", "worker", "--name", name, *extra], env, log)
+    args = ["-m", "service", "worker", "--name", name, "--model-name", "toy"]
+    return spawn([*args, "--model", str(toy_model_dir()), *extra], env, log)
 
 
 def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> Any:

@@ -1,0 +1,132 @@
+"""End to end over HTTP: a real API and a real worker on the toy model.
+
+Submit a toy problem, follow its SSE stream to `solved`, page its attempts, download the
+adapter of a run that took SDPO steps and load it with peft; cancel a running problem.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+from service_fixtures import Service, read_sse, toy_model_dir
+
+from sdpo_core.toy import HARD_SUITE, make_problem
+
+pytest_plugins = ["service_fixtures"]
+pytestmark = pytest.mark.slow
+
+
+def follow(svc: Service, pid: str, **params: str) -> list[dict]:
+    """Every event of a problem's stream, until it ends."""
+    with svc.client(timeout=600) as c:
+        with c.stream("GET", f"/v1/problems/{pid}/events", params=params) as r:
+            assert r.status_code == 200
+            return [{**e, "data": json.loads(e["data"])} for e in read_sse(r) if "id" in e]
+
+
+def check_log(events: list[dict], attempts: int) -> None:
+    """Attempt indices 1..attempts, each once, in order; ids increasing; one terminal event."""
+    idx = [e["data"]["index"] for e in events if e["event"] == "attempt"]
+    assert idx == list(range(1, attempts + 1))
+    ids = [tuple(map(int, e["id"].split("-"))) for e in events]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    terminal = [e for e in events if e["event"] in {"solved", "exhausted", "cancelled", "failed"}]
+    assert len(terminal) == 1 and terminal[0] is events[-1]
+
+
+def test_submit_follow_to_solved(sdpo_service: Service) -> None:
+    problem = make_problem(7, 1)
+    with sdpo_service.client() as c:
+        r = c.post("/v1/problems", json=problem)
+        assert r.status_code == 201, r.text
+        pid = r.json()["id"]
+    events = follow(sdpo_service, pid)
+    assert events[0]["event"] == "status" and events[0]["data"]["status"] == "queued"
+    assert any(e["event"] == "status" and e["data"]["status"] == "running" for e in events)
+    assert events[-1]["event"] == "solved", events[-1]
+    solved = events[-1]["data"]
+    with sdpo_service.client() as c:
+        p = c.get(f"/v1/problems/{pid}").json()
+        assert p["status"] == "solved" and p["solution"] == solved["solution"]
+        assert p["solved_attempt"] == solved["attempt_index"] and p["best_score"] == 1.0
+        assert p["started_at"] and p["finished_at"] and p["attempts"] == solved["attempts"]
+        check_log(events, p["attempts"])
+        # attempts, paged
+        got, after = [], 0
+        while after is not None:
+            page = c.get(f"/v1/problems/{pid}/attempts", params={"after": after, "limit": 3})
+            body = page.json()
+            got += body["data"]
+            after = body["next_cursor"]
+        assert [a["index"] for a in got] == list(range(1, p["attempts"] + 1))
+        winner = got[p["solved_attempt"] - 1]
+        assert winner["passed"] and winner["text"] == p["solution"] and winner["score"] == 1.0
+        assert all(a["feedback"] for a in got if not a["passed"])
+        # resume from the middle: exactly the rest
+        half = len(events) // 2
+        rest = follow(sdpo_service, pid, last_event_id=events[half]["id"])
+        assert [e["id"] for e in rest] == [e["id"] for e in events[half + 1 :]]
+        metrics = c.get("/metrics").text
+        assert 'sdpo_problems{status="solved"}' in metrics
+
+
+def test_adapter_download_loads_with_peft(sdpo_service: Service, tmp_path: Path) -> None:
+    problem = {**HARD_SUITE[0], "budget": {"max_attempts": 8, "max_seconds": 300}}
+    problem["sdpo"] = {**problem.get("sdpo", {}), "samples_per_step": 4}
+    with sdpo_service.client() as c:
+        pid = c.post("/v1/problems", json=problem).json()["id"]
+        events = follow(sdpo_service, pid)
+        p = c.get(f"/v1/problems/{pid}").json()
+        assert p["status"] in {"exhausted", "solved"}, p
+        check_log(events, p["attempts"])
+        steps = [e for e in events if e["event"] == "step"]
+        if not steps:
+            pytest.skip("solved in the first batch: no SDPO step, no adapter")
+        assert p["adapter_version"] == steps[-1]["data"]["adapter_version"] >= 1
+        r = c.get(f"/v1/problems/{pid}/adapter")
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"] == "application/gzip"
+        assert f"adapter-v{p['adapter_version']}" in r.headers["content-disposition"]
+    with tarfile.open(fileobj=io.BytesIO(r.content), mode="r:gz") as tar:
+        tar.extractall(tmp_path, filter="data")
+    adapter = tmp_path / "adapter"
+    assert (adapter / "adapter_config.json").exists()
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(toy_model_dir()))
+    model = PeftModel.from_pretrained(base, str(adapter))
+    lora_b = [t for n, t in model.named_parameters() if "lora_B" in n]
+    assert lora_b and any(torch.count_nonzero(t) > 0 for t in lora_b)  # it learned something
+
+
+def test_cancel_running_problem(sdpo_service: Service) -> None:
+    problem = {**HARD_SUITE[1], "budget": {"max_attempts": 4000, "max_seconds": 600}}
+    problem["sdpo"] = {**problem.get("sdpo", {}), "samples_per_step": 4}
+    with sdpo_service.client(timeout=600) as c:
+        pid = c.post("/v1/problems", json=problem).json()["id"]
+        with c.stream("GET", f"/v1/problems/{pid}/events") as r:
+            events = []
+            for e in read_sse(r):
+                if "id" not in e:
+                    continue
+                events.append(e)
+                if e["event"] == "step" and len([x for x in events if x["event"] == "step"]) == 1:
+                    cancel = c.post(f"/v1/problems/{pid}/cancel")
+                    assert cancel.status_code == 202, cancel.text
+                    assert cancel.json()["cancel_requested"] is True
+                    steps_at_cancel = json.loads(e["data"])["step"]
+        assert events[-1]["event"] == "cancelled"
+        steps_after = [json.loads(e["data"])["step"] for e in events if e["event"] == "step"]
+        assert max(steps_after) <= steps_at_cancel + 1  # stopped within one step
+        p = c.get(f"/v1/problems/{pid}").json()
+        assert p["status"] == "cancelled" and p["finished_at"]
+        # the worker is free again: a small problem still gets solved
+        pid2 = c.post("/v1/problems", json=make_problem(3, 1)).json()["id"]
+    assert follow(sdpo_service, pid2)[-1]["event"] in {"solved", "exhausted"}
