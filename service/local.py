@@ -143,6 +143,13 @@ async def _local_main(
     for sig in (signal.SIGTERM, signal.SIGINT):  # uvicorn re-raises these after it stops
         signal.signal(sig, lambda *_: worker.stop())
     worker_task = asyncio.create_task(worker.run())
+    worker_task.add_done_callback(
+        lambda t: (
+            t.cancelled()
+            or t.exception() is None
+            or log.error("the local worker stopped: %r (the API keeps running)", t.exception())
+        )
+    )
     config = uvicorn.Config(
         create_app(settings), host=settings.host, port=settings.port, log_level="info"
     )
@@ -150,5 +157,8 @@ async def _local_main(
         await uvicorn.Server(config).serve()
     finally:
         worker.stop()
-        await worker_task
+        try:
+            await worker_task
+        except Exception:  # already logged by the callback
+            pass
     return 0
