@@ -189,6 +189,9 @@ def solve(
             winner = next((i for i, v in enumerate(pending.verdicts) if v.passed), None)
             if winner is not None:
                 return _solved(state, pending, winner, elapsed(), ckpt, emit)
+            if state.attempts >= budget.max_attempts:  # an update now would never be used
+                state.pending = None
+                return _exhausted(state, "max_attempts", elapsed(), ckpt, emit)
             if stop():
                 return _stopped(state, elapsed())
 

@@ -1,0 +1,90 @@
+"""`sdpo solve PROBLEM.json`: solve one problem locally by test-time SDPO."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "solve",
+        help="solve a problem file locally (bundled tiny model on CPU by default)",
+        description="Solve one problem by test-time SDPO on this machine. The problem file is "
+        "the same JSON that POST /v1/problems accepts (docs/problem-format.md).",
+    )
+    p.add_argument("problem", help="problem JSON file")
+    p.add_argument("--engine", choices=["hf", "vllm"], default="hf")
+    p.add_argument("--model", help="base model directory (default: the bundled toy model)")
+    p.add_argument("--vllm-url", help="a running vLLM server (engine vllm); default: start one")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument(
+        "--checkpoint-dir",
+        help="where checkpoints and the adapter go; a directory holding a run resumes it "
+        "(default: runs/<problem>-<time>)",
+    )
+    p.add_argument("--seed", type=int, help="override sdpo.seed")
+    p.add_argument("--json", action="store_true", help="end stdout with one JSON result line")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sdpo_core.problem import ProblemError, load_problem
+
+    try:
+        problem = load_problem(args.problem)
+        if args.seed is not None:
+            problem = problem.model_copy(update={"sdpo": {**problem.sdpo, "seed": args.seed}})
+    except ProblemError as exc:
+        print(f"sdpo solve: {args.problem}: {exc}", file=sys.stderr)
+        return 2
+
+    from sdpo_cli.progress import ProgressDisplay
+    from sdpo_core.runtime import load_runtime
+    from sdpo_core.solve import latest_adapter_dir, solve
+    from sdpo_core.types import event_to_dict
+
+    stem = Path(args.problem).stem
+    ckpt = Path(args.checkpoint_dir or f"runs/{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    runtime = load_runtime(args.model, engine=args.engine, vllm_url=args.vllm_url, device=args.device)
+    try:
+        title = f"sdpo solve {args.problem} ({args.engine}, {Path(runtime.model_path).name})"
+        with ProgressDisplay(title, max_attempts=problem.budget.max_attempts) as display:
+            result = solve(
+                problem,
+                runtime,
+                on_event=lambda e: display.update(event_to_dict(e)),
+                checkpoint_dir=ckpt,
+            )
+    finally:
+        runtime.close()
+
+    adapter = latest_adapter_dir(ckpt)
+    out = sys.stderr if args.json else sys.stdout
+    if result.solved:
+        print(
+            f"solved at attempt {result.first_pass_attempt} "
+            f"({result.attempts} generated, {result.steps} SDPO steps, {result.seconds:.1f} s)",
+            file=out,
+        )
+        print(f"solution:\n{result.solution}", file=out)
+    else:
+        detail = result.error or result.status
+        print(
+            f"not solved ({detail}) after {result.attempts} attempts, {result.steps} steps, "
+            f"best score {result.best_score:.2f}",
+            file=out,
+        )
+    if adapter is not None:
+        print(f"adapter (PEFT): {adapter}", file=out)
+    if args.json:
+        summary = {
+            **result.to_dict(),
+            "adapter_dir": str(adapter) if adapter else None,
+            "checkpoint_dir": str(ckpt),
+        }
+        print(json.dumps(summary))
+    return 0 if result.solved else 1

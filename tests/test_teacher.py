@@ -1,0 +1,66 @@
+"""The self-teacher's context rules (DESIGN.md, from the SDPO paper and its public code)."""
+
+from __future__ import annotations
+
+from sdpo_core.config import SDPOConfig
+from sdpo_core.teacher import build_teacher_contexts, render_reprompt
+from sdpo_core.types import Verdict
+
+CFG = SDPOConfig()
+
+
+def fail(feedback: str) -> Verdict:
+    return Verdict(passed=False, score=0.0, feedback=feedback)
+
+
+PASS = Verdict(passed=True, score=1.0, feedback="")
+
+
+def test_templates_match_the_public_code_exactly() -> None:
+    msg = render_reprompt("Q?", CFG, solution="S", feedbacks=["F"])
+    assert msg == (
+        "Q?"
+        "\nCorrect solution:\n\nS\n\n"
+        "\nThe following is feedback from your unsuccessful earlier attempt:\n\nF\n\n"
+        "\n\nCorrectly solve the original question."
+    )
+    assert render_reprompt("Q?", CFG) == "Q?\n\nCorrectly solve the original question."
+
+
+def test_feedback_is_the_samples_own_and_its_attempt_is_never_in_the_prompt() -> None:
+    responses = ["attempt-zero", "attempt-one"]
+    ctx = build_teacher_contexts("Q?", responses, [fail("fb-zero"), fail("fb-one")], CFG)
+    assert "fb-zero" in ctx[0].message and "fb-one" not in ctx[0].message
+    assert "fb-one" in ctx[1].message and "fb-zero" not in ctx[1].message
+    for c, r in zip(ctx, responses, strict=True):
+        assert r not in c.message
+        assert c.has_feedback and not c.has_solution
+
+
+def test_solution_is_a_passing_sibling_never_the_sample_itself() -> None:
+    responses = ["wrong", "right-a", "right-b"]
+    ctx = build_teacher_contexts("Q?", responses, [fail("fb"), PASS, PASS], CFG)
+    assert "right-a" in ctx[0].message and "fb" in ctx[0].message  # solution + feedback
+    assert "right-b" in ctx[1].message and "right-a" not in ctx[1].message
+    assert "right-a" in ctx[2].message and "right-b" not in ctx[2].message
+
+
+def test_sample_with_neither_solution_nor_feedback_is_masked() -> None:
+    # the only passing sample has no sibling solution and no feedback; a silent failure neither
+    ctx = build_teacher_contexts("Q?", ["right", "silent"], [PASS, fail("")], CFG)
+    assert ctx[0].masked and ctx[0].message is None
+    assert not ctx[1].masked and "right" in ctx[1].message  # the sibling's solution
+
+
+def test_templates_are_configurable() -> None:
+    cfg = CFG.merged(
+        {"reprompt_template": "{prompt}|{feedback}|{solution}", "feedback_template": "<{feedback_raw}>"}
+    )
+    ctx = build_teacher_contexts("Q", ["a"], [fail("oops")], cfg)
+    assert ctx[0].message == "Q|<oops>|"
+
+
+def test_feedback_is_truncated_to_the_configured_length() -> None:
+    cfg = CFG.merged({"max_feedback_chars": 10})
+    ctx = build_teacher_contexts("Q", ["a"], [fail("x" * 50)], cfg)
+    assert "x" * 10 in ctx[0].message and "x" * 11 not in ctx[0].message

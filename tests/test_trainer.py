@@ -1,0 +1,150 @@
+"""The LoRA SDPO trainer on the bundled model: updates, teachers, adapters, checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from sdpo_core.config import SDPOConfig
+from sdpo_core.teacher import render_reprompt
+from sdpo_core.toy import make_problem
+from sdpo_core.trainer import STUDENT, TEACHER, RolloutBatch
+
+CFG = SDPOConfig(lr=1e-3, lora_rank=8, micro_batch_size=2, seed=3)
+
+
+def make_batch(trainer, n: int = 4) -> RolloutBatch:
+    """A batch whose teachers see feedback revealing the answer (a strong, real signal)."""
+    problem = make_problem(7, 3)
+    cases = problem["verifier"]["cases"]
+    keys = list(cases)
+    responses, teachers = [], []
+    for i in range(n):
+        wrong = " ".join(f"{k}={(int(cases[k]) + 1 + i) % 10}" for k in keys)
+        responses.append(trainer.tokenizer(wrong, add_special_tokens=False)["input_ids"])
+        fb = "\n\n".join(
+            f"Wrong Answer\nInput: {k}\nExpected Output: {cases[k]}\nYour Output: x" for k in keys[:2]
+        )
+        teachers.append(trainer.encode_chat(render_reprompt(problem["prompt"], CFG, feedbacks=[fb])))
+    return RolloutBatch(trainer.encode_chat(problem["prompt"]), responses, teachers)
+
+
+def student_params(trainer) -> dict[str, torch.Tensor]:
+    return {
+        n: p.detach().clone() for n, p in trainer.model.named_parameters() if f".{STUDENT}." in n
+    }
+
+
+def test_step_reports_metrics_and_lowers_the_loss(runtime) -> None:
+    trainer = runtime.trainer
+    trainer.reset(CFG)
+    batch = make_batch(trainer)
+    first = trainer.step(batch)
+    for key in ("loss", "kl", "grad_norm", "masked_fraction", "tokens", "time_teacher", "time_student"):
+        assert key in first
+    assert first["loss"] > 0 and first["grad_norm"] > 0 and first["masked_fraction"] == 0.0
+    losses = [trainer.step(batch)["loss"] for _ in range(5)]
+    assert losses[-1] < first["loss"]
+
+
+def test_masked_samples_give_no_update(runtime) -> None:
+    trainer = runtime.trainer
+    trainer.reset(CFG)
+    batch = make_batch(trainer)
+    batch.teacher_prompt_ids = [None] * len(batch.response_ids)
+    before = student_params(trainer)
+    metrics = trainer.step(batch)
+    assert metrics["masked_fraction"] == 1.0 and metrics["skipped"] == 1.0
+    after = student_params(trainer)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_ema_teacher_tracks_the_student(runtime) -> None:
+    trainer = runtime.trainer
+    trainer.reset(CFG)
+    named = dict(trainer.model.named_parameters())
+    pairs = [(n, n.replace(f".{STUDENT}.", f".{TEACHER}.")) for n in named if f".{STUDENT}." in n]
+    teacher_before = {t: named[t].detach().clone() for _, t in pairs}
+    trainer.step(make_batch(trainer))
+    moved = 0
+    for s, t in pairs:
+        expected = torch.lerp(teacher_before[t], named[s].detach(), CFG.ema_rate)
+        torch.testing.assert_close(named[t].detach(), expected)
+        moved += not torch.equal(named[t], teacher_before[t])
+    assert moved > 0
+
+
+def test_trust_region_teacher_interpolates_reference_and_student(runtime) -> None:
+    trainer = runtime.trainer
+    cfg = CFG.merged({"teacher_regularization": "trust_region", "trust_region_alpha": 0.3})
+    trainer.reset(cfg)
+    batch = make_batch(trainer, n=2)
+    trainer.step(batch)  # the student now differs from the reference
+    prompts, responses = batch.teacher_prompt_ids, batch.response_ids
+    with torch.no_grad(), trainer.model.disable_adapter():
+        ref = trainer._response_logits(prompts, responses)[0]
+    with torch.no_grad():
+        cur = trainer._response_logits(prompts, responses)[0]
+    assert not torch.allclose(ref, cur)
+    torch.testing.assert_close(trainer._teacher_logits(prompts, responses), torch.lerp(ref, cur, 0.3))
+    assert TEACHER not in trainer.model.peft_config  # no second adapter needed
+
+
+def test_adapter_loads_in_peft_with_the_same_logprobs(runtime, toy_model_dir: Path, tmp_path) -> None:
+    trainer = runtime.trainer
+    trainer.reset(CFG)
+    batch = make_batch(trainer)
+    for _ in range(3):
+        trainer.step(batch)
+    trainer.save_adapter(tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "adapter_config.json").exists()
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+    base = AutoModelForCausalLM.from_pretrained(toy_model_dir)
+    peft_model = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+    prompt, response = batch.prompt_ids, batch.response_ids[0]
+    ids = torch.tensor([prompt + response])
+    with torch.no_grad():
+        logits = peft_model(input_ids=ids).logits[0, len(prompt) - 1 : -1]
+    theirs = torch.log_softmax(logits, -1).gather(-1, torch.tensor(response)[:, None])[:, 0]
+    ours = torch.tensor(trainer.sequence_logprobs(prompt, response))
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    with torch.no_grad(), trainer.model.disable_adapter():
+        base_logits = trainer.model(input_ids=ids).logits[0, len(prompt) - 1 : -1]
+    assert not torch.allclose(base_logits, logits)  # the adapter is not a no-op
+
+
+@pytest.mark.parametrize("regularization", ["ema", "trust_region"])
+def test_checkpoint_restores_an_exact_continuation(runtime, tmp_path, regularization) -> None:
+    trainer = runtime.trainer
+    cfg = CFG.merged({"teacher_regularization": regularization})
+    trainer.reset(cfg)
+    batch = make_batch(trainer)
+    trainer.step(batch)
+    trainer.save_checkpoint(tmp_path / "ckpt", {"steps": 1})
+    torch.manual_seed(1234)
+    expected_noise = torch.rand(3)
+    expected = trainer.step(batch)
+    expected_params = student_params(trainer)
+
+    trainer.reset(cfg.merged({"seed": 99}))  # scramble everything
+    assert trainer.load_checkpoint(tmp_path / "ckpt") == {"steps": 1}
+    torch.manual_seed(1234)
+    assert torch.equal(torch.rand(3), expected_noise)
+    got = trainer.step(batch)
+    assert got["loss"] == pytest.approx(expected["loss"], abs=1e-7)
+    params = student_params(trainer)
+    assert all(torch.equal(params[k], expected_params[k]) for k in params)
+
+
+def test_checkpoint_restores_the_rng(runtime, tmp_path) -> None:
+    trainer = runtime.trainer
+    trainer.reset(CFG)
+    trainer.save_checkpoint(tmp_path / "ckpt", {})
+    expected = torch.rand(4)
+    torch.rand(100)
+    trainer.load_checkpoint(tmp_path / "ckpt")
+    assert torch.equal(torch.rand(4), expected)
