@@ -1,0 +1,61 @@
+"""`sdpo solve` as a user runs it: a real subprocess on the bundled model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+SDPO = [sys.executable, "-m", "sdpo_cli.main"]
+
+
+def sdpo(*args: str, cwd: Path = REPO, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*SDPO, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def test_solve_easy_example_json(tmp_path: Path) -> None:
+    proc = sdpo("solve", "examples/toy_easy.json", "--json", "--checkpoint-dir", str(tmp_path / "run"))
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["solved"] is True
+    assert summary["attempts"] >= summary["first_pass_attempt"] >= 1
+    assert summary["solution"] and summary["seconds"] > 0
+    assert "passed" in proc.stderr or "attempts" in proc.stderr  # progress went to stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ('{"verifier": {"kind": "table", "cases": {"a": "1"}}}', "prompt"),
+        ('{"prompt": "q", "verifier": {"kind": "nope"}}', "verifier.kind"),
+        ('{"prompt": "q", "verifier": {"kind": "table", "cases": {}}}', "verifier.cases"),
+        (
+            '{"prompt": "q", "verifier": {"kind": "table", "cases": {"a": "1"}}, "sdpo": {"lr": -1}}',
+            "sdpo.lr",
+        ),
+        (
+            '{"prompt": "q", "verifier": {"kind": "table", "cases": {"a": "1"}}, "budget": {"max_attempts": 0}}',
+            "budget.max_attempts",
+        ),
+        ('{"prompt": "q", "verifier": {"kind": "table", "cases": {"a": "1"}}, "colour": 1}', "colour"),
+    ],
+)
+def test_bad_problem_files_name_the_field(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "problem.json"
+    path.write_text(content)
+    proc = sdpo("solve", str(path))
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    proc = sdpo("solve", str(tmp_path / "absent.json"))
+    assert proc.returncode == 2 and "cannot read" in proc.stderr
