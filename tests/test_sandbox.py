@@ -65,8 +65,8 @@ def test_isolated_identity(sandbox):
     )
     uid, gid, groups, pid, host = r.stdout.splitlines()[0].split(" ", 4)
     assert int(uid) in sandbox.uids and int(uid) != 0 and int(gid) == int(uid)
-    assert groups == "[]" and pid == "1" and host == "sandbox"
-    assert r.stdout.splitlines()[1] == "/tmp/work ['1']"
+    assert groups == "[]" and pid == "2" and host == "sandbox"  # PID 1 is the run's own init
+    assert r.stdout.splitlines()[1] == "/tmp/work ['1', '2']"
 
 
 def test_infinite_loop(sandbox):

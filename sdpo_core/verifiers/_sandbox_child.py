@@ -126,9 +126,8 @@ def _recv_exact(sock: socket.socket, n: int, first: bytes = b"") -> bytes:
 # ------------------------------------------------------------------- B: the run itself
 
 
-def _setup(req: dict, cfg: dict, fds: list[int], workdir: str | None) -> None:
-    """Become the sandboxed process: namespaces' mounts, private dir, rlimits, uid, fds, env."""
-    uid = cfg["uid"]
+def _setup_root(cfg: dict, workdir: str | None) -> str:
+    """As root in the new namespaces (B, the PID-namespace init): mounts and the private dir."""
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if cfg["namespaces"]:
         _mount("none", "/", None, MS_REC | MS_PRIVATE, None)
@@ -141,8 +140,14 @@ def _setup(req: dict, cfg: dict, fds: list[int], workdir: str | None) -> None:
         workdir = "/tmp/work"
         os.mkdir(workdir, 0o700)
     assert workdir is not None
-    if uid is not None:
-        os.chown(workdir, uid, uid)
+    if cfg["uid"] is not None:
+        os.chown(workdir, cfg["uid"], cfg["uid"])
+    return workdir
+
+
+def _drop(req: dict, cfg: dict, fds: list[int], workdir: str) -> None:
+    """Become the sandboxed process (C): session, rlimits, uid, no_new_privs, fds, env."""
+    uid = cfg["uid"]
     os.chdir(workdir)
     os.setsid()
     cpu = math.ceil(float(req["timeout_s"])) + 1
@@ -322,17 +327,31 @@ def _supervise(sock: socket.socket, req: dict, cfg: dict, fds: list[int]) -> dic
     else:  # orphans of the run become our children, so we can kill and reap them
         _prctl(PR_SET_CHILD_SUBREAPER, 1)
         workdir = tempfile.mkdtemp(prefix="sdpo-sandbox-")
+    status_r, status_w = os.pipe()
     start = time.monotonic()
     pid = os.fork()
-    if pid == 0:
+    if pid == 0:  # B: init of the new PID namespace. It runs the code in a child C, since
+        # an init ignores the signals a program sends itself (os.kill(os.getpid(), 9)).
+        os.close(status_r)
         try:
-            _setup(req, cfg, fds, workdir)
+            workdir = _setup_root(cfg, workdir)
+            code_pid = os.fork()
+            if code_pid == 0:
+                _drop(req, cfg, fds, workdir)
+                _run_user(req)
         except BaseException as exc:
             try:
                 _write_all(fds[3], (json.dumps({"setup_error": repr(exc)}) + "\n").encode())
             finally:
                 os._exit(111)
-        _run_user(req)
+        for fd in fds:
+            os.close(fd)
+        while True:  # reap orphans until the program itself exits
+            done, status = os.wait()
+            if done == code_pid:
+                os.write(status_w, str(status).encode())
+                os._exit(0)
+    os.close(status_w)
     for fd in fds:
         os.close(fd)
     pidfd = os.pidfd_open(pid)
@@ -342,6 +361,10 @@ def _supervise(sock: socket.socket, req: dict, cfg: dict, fds: list[int]) -> dic
         os.kill(pid, signal.SIGKILL)
     _, status, usage = os.wait4(pid, 0)
     wall = time.monotonic() - start
+    code_status = os.read(status_r, 64)
+    os.close(status_r)
+    if code_status:
+        status = int(code_status)
     if not cfg["namespaces"]:  # no PID namespace to take the stragglers down with it
         try:
             os.killpg(pid, signal.SIGKILL)

@@ -34,7 +34,9 @@ FIELDS = {
     "timeout_s",
     "max_feedback_chars",
 }
-ANSWER_LINE = re.compile(r"^[\s*#>_]*(?:final\s+)?answer\s*[*_]*\s*[:：]\s*(.+?)\s*$", re.I | re.M)
+ANSWER_LINE = re.compile(
+    r"^[\s*#>_]*(?:final\s+)?answer\s*[*_]*\s*[:：][\s*_]*(.+?)[\s*_]*$", re.I | re.M
+)
 NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?(?:\s*/\s*\d+)?")
 MAX_ANSWER_CHARS = 2000
 

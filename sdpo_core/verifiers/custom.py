@@ -79,7 +79,8 @@ class PythonVerifier(VerifierBase):
             passed, feedback = value[0], str(value[1])
         else:
             if run.status == "ok":
-                error = f"verify() returned {value!r}; expected a bool or (bool, feedback)"
+                shown = value if isinstance(value, str) else repr(value)  # the child's repr
+                error = f"verify() returned {shown}; expected a bool or (bool, feedback)"
             elif run.status == "timeout":
                 error = f"verify() exceeded its time limit of {self.timeout_s:g} s"
             elif run.status == "memory":

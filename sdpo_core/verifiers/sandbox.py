@@ -22,10 +22,12 @@ import atexit
 import fcntl
 import json
 import logging
+import math
 import os
 import queue
 import secrets
 import selectors
+import signal
 import socket
 import struct
 import subprocess
@@ -359,7 +361,11 @@ def _classify(
         raise SandboxError(f"sandbox setup failed: {reported['setup_error']}")
     sig = reply.get("signal")
     exit_code = reply.get("exit")
-    if reply.get("timed_out") or (sig in (24, 9) and not over):  # 24 = SIGXCPU
+    cpu_limit = math.ceil(job.timeout_s) + 1  # RLIMIT_CPU: SIGXCPU, then SIGKILL a second on
+    out_of_cpu = sig == signal.SIGXCPU or (
+        sig == signal.SIGKILL and float(reply.get("cpu_s", 0)) >= cpu_limit
+    )
+    if reply.get("timed_out") or out_of_cpu:
         status: Status = "timeout"
     elif over:
         status = "output_limit"
