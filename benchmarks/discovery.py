@@ -107,7 +107,7 @@ def run_multi_turn(runtime: Runtime, problem_json: dict, seed: int, budget: int)
                 kept.pop(0)
             prompts.append(ids)
         texts = _sample_batch(runtime, prompts, cfg.max_new_tokens)
-        for i, (text, v) in enumerate(zip(texts, verifier.verify_batch(texts), strict=True)):
+        for i, v in enumerate(verifier.verify_batch(texts)):
             if v.passed:
                 return made + i + 1
             chains[i].append(v.feedback)
@@ -120,7 +120,9 @@ METHODS = {"sdpo": run_sdpo, "best_of_k": run_best_of_k, "multi_turn": run_multi
 
 def summarise(found: list[int | None], budget: int) -> dict:
     return {
-        "discovery_at_k": {k: sum(f is not None and f <= k for f in found) / len(found) for k in KS if k <= budget},
+        "discovery_at_k": {
+            k: sum(f is not None and f <= k for f in found) / len(found) for k in KS if k <= budget
+        },
         "mean_attempts": statistics.fmean(budget if f is None else f for f in found),
         "solved_fraction": sum(f is not None for f in found) / len(found),
         "first_pass": found,
@@ -172,14 +174,24 @@ def main() -> None:
         summary[method] = summarise(found, args.budget)
         summary[method]["seconds"] = time.perf_counter() - t0
     print(f"\nhard suite: {len(problems)} problems x {args.seeds} seeds, budget {args.budget}")
-    print(f"{'method':>10} {'mean att.':>9} {'solved':>7}  " + " ".join(f"d@{k:<5}" for k in KS if k <= args.budget))
+    print(
+        f"{'method':>10} {'mean att.':>9} {'solved':>7}  "
+        + " ".join(f"d@{k:<5}" for k in KS if k <= args.budget)
+    )
     for method, s in summary.items():
         cells = " ".join(f"{v:<7.2f}" for v in s["discovery_at_k"].values())
         print(f"{method:>10} {s['mean_attempts']:>9.1f} {s['solved_fraction']:>7.2f}  {cells}")
     RESULTS.mkdir(exist_ok=True)
-    out = {"budget": args.budget, "problems": len(problems), "seeds": args.seeds, "methods": summary}
+    out = {
+        "budget": args.budget,
+        "problems": len(problems),
+        "seeds": args.seeds,
+        "methods": summary,
+    }
     if "sdpo" in summary and "best_of_k" in summary:
-        out["ratio_best_of_k_over_sdpo"] = summary["best_of_k"]["mean_attempts"] / summary["sdpo"]["mean_attempts"]
+        out["ratio_best_of_k_over_sdpo"] = (
+            summary["best_of_k"]["mean_attempts"] / summary["sdpo"]["mean_attempts"]
+        )
     (RESULTS / "discovery.json").write_text(json.dumps(out, indent=2) + "\n")
     plot(summary, args.budget, RESULTS / "discovery.png")
     print(f"wrote {RESULTS / 'discovery.json'} and discovery.png")

@@ -113,10 +113,16 @@ class _Checkpoints:
         trainer_dir = self.root / "trainer"
         if not (trainer_dir / "trainer.pt").exists() and (self.root / "trainer.old").exists():
             trainer_dir = self.root / "trainer.old"  # crashed between the two renames
-        blob = torch.load(state_file, weights_only=False) if state_file.exists() else None
+        try:
+            blob = torch.load(state_file, weights_only=False) if state_file.exists() else None
+        except Exception as exc:
+            raise RuntimeError(f"checkpoint {state_file} is unreadable: {exc}") from exc
         trained = None
         if (trainer_dir / "trainer.pt").exists():
-            trained = runtime.trainer.load_checkpoint(trainer_dir)  # sets the trainer's RNG too
+            try:
+                trained = runtime.trainer.load_checkpoint(trainer_dir)  # sets the RNG too
+            except Exception as exc:
+                raise RuntimeError(f"checkpoint {trainer_dir} is unreadable: {exc}") from exc
         if blob is None and trained is None:
             return None
         if blob is None or (trained is not None and trained["steps"] > blob["steps"]):

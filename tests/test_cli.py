@@ -12,6 +12,7 @@ import pytest
 from tests.conftest import REPO
 
 SDPO = [sys.executable, "-m", "sdpo_cli.main"]
+GOOD = {"prompt": "q", "verifier": {"kind": "table", "cases": {"a": "1"}}}
 
 
 def sdpo(*args: str, cwd: Path = REPO, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -21,7 +22,9 @@ def sdpo(*args: str, cwd: Path = REPO, timeout: float = 600) -> subprocess.Compl
 
 
 def test_solve_easy_example_json(tmp_path: Path) -> None:
-    proc = sdpo("solve", "examples/toy_easy.json", "--json", "--checkpoint-dir", str(tmp_path / "run"))
+    proc = sdpo(
+        "solve", "examples/toy_easy.json", "--json", "--checkpoint-dir", str(tmp_path / "run")
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["solved"] is True
@@ -37,15 +40,9 @@ def test_solve_easy_example_json(tmp_path: Path) -> None:
         ('{"verifier": {"kind": "table", "cases": {"a": "1"}}}', "prompt"),
         ('{"prompt": "q", "verifier": {"kind": "nope"}}', "verifier.kind"),
         ('{"prompt": "q", "verifier": {"kind": "table", "cases": {}}}', "verifier.cases"),
-        (
-            '{"prompt": "q", "verifier": {"kind": "table", "cases": {"a": "1"}}, "sdpo": {"lr": -1}}',
-            "sdpo.lr",
-        ),
-        (
-            '{"prompt": "q", "verifier": {"kind": "table", "cases": {"a": "1"}}, "budget": {"max_attempts": 0}}',
-            "budget.max_attempts",
-        ),
-        ('{"prompt": "q", "verifier": {"kind": "table", "cases": {"a": "1"}}, "colour": 1}', "colour"),
+        (json.dumps({**GOOD, "sdpo": {"lr": -1}}), "sdpo.lr"),
+        (json.dumps({**GOOD, "budget": {"max_attempts": 0}}), "budget.max_attempts"),
+        (json.dumps({**GOOD, "colour": 1}), "colour"),
     ],
 )
 def test_bad_problem_files_name_the_field(tmp_path: Path, content: str, message: str) -> None:

@@ -84,7 +84,9 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(
         attempts = sum(isinstance(e, AttemptEvent) for e in seen)
         return steps >= 2 if stop_after == "step" else attempts >= 24
 
-    first = solve(hard(40), runtime, on_event=seen.append, checkpoint_dir=tmp_path, should_stop=should_stop)
+    first = solve(
+        hard(40), runtime, on_event=seen.append, checkpoint_dir=tmp_path, should_stop=should_stop
+    )
     assert first.status == "stopped" and first.attempts == (16 if stop_after == "step" else 24)
     resumed: list = []
     second = solve(hard(40), runtime, on_event=resumed.append, checkpoint_dir=tmp_path)
@@ -111,5 +113,5 @@ def test_errors_become_a_failed_result(runtime, tmp_path) -> None:
     problem = hard(8)
     (tmp_path / "state.pt").write_text("not a checkpoint")
     result, events = run(problem, runtime, checkpoint_dir=tmp_path)
-    assert result.status == "failed" and "state.pt" in result.error or result.error
+    assert result.status == "failed" and "state.pt" in result.error
     assert events[-1].kind == "failed"

@@ -1,0 +1,67 @@
+"""The problem spec: validation errors name the field; the documentation matches the code."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from sdpo_core.config import SDPOConfig
+from sdpo_core.problem import ProblemError, parse_problem
+from sdpo_core.toy import HARD_SUITE
+from tests.conftest import REPO
+
+DOC = (REPO / "docs" / "problem-format.md").read_text()
+GOOD = {"prompt": "q", "verifier": {"kind": "table", "cases": {"a": "1"}}}
+
+
+def test_doc_examples_are_valid_problems() -> None:
+    blocks = re.findall(r"```json\n(.*?)```", DOC, re.S)
+    assert blocks
+    for block in blocks:
+        parse_problem(json.loads(block))
+
+
+def test_doc_lists_every_sdpo_setting() -> None:
+    for name in SDPOConfig.model_fields:
+        assert f"`{name}`" in DOC, name
+
+
+def test_defaults_and_overrides() -> None:
+    spec = parse_problem({**GOOD, "sdpo": {"lr": 0.5, "top_k": None}})
+    cfg = spec.sdpo_config()
+    assert cfg.lr == 0.5 and cfg.top_k is None and cfg.samples_per_step == 16
+    assert spec.budget.max_attempts == 512
+
+
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": 3}, "prompt"),
+        ({"verifier": "table"}, "verifier"),
+        ({"verifier": {"kind": "table", "cases": {"a b": "1"}}}, "verifier.cases"),
+        ({"budget": {"max_seconds": -1}}, "budget.max_seconds"),
+        ({"sdpo": {"teacher_regularization": "none"}}, "sdpo.teacher_regularization"),
+        ({"sdpo": {"lr": "fast"}}, "sdpo.lr"),
+        ({"sdpo": {"unknown_knob": 1}}, "sdpo.unknown_knob"),
+    ],
+)
+def test_errors_name_the_field(patch: dict, field: str) -> None:
+    with pytest.raises(ProblemError) as info:
+        parse_problem({**GOOD, **patch})
+    assert info.value.field == field
+    assert field in str(info.value)
+
+
+def test_not_an_object() -> None:
+    with pytest.raises(ProblemError, match="JSON object"):
+        parse_problem([1, 2])
+
+
+def test_examples_and_hard_suite_are_valid() -> None:
+    for problem in HARD_SUITE:
+        parse_problem(problem)
+    for path in (REPO / "examples").glob("*.json"):
+        parse_problem(json.loads(path.read_text()))
