@@ -53,9 +53,8 @@ def test_sample_with_neither_solution_nor_feedback_is_masked() -> None:
 
 
 def test_templates_are_configurable() -> None:
-    cfg = CFG.merged(
-        {"reprompt_template": "{prompt}|{feedback}|{solution}", "feedback_template": "<{feedback_raw}>"}
-    )
+    templates = {"reprompt_template": "{prompt}|{feedback}|{solution}"}
+    cfg = CFG.merged({**templates, "feedback_template": "<{feedback_raw}>"})
     ctx = build_teacher_contexts("Q", ["a"], [fail("oops")], cfg)
     assert ctx[0].message == "Q|<oops>|"
 
