@@ -16,7 +16,7 @@ from torch.autograd.function import once_differentiable
 
 # Top-K path: full-vocabulary work is done in chunks of about this many logits, so that only
 # chunk-sized float temporaries exist besides the [B, T, V] gradient itself.
-CHUNK_ELEMS = 1 << 24
+CHUNK_ELEMS = 1 << 22
 # The tail bucket log(1 - sum p_topk) = log(-expm1(lse)) needs lse < 0; lse is clamped to at most
 # TAIL_LSE_MAX, so the tail log-prob is >= log(1e-7) ~ -16.1 and never -inf/NaN (float32-safe).
 TAIL_LSE_MAX = -1e-7
@@ -32,12 +32,20 @@ def _chunks(B: int, T: int, V: int) -> Iterator[tuple[int, slice]]:
             yield b, slice(t, t + rows)
 
 
+def _scaled(logits: torch.Tensor, temperature: float, buf: torch.Tensor | None = None):
+    """A float32 copy of a logits chunk divided by temperature (into buf when given)."""
+    x = buf.copy_(logits) if buf is not None else logits.to(torch.float32, copy=True)
+    return x if temperature == 1.0 else x.div_(temperature)
+
+
 @torch.no_grad()
 def _logsumexp(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """logsumexp(logits / temperature) over V, chunked, in float32: [B, T, V] -> [B, T]."""
     out = torch.empty(logits.shape[:2], dtype=torch.float32, device=logits.device)
     for b, ts in _chunks(*logits.shape):
-        out[b, ts] = torch.logsumexp(logits[b, ts].float() / temperature, dim=-1)
+        x = _scaled(logits[b, ts], temperature)  # [rows, V], the only temporary
+        m = x.amax(-1, keepdim=True)  # [rows, 1]
+        out[b, ts] = x.sub_(m).exp_().sum(-1).log_() + m.squeeze(-1)
     return out
 
 
@@ -63,10 +71,14 @@ class _GatherLogProbs(torch.autograd.Function):
         grad = grad.float()
         gsum = grad.sum(-1, keepdim=True)  # [B, T, 1]
         out = torch.empty_like(logits)  # [B, T, V], the gradient
+        f32 = out.dtype == torch.float32
         for b, ts in _chunks(*logits.shape):
-            g = torch.exp(logits[b, ts].float() / tau - lse[b, ts, None])  # softmax chunk
-            g.mul_(-gsum[b, ts]).scatter_add_(-1, idx[b, ts], grad[b, ts])
-            out[b, ts] = g.div_(tau)
+            # softmax chunk, computed in place in the gradient buffer when it is float32
+            g = _scaled(logits[b, ts], tau, out[b, ts] if f32 else None).sub_(lse[b, ts, None])
+            g.exp_().mul_(-gsum[b, ts]).scatter_add_(-1, idx[b, ts], grad[b, ts])
+            g = g if tau == 1.0 else g.div_(tau)
+            if not f32:
+                out[b, ts] = g
         return out, None, None, None
 
 
