@@ -1,0 +1,212 @@
+"""The `vllm` engine against a real vLLM CPU server (tests/vllm_fixture.py) serving the toy model.
+
+Log-prob checks compare vLLM's raw log-probs with transformers(+peft) in float32 on both sides,
+per token, to LOGPROB_TOL.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from vllm_fixture import SERVED_NAME, make_random_adapter, vllm_server  # noqa: F401 - fixture
+
+from sdpo_core.engines.base import Engine
+from sdpo_core.engines.vllm import (
+    VLLMAdapterError,
+    VLLMEngine,
+    VLLMRequestError,
+    VLLMUnavailableError,
+)
+from sdpo_core.engines.vllm_server import VLLMServer, free_port
+from sdpo_core.types import SamplingParams
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+LOGPROB_TOL = 1e-4  # max |vLLM - transformers| per token, float32 both sides
+
+
+@pytest.fixture(scope="module")
+def tokenizer(toy_model_dir: Path):
+    return AutoTokenizer.from_pretrained(toy_model_dir)
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(tokenizer) -> list[int]:
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 3 + 4?"}], add_generation_prompt=True, tokenize=False
+    )
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+@pytest.fixture
+def engine(vllm_server: VLLMServer):  # noqa: F811 - the fixture imported above
+    eng = VLLMEngine(vllm_server.url, vllm_server.model_name, timeout=120)
+    yield eng
+    eng.close()
+
+
+def hf_logprobs(
+    model_dir: Path, prompt: list[int], cont: list[int], adapter: Path | None = None
+) -> list[float]:
+    """transformers(+peft) log-prob of each continuation token, float32, temperature 1."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + cont])).logits[0]  # [P+C, V]
+    logp = torch.log_softmax(logits.float(), dim=-1)[len(prompt) - 1 : -1]  # [C, V]
+    return logp.gather(-1, torch.tensor(cont)[:, None])[:, 0].tolist()
+
+
+def max_abs_diff(a: list[float], b: list[float]) -> float:
+    assert len(a) == len(b)
+    return max(abs(x - y) for x, y in zip(a, b, strict=True))
+
+
+def test_generate_returns_ids_and_raw_logprobs(
+    engine: VLLMEngine, tokenizer, prompt_ids: list[int], toy_model_dir: Path
+) -> None:
+    assert isinstance(engine, Engine)
+    eos = tokenizer.eos_token_id
+    sampling = SamplingParams(n=4, max_new_tokens=24, temperature=0.7, seed=1)
+    completions = engine.generate(prompt_ids, sampling)
+    assert len(completions) == 4
+    for c in completions:
+        assert 0 < len(c.token_ids) == len(c.logprobs) <= 24
+        assert all(math.isfinite(x) and x <= 0.0 for x in c.logprobs)
+        # vLLM's detokenizer holds back the trailing bytes of an incomplete UTF-8 character
+        decoded = tokenizer.decode(c.token_ids, skip_special_tokens=True)
+        assert decoded.startswith(c.text) and set(decoded[len(c.text) :]) <= {"\ufffd"}
+        if c.finish_reason == "stop":
+            assert c.token_ids[-1] == eos and eos not in c.token_ids[:-1]
+        else:
+            assert len(c.token_ids) == 24 and eos not in c.token_ids
+    # Sampled at temperature 0.7, the log-probs are still the raw temperature-1 ones: they
+    # equal a prefill's prompt log-probs and transformers' log_softmax(logits).
+    c = completions[0]
+    assert max_abs_diff(c.logprobs, engine.score(prompt_ids, c.token_ids)) < LOGPROB_TOL
+    ref = hf_logprobs(toy_model_dir, prompt_ids, c.token_ids)
+    assert max_abs_diff(c.logprobs, ref) < LOGPROB_TOL
+
+
+def test_seeded_generation_is_reproducible(engine: VLLMEngine, prompt_ids: list[int]) -> None:
+    sampling = SamplingParams(n=3, max_new_tokens=16, temperature=1.0, seed=1234)
+    a = engine.generate(prompt_ids, sampling)
+    b = engine.generate(prompt_ids, sampling)
+    assert [c.token_ids for c in a] == [c.token_ids for c in b]
+    for x, y in zip(a, b, strict=True):
+        assert x.logprobs == pytest.approx(y.logprobs, abs=1e-6)
+
+
+def test_adapter_load_swap_unload(
+    engine: VLLMEngine, prompt_ids: list[int], toy_model_dir: Path, tmp_path: Path
+) -> None:
+    ad1 = make_random_adapter(toy_model_dir, tmp_path / "v1", seed=1)
+    ad2 = make_random_adapter(toy_model_dir, tmp_path / "v2", seed=2)
+    # a fixed continuation: the base model's greedy answer
+    greedy = SamplingParams(n=1, max_new_tokens=16, temperature=0.0)
+    cont = engine.generate(prompt_ids, greedy)[0].token_ids
+    base_lp = engine.score(prompt_ids, cont)
+
+    t0 = time.perf_counter()
+    engine.load_adapter(str(ad1), 1)
+    t_load = time.perf_counter() - t0
+    v1_name = engine.adapter_name
+    assert engine.adapter_version == 1 and v1_name is not None and v1_name.startswith("sdpo-v1-")
+    assert v1_name in engine.loaded_models()
+    ref1 = hf_logprobs(toy_model_dir, prompt_ids, cont, ad1)
+    lp1 = engine.score(prompt_ids, cont)
+    err1 = max_abs_diff(lp1, ref1)
+    assert err1 < LOGPROB_TOL
+    assert max_abs_diff(lp1, base_lp) > 100 * LOGPROB_TOL  # the adapter really is applied
+
+    t0 = time.perf_counter()
+    engine.load_adapter(str(ad2), 2)
+    t_swap = time.perf_counter() - t0
+    v2_name = engine.adapter_name
+    assert engine.adapter_version == 2 and v2_name != v1_name
+    models = engine.loaded_models()
+    assert v2_name in models and v1_name not in models and SERVED_NAME in models
+    ref2 = hf_logprobs(toy_model_dir, prompt_ids, cont, ad2)
+    lp2 = engine.score(prompt_ids, cont)
+    err2 = max_abs_diff(lp2, ref2)
+    assert err2 < LOGPROB_TOL
+    assert max_abs_diff(lp2, lp1) > 100 * LOGPROB_TOL  # v2 is served, not v1
+    # generation goes through v2: its sampled log-probs are v2's
+    c = engine.generate(prompt_ids, SamplingParams(n=1, max_new_tokens=16, seed=7))[0]
+    assert max_abs_diff(c.logprobs, hf_logprobs(toy_model_dir, prompt_ids, c.token_ids, ad2)) < (
+        LOGPROB_TOL
+    )
+    # the old name is gone from the server
+    with pytest.raises(VLLMRequestError) as exc:
+        engine._post_json("/v1/completions", {"model": v1_name, "prompt": prompt_ids}, "old")
+    assert exc.value.status == 404
+    print(
+        f"\nadapter load {t_load * 1e3:.0f} ms, swap (load v2 + unload v1) {t_swap * 1e3:.0f} ms;"
+        f" max |vLLM - peft| log-prob: v1 {err1:.2e}, v2 {err2:.2e}"
+    )
+
+
+def test_adapter_load_failure_keeps_previous(
+    engine: VLLMEngine, prompt_ids: list[int], tmp_path: Path
+) -> None:
+    with pytest.raises(VLLMAdapterError) as exc:
+        engine.load_adapter(str(tmp_path / "no-such-adapter"), 5)
+    assert exc.value.message  # the server's own words
+    assert engine.adapter_version == 0 and engine.adapter_name is None
+    assert len(engine.generate(prompt_ids, SamplingParams(n=1, max_new_tokens=4))) == 1
+
+
+def test_unreachable_server_is_a_typed_error(prompt_ids: list[int]) -> None:
+    eng = VLLMEngine(f"http://127.0.0.1:{free_port()}", "x", timeout=5, retries=1)
+    with pytest.raises(VLLMUnavailableError, match="unreachable"):
+        eng.generate(prompt_ids, SamplingParams(n=1, max_new_tokens=4))
+    with pytest.raises(VLLMUnavailableError):
+        eng.wait_ready(timeout=1.0)
+    assert not eng.health()
+    eng.close()
+
+
+def test_trainer_step_adapter_served_matches_trainer(
+    engine: VLLMEngine, toy_model_dir: Path, tmp_path: Path
+) -> None:
+    """After one SDPO step, vLLM serving the saved adapter gives the trainer's log-probs."""
+    from sdpo_core.config import SDPOConfig
+    from sdpo_core.trainer import RolloutBatch, SDPOTrainer
+
+    trainer = SDPOTrainer(toy_model_dir, device="cpu")
+    cfg = SDPOConfig(lr=1e-2, seed=0, samples_per_step=4, max_new_tokens=24)
+    trainer.reset(cfg)
+    question = "What is 3 + 4?"
+    prompt = trainer.encode_chat(question)
+    sampling = SamplingParams(n=4, max_new_tokens=24, temperature=1.0, seed=3)
+    responses = [c.token_ids for c in engine.generate(prompt, sampling)]
+    teacher_prompt = trainer.encode_chat(
+        cfg.reprompt_template.format(
+            prompt=question,
+            solution="",
+            feedback=cfg.feedback_template.format(feedback_raw="The answer is 7."),
+        )
+    )
+    batch = RolloutBatch(prompt, responses, [teacher_prompt] * len(responses))
+    metrics = trainer.step(batch)
+    assert metrics["grad_norm"] > 0
+    trainer.save_adapter(tmp_path / "adapter-v1")
+    engine.load_adapter(str(tmp_path / "adapter-v1"), 1)
+    errs, moved = [], []
+    for resp in responses:
+        served = engine.score(prompt, resp)
+        trained = trainer.sequence_logprobs(prompt, resp)
+        errs.append(max_abs_diff(served, trained))
+        moved.append(max_abs_diff(trained, hf_logprobs(toy_model_dir, prompt, resp)))
+    print(f"\ntrainer vs vLLM after one step: max |diff| {max(errs):.2e}; moved {max(moved):.2e}")
+    assert max(moved) > 100 * LOGPROB_TOL  # the step changed the model measurably
+    assert max(errs) < LOGPROB_TOL
