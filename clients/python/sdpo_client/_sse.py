@@ -1,0 +1,43 @@
+"""An incremental Server-Sent Events decoder (the WHATWG rules the service's stream needs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SSEMessage:
+    id: str | None
+    event: str
+    data: str
+
+
+class SSEDecoder:
+    """Feed it lines (without their newline); it returns a message at each blank line."""
+
+    def __init__(self) -> None:
+        self._id: str | None = None
+        self._event = ""
+        self._data: list[str] = []
+        self.retry_ms: int | None = None
+
+    def feed(self, line: str) -> SSEMessage | None:
+        if line == "":
+            if not self._data and self._id is None and not self._event:
+                return None
+            msg = SSEMessage(self._id, self._event or "message", "\n".join(self._data))
+            self._id, self._event, self._data = None, "", []
+            return msg
+        if line.startswith(":"):  # a comment: heartbeat
+            return None
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        elif name == "id" and "\0" not in value:
+            self._id = value
+        elif name == "retry" and value.isdigit():
+            self.retry_ms = int(value)
+        return None

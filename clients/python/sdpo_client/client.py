@@ -1,0 +1,520 @@
+"""`Client` and its `AsyncClient` twin: the same methods, blocking or awaitable.
+
+Retries (with exponential backoff and jitter) happen only where a retry cannot do anything
+twice: reads, submits that carry an Idempotency-Key, and any request whose connection was
+never made. `events()` reconnects by itself with Last-Event-ID, so a dropped stream loses
+and repeats nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import BaseModel
+
+from sdpo_client._sse import SSEDecoder
+from sdpo_client._tar import safe_extract
+from sdpo_client.errors import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    WaitTimeoutError,
+    error_from_response,
+    retry_after_seconds,
+)
+from sdpo_client.models import AnyEvent, Attempt, Problem, Status, parse_event
+
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+RETRY_STATUSES = frozenset({408, 500, 502, 503, 504})
+# Transport errors raised before the request reached the server: always safe to retry.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+ProblemInput = Mapping[str, Any] | BaseModel
+
+
+class _Base:
+    """Configuration and the decisions both clients share."""
+
+    def __init__(
+        self,
+        base_url: str | None,
+        api_key: str | None,
+        *,
+        timeout: float,
+        max_retries: int,
+        max_retry_delay: float,
+        stream_read_timeout: float,
+        max_stream_reconnects: int,
+    ) -> None:
+        self.base_url = (base_url or os.environ.get("SDPO_SERVER") or DEFAULT_SERVER).rstrip("/")
+        self.api_key = api_key if api_key is not None else os.environ.get("SDPO_API_KEY")
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.max_retry_delay = max_retry_delay
+        self.stream_read_timeout = stream_read_timeout
+        self.max_stream_reconnects = max_stream_reconnects
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"User-Agent": "sdpo-client/0.1", "Accept": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
+
+    def _delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds before retry number `attempt` (0-based): Retry-After, else 0.5 * 2^n."""
+        if retry_after is not None:
+            return retry_after
+        return min(self.max_retry_delay, 0.5 * 2**attempt) * random.uniform(0.75, 1.0)
+
+    def _retry_status(self, response: httpx.Response, safe: bool, attempt: int) -> float | None:
+        """Seconds to wait before retrying this error response, or None to raise it."""
+        if not safe or attempt >= self.max_retries or response.status_code not in RETRY_STATUSES:
+            return None
+        delay = self._delay(attempt, retry_after_seconds(response))
+        return delay if delay <= self.max_retry_delay else None
+
+    def _retry_transport(self, exc: Exception, safe: bool, attempt: int) -> float | None:
+        if attempt >= self.max_retries or not (safe or isinstance(exc, _NOT_SENT)):
+            return None
+        return self._delay(attempt)
+
+    def _stream_timeout(self, deadline: float | None) -> httpx.Timeout:
+        read = self.stream_read_timeout
+        if deadline is not None:
+            read = max(0.05, min(read, deadline - time.monotonic()))
+        return httpx.Timeout(self.timeout, read=read)
+
+    @staticmethod
+    def _spec_json(problem: ProblemInput) -> dict[str, Any]:
+        if isinstance(problem, BaseModel):
+            return problem.model_dump(mode="json", exclude_none=True)
+        return dict(problem)
+
+    @staticmethod
+    def _connection_error(exc: Exception) -> APIConnectionError:
+        cls = APITimeoutError if isinstance(exc, httpx.TimeoutException) else APIConnectionError
+        return cls(f"{type(exc).__name__}: {exc}")
+
+    @staticmethod
+    def _timed_out(deadline: float | None) -> bool:
+        return deadline is not None and time.monotonic() >= deadline
+
+
+def _wait_error(pid: str, timeout: float | None) -> WaitTimeoutError:
+    return WaitTimeoutError(f"problem {pid} did not finish within {timeout} s")
+
+
+class Client(_Base):
+    """A blocking client.
+
+    >>> with Client("http://127.0.0.1:8000", api_key) as c:
+    ...     p = c.submit(problem)
+    ...     for event in c.events(p.id):
+    ...         print(event.kind)
+
+    `base_url` defaults to $SDPO_SERVER (else http://127.0.0.1:8000), `api_key` to $SDPO_API_KEY.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        max_retries: int = 2,
+        max_retry_delay: float = 10.0,
+        stream_read_timeout: float = 60.0,
+        max_stream_reconnects: int = 5,
+        http_client: httpx.Client | None = None,
+    ) -> None:
+        super().__init__(
+            base_url,
+            api_key,
+            timeout=timeout,
+            max_retries=max_retries,
+            max_retry_delay=max_retry_delay,
+            stream_read_timeout=stream_read_timeout,
+            max_stream_reconnects=max_stream_reconnects,
+        )
+        self._http = http_client or httpx.Client(timeout=timeout)
+        self._http.base_url = self.base_url
+        self._http.headers.update(self._headers())
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # ---------------------------------------------------------------- plumbing
+    def _request(self, method: str, path: str, *, safe: bool, **kw: Any) -> httpx.Response:
+        for attempt in range(self.max_retries + 1):
+            try:
+                response = self._http.request(method, path, **kw)
+            except httpx.TransportError as exc:
+                delay = self._retry_transport(exc, safe, attempt)
+                if delay is None:
+                    raise self._connection_error(exc) from exc
+                time.sleep(delay)
+                continue
+            if response.status_code < 400:
+                return response
+            delay = self._retry_status(response, safe, attempt)
+            if delay is None:
+                raise error_from_response(response)
+            time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _get(self, path: str, **params: Any) -> Any:
+        query = {k: v for k, v in params.items() if v is not None}
+        return self._request("GET", path, safe=True, params=query).json()
+
+    # ---------------------------------------------------------------- problems
+    def submit(self, problem: ProblemInput, idempotency_key: str | None = None) -> Problem:
+        """Queue a problem (a dict or model, e.g. from `sdpo_client.problems`).
+
+        With an `idempotency_key` a retry returns the problem created the first time, so
+        the SDK retries transient failures; without one it retries only unsent requests."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        r = self._request(
+            "POST",
+            "/v1/problems",
+            safe=idempotency_key is not None,
+            json=self._spec_json(problem),
+            headers=headers,
+        )
+        return Problem.model_validate(r.json())
+
+    def get(self, problem_id: str) -> Problem:
+        return Problem.model_validate(self._get(f"/v1/problems/{problem_id}"))
+
+    def list(self, status: Status | None = None, *, page_size: int = 50) -> Iterator[Problem]:
+        """Your problems, newest first, fetched page by page as you iterate."""
+        cursor = None
+        while True:
+            page = self._get("/v1/problems", status=status, limit=page_size, cursor=cursor)
+            for row in page["data"]:
+                yield Problem.model_validate(row)
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    def cancel(self, problem_id: str) -> Problem:
+        """Cancel: a queued problem at once, a running one within one step.
+        Raises ConflictError (`already_finished`) for a finished one."""
+        r = self._request("POST", f"/v1/problems/{problem_id}/cancel", safe=False)
+        return Problem.model_validate(r.json())
+
+    def attempts(
+        self, problem_id: str, *, after: int = 0, page_size: int = 100
+    ) -> Iterator[Attempt]:
+        """Attempt records in index order (those with index > `after`), page by page."""
+        cursor: int | None = after
+        while cursor is not None:
+            page = self._get(f"/v1/problems/{problem_id}/attempts", after=cursor, limit=page_size)
+            for row in page["data"]:
+                yield Attempt.model_validate(row)
+            cursor = page.get("next_cursor")
+
+    def events(self, problem_id: str, after: str | None = None) -> Iterator[AnyEvent]:
+        """The problem's events from the start (or after event id `after`), live, until the
+        terminal one. A dropped connection is resumed with Last-Event-ID: nothing lost or
+        repeated."""
+        return self._events(problem_id, after, None, None)
+
+    def _events(
+        self, pid: str, after: str | None, deadline: float | None, timeout: float | None
+    ) -> Iterator[AnyEvent]:
+        last, failures = after, 0
+        while True:
+            got = 0
+            headers = {"Accept": "text/event-stream", **({"Last-Event-ID": last} if last else {})}
+            try:
+                with self._http.stream(
+                    "GET",
+                    f"/v1/problems/{pid}/events",
+                    headers=headers,
+                    timeout=self._stream_timeout(deadline),
+                ) as r:
+                    if r.status_code >= 400:
+                        r.read()
+                        delay = self._retry_status(r, True, failures)
+                        if delay is None:
+                            raise error_from_response(r)
+                        failures += 1
+                        time.sleep(delay)
+                        continue
+                    decoder = SSEDecoder()
+                    for line in r.iter_lines():
+                        if self._timed_out(deadline):
+                            raise _wait_error(pid, timeout)
+                        msg = decoder.feed(line)
+                        if msg is None or msg.id is None:
+                            continue
+                        event = parse_event(msg.id, msg.event, msg.data)
+                        last, got, failures = msg.id, got + 1, 0
+                        yield event
+                        if event.terminal:
+                            return
+            except httpx.TransportError as exc:
+                if self._timed_out(deadline):
+                    raise _wait_error(pid, timeout) from exc
+                if failures >= self.max_stream_reconnects:
+                    raise self._connection_error(exc) from exc
+                time.sleep(self._delay(failures))
+                failures += 1
+                continue
+            if self._timed_out(deadline):
+                raise _wait_error(pid, timeout)
+            # A clean end without the terminal event: either we resumed after it (the server
+            # ends such a stream at once) or something between us closed it: reconnect.
+            if got == 0 and self.get(pid).done:
+                return
+
+    def wait(self, problem_id: str, timeout: float | None = None) -> Problem:
+        """Block until the problem finishes; return it. Raises WaitTimeoutError."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        problem = self.get(problem_id)
+        if not problem.done:
+            for _ in self._events(problem_id, None, deadline, timeout):
+                pass
+            problem = self.get(problem_id)
+        return problem
+
+    def download_adapter(self, problem_id: str, path: str | os.PathLike[str]) -> Path:
+        """Download the latest LoRA adapter and extract it into directory `path`; returns
+        the PEFT directory (`path/adapter`). NotFoundError (`no_adapter`) before any step."""
+        dest = Path(path)
+        with tempfile.TemporaryDirectory() as tmp:
+            archive = Path(tmp) / "adapter.tar.gz"
+            for attempt in range(self.max_retries + 1):
+                try:
+                    with self._http.stream("GET", f"/v1/problems/{problem_id}/adapter") as r:
+                        if r.status_code >= 400:
+                            r.read()
+                            delay = self._retry_status(r, True, attempt)
+                            if delay is None:
+                                raise error_from_response(r)
+                            time.sleep(delay)
+                            continue
+                        with archive.open("wb") as f:
+                            for chunk in r.iter_bytes():
+                                f.write(chunk)
+                    break
+                except httpx.TransportError as exc:
+                    delay = self._retry_transport(exc, True, attempt)
+                    if delay is None:
+                        raise self._connection_error(exc) from exc
+                    time.sleep(delay)
+            safe_extract(archive, dest)
+        return dest / "adapter"
+
+
+class AsyncClient(_Base):
+    """The awaitable twin of `Client`: the same methods; `list`, `attempts` and `events`
+    are async iterators (`async for e in client.events(id)`)."""
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        max_retries: int = 2,
+        max_retry_delay: float = 10.0,
+        stream_read_timeout: float = 60.0,
+        max_stream_reconnects: int = 5,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        super().__init__(
+            base_url,
+            api_key,
+            timeout=timeout,
+            max_retries=max_retries,
+            max_retry_delay=max_retry_delay,
+            stream_read_timeout=stream_read_timeout,
+            max_stream_reconnects=max_stream_reconnects,
+        )
+        self._http = http_client or httpx.AsyncClient(timeout=timeout)
+        self._http.base_url = self.base_url
+        self._http.headers.update(self._headers())
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    # ---------------------------------------------------------------- plumbing
+    async def _request(self, method: str, path: str, *, safe: bool, **kw: Any) -> httpx.Response:
+        for attempt in range(self.max_retries + 1):
+            try:
+                response = await self._http.request(method, path, **kw)
+            except httpx.TransportError as exc:
+                delay = self._retry_transport(exc, safe, attempt)
+                if delay is None:
+                    raise self._connection_error(exc) from exc
+                await asyncio.sleep(delay)
+                continue
+            if response.status_code < 400:
+                return response
+            delay = self._retry_status(response, safe, attempt)
+            if delay is None:
+                raise error_from_response(response)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def _get(self, path: str, **params: Any) -> Any:
+        query = {k: v for k, v in params.items() if v is not None}
+        return (await self._request("GET", path, safe=True, params=query)).json()
+
+    # ---------------------------------------------------------------- problems
+    async def submit(self, problem: ProblemInput, idempotency_key: str | None = None) -> Problem:
+        """See `Client.submit`."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        r = await self._request(
+            "POST",
+            "/v1/problems",
+            safe=idempotency_key is not None,
+            json=self._spec_json(problem),
+            headers=headers,
+        )
+        return Problem.model_validate(r.json())
+
+    async def get(self, problem_id: str) -> Problem:
+        return Problem.model_validate(await self._get(f"/v1/problems/{problem_id}"))
+
+    async def list(
+        self, status: Status | None = None, *, page_size: int = 50
+    ) -> AsyncIterator[Problem]:
+        """See `Client.list`."""
+        cursor = None
+        while True:
+            page = await self._get("/v1/problems", status=status, limit=page_size, cursor=cursor)
+            for row in page["data"]:
+                yield Problem.model_validate(row)
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    async def cancel(self, problem_id: str) -> Problem:
+        """See `Client.cancel`."""
+        r = await self._request("POST", f"/v1/problems/{problem_id}/cancel", safe=False)
+        return Problem.model_validate(r.json())
+
+    async def attempts(
+        self, problem_id: str, *, after: int = 0, page_size: int = 100
+    ) -> AsyncIterator[Attempt]:
+        """See `Client.attempts`."""
+        cursor: int | None = after
+        while cursor is not None:
+            path = f"/v1/problems/{problem_id}/attempts"
+            page = await self._get(path, after=cursor, limit=page_size)
+            for row in page["data"]:
+                yield Attempt.model_validate(row)
+            cursor = page.get("next_cursor")
+
+    def events(self, problem_id: str, after: str | None = None) -> AsyncIterator[AnyEvent]:
+        """See `Client.events`."""
+        return self._events(problem_id, after, None, None)
+
+    async def _events(
+        self, pid: str, after: str | None, deadline: float | None, timeout: float | None
+    ) -> AsyncIterator[AnyEvent]:
+        last, failures = after, 0
+        while True:
+            got = 0
+            headers = {"Accept": "text/event-stream", **({"Last-Event-ID": last} if last else {})}
+            try:
+                async with self._http.stream(
+                    "GET",
+                    f"/v1/problems/{pid}/events",
+                    headers=headers,
+                    timeout=self._stream_timeout(deadline),
+                ) as r:
+                    if r.status_code >= 400:
+                        await r.aread()
+                        delay = self._retry_status(r, True, failures)
+                        if delay is None:
+                            raise error_from_response(r)
+                        failures += 1
+                        await asyncio.sleep(delay)
+                        continue
+                    decoder = SSEDecoder()
+                    async for line in r.aiter_lines():
+                        if self._timed_out(deadline):
+                            raise _wait_error(pid, timeout)
+                        msg = decoder.feed(line)
+                        if msg is None or msg.id is None:
+                            continue
+                        event = parse_event(msg.id, msg.event, msg.data)
+                        last, got, failures = msg.id, got + 1, 0
+                        yield event
+                        if event.terminal:
+                            return
+            except httpx.TransportError as exc:
+                if self._timed_out(deadline):
+                    raise _wait_error(pid, timeout) from exc
+                if failures >= self.max_stream_reconnects:
+                    raise self._connection_error(exc) from exc
+                await asyncio.sleep(self._delay(failures))
+                failures += 1
+                continue
+            if self._timed_out(deadline):
+                raise _wait_error(pid, timeout)
+            if got == 0 and (await self.get(pid)).done:
+                return
+
+    async def wait(self, problem_id: str, timeout: float | None = None) -> Problem:
+        """See `Client.wait`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        problem = await self.get(problem_id)
+        if not problem.done:
+            async for _ in self._events(problem_id, None, deadline, timeout):
+                pass
+            problem = await self.get(problem_id)
+        return problem
+
+    async def download_adapter(self, problem_id: str, path: str | os.PathLike[str]) -> Path:
+        """See `Client.download_adapter`."""
+        dest = Path(path)
+        with tempfile.TemporaryDirectory() as tmp:
+            archive = Path(tmp) / "adapter.tar.gz"
+            for attempt in range(self.max_retries + 1):
+                try:
+                    async with self._http.stream("GET", f"/v1/problems/{problem_id}/adapter") as r:
+                        if r.status_code >= 400:
+                            await r.aread()
+                            delay = self._retry_status(r, True, attempt)
+                            if delay is None:
+                                raise error_from_response(r)
+                            await asyncio.sleep(delay)
+                            continue
+                        with archive.open("wb") as f:
+                            async for chunk in r.aiter_bytes():
+                                f.write(chunk)
+                    break
+                except httpx.TransportError as exc:
+                    delay = self._retry_transport(exc, True, attempt)
+                    if delay is None:
+                        raise self._connection_error(exc) from exc
+                    await asyncio.sleep(delay)
+            await asyncio.to_thread(safe_extract, archive, dest)
+        return dest / "adapter"
+
+
+__all__ = ["DEFAULT_SERVER", "APIStatusError", "AsyncClient", "Client"]
