@@ -39,8 +39,12 @@ def load_runtime(
     device: str | None = None,
     dtype: str | None = None,
     max_lora_rank: int = 64,
+    vllm_model_name: str | None = None,
 ) -> Runtime:
-    """Load the base model once. engine="vllm" without a URL starts a local vLLM server."""
+    """Load the base model once. engine="vllm" without a URL starts a local vLLM server
+    (from .venv-vllm, or $SDPO_VLLM_PYTHON) that allows LoRA ranks up to `max_lora_rank`;
+    with a URL, `vllm_model_name` is the server's name for the base model (default: the path,
+    vLLM's own default)."""
     path = str(model_path or default_model_dir())
     trainer = SDPOTrainer(path, device=device, dtype=dtype)
     if engine == "hf":
@@ -49,13 +53,16 @@ def load_runtime(
         return Runtime(path, trainer, HFEngine(trainer))
     if engine == "vllm":
         from sdpo_core.engines.vllm import VLLMEngine
+        from sdpo_core.engines.vllm_server import launch_vllm_server
 
         owned: list[Any] = []
         if vllm_url is None:
-            from sdpo_core.engines.vllm_server import launch_vllm_server
-
             server = launch_vllm_server(path, max_lora_rank=max_lora_rank)
             owned.append(server)
-            vllm_url = server.url
-        return Runtime(path, trainer, VLLMEngine(vllm_url, path), owned)
+            vllm_url, served_name = server.url, server.model_name
+        else:
+            served_name = vllm_model_name or path
+        vllm = VLLMEngine(vllm_url, served_name)
+        vllm.wait_ready()
+        return Runtime(path, trainer, vllm, owned)
     raise ValueError(f"unknown engine {engine!r}; one of 'hf', 'vllm'")

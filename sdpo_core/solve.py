@@ -3,6 +3,7 @@
 Checkpoints (in `checkpoint_dir`) make a run resumable with every attempt counted once:
 - state.pt        the loop's counters; after generation, also the pending rollout batch.
 - trainer/        adapters, optimizer, RNG and the counters as of the last finished update.
+- adapters/vN/    each adapter version the engine loads (the last two are kept).
 - adapter/        the latest student adapter in PEFT format (what users download).
 Per step: generate + verify -> state.pt (pending) -> attempt events -> update -> trainer/
 -> adapter/ -> state.pt (no pending) -> step event. After a crash the newer of state.pt and
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +28,13 @@ from sdpo_core.engines.base import Engine
 from sdpo_core.problem import ProblemSpec
 from sdpo_core.runtime import Runtime
 from sdpo_core.teacher import build_teacher_contexts
-from sdpo_core.trainer import RolloutBatch, rng_state, set_rng_state
+from sdpo_core.trainer import (
+    RolloutBatch,
+    SDPOTrainer,
+    atomic_replace_dir,
+    rng_state,
+    set_rng_state,
+)
 from sdpo_core.types import (
     AttemptEvent,
     Completion,
@@ -163,9 +171,9 @@ def solve(
         state = ckpt.load(runtime) or state
         if state.result is not None:  # finished before a crash: report it again
             return _finish(state, emit, SolveResult(**state.result))
-        adapter = latest_adapter_dir(checkpoint_dir) if checkpoint_dir else None
-        if state.adapter_version and adapter is not None:
-            engine.load_adapter(str(adapter), state.adapter_version)
+        if state.adapter_version and checkpoint_dir is not None:  # serve what was trained
+            version_dir = _export_adapter(trainer, Path(checkpoint_dir), state.adapter_version)
+            engine.load_adapter(str(version_dir), state.adapter_version)
         prompt_ids = trainer.encode_chat(problem.prompt)
         started = time.monotonic() - state.seconds
 
@@ -256,14 +264,16 @@ def _update(
     state.steps += 1
     state.adapter_version += 1
     t0 = time.perf_counter()
-    adapter_dir = Path(checkpoint_dir) / "adapter" if checkpoint_dir else None
-    if adapter_dir is None and engine.name != "hf":
-        raise ValueError("the vllm engine needs a checkpoint_dir to export adapters to")
-    if adapter_dir is not None:
-        trainer.save_adapter(adapter_dir)
+    version_dir = None
+    if checkpoint_dir is not None:
+        version_dir = _export_adapter(trainer, Path(checkpoint_dir), state.adapter_version)
+    elif engine.name != "hf":
+        raise ValueError(f"the {engine.name} engine needs a checkpoint_dir to export adapters to")
     t1 = time.perf_counter()
-    engine.load_adapter(str(adapter_dir), state.adapter_version)
+    engine.load_adapter(str(version_dir), state.adapter_version)
     t2 = time.perf_counter()
+    if checkpoint_dir is not None:
+        _prune_adapters(Path(checkpoint_dir), keep_from=state.adapter_version - 1)
     metrics.update(
         time_generate=pending.time_generate,
         time_verify=pending.time_verify,
@@ -273,6 +283,26 @@ def _update(
         mean_score=sum(v.score for v in pending.verdicts) / len(pending.verdicts),
     )
     return metrics
+
+
+def _export_adapter(trainer: SDPOTrainer, root: Path, version: int) -> Path:
+    """Save the student as adapters/v{version} (what the engine loads: a server may re-read it
+    later, so each version keeps its own directory) and publish it as adapter/ (hard links)."""
+    version_dir = root / "adapters" / f"v{version}"
+    version_dir.parent.mkdir(parents=True, exist_ok=True)
+    trainer.save_adapter(version_dir)
+    tmp = root / "adapter.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(version_dir, tmp, copy_function=os.link)
+    atomic_replace_dir(tmp, root / "adapter")
+    return version_dir
+
+
+def _prune_adapters(root: Path, keep_from: int) -> None:
+    """Remove version directories older than `keep_from` (the engine has swapped past them)."""
+    for path in (root / "adapters").glob("v*"):
+        if path.name[1:].isdigit() and int(path.name[1:]) < keep_from:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _result(state: LoopState, status: str, seconds: float, **kw: Any) -> SolveResult:

@@ -210,3 +210,39 @@ def test_trainer_step_adapter_served_matches_trainer(
     print(f"\ntrainer vs vLLM after one step: max |diff| {max(errs):.2e}; moved {max(moved):.2e}")
     assert max(moved) > 100 * LOGPROB_TOL  # the step changed the model measurably
     assert max(errs) < LOGPROB_TOL
+
+
+def test_solve_loop_through_vllm_swaps_adapters_that_match_the_trainer(
+    vllm_server: VLLMServer,  # noqa: F811 - the fixture imported above
+    runtime,
+    tmp_path: Path,
+) -> None:
+    """The whole loop on the vllm engine: each SDPO step's adapter is exported, loaded under a
+    new name, the old one unloaded, and the served log-probs equal the trainer's."""
+    from sdpo_core.problem import parse_problem
+    from sdpo_core.runtime import Runtime
+    from sdpo_core.solve import solve
+    from sdpo_core.toy import make_problem
+    from sdpo_core.types import StepEvent
+
+    data = make_problem(9003, 6, max_attempts=24)
+    data["sdpo"].update(samples_per_step=8, lora_rank=8, lr=3e-3)
+    engine = VLLMEngine(vllm_server.url, vllm_server.model_name, timeout=120)
+    rt = Runtime(str(vllm_server.model_name), runtime.trainer, engine)
+    events: list = []
+    result = solve(parse_problem(data), rt, on_event=events.append, checkpoint_dir=tmp_path)
+    try:
+        assert result.status == "exhausted" and result.attempts == 24
+        steps = [e for e in events if isinstance(e, StepEvent)]
+        assert [s.adapter_version for s in steps] == [1, 2]
+        assert engine.adapter_version == 2 and engine.adapter_name is not None
+        served = [m for m in engine.loaded_models() if m.startswith("sdpo-v")]
+        assert served == [engine.adapter_name]  # v1 was unloaded
+        attempt = next(e for e in events if e.kind == "attempt")
+        prompt = runtime.trainer.encode_chat(data["prompt"])
+        response = runtime.trainer.tokenizer(attempt.text, add_special_tokens=False)["input_ids"]
+        theirs = engine.score(prompt, response)
+        ours = runtime.trainer.sequence_logprobs(prompt, response)
+        assert max_abs_diff(theirs, ours) < LOGPROB_TOL
+    finally:
+        engine.close()
