@@ -138,7 +138,12 @@ async def _local_main(
         print(f"sdpo serve: API on {base}  (auth off, loopback only)", flush=True)
     print(f"sdpo serve: data in {settings.data_dir}", flush=True)
     worker = Worker(
-        settings, model_path=model_path, engine=engine, vllm_url=vllm_url, redis_url=url
+        settings,
+        model_path=model_path,
+        model_name=settings.default_model,
+        engine=engine,
+        vllm_url=vllm_url,
+        redis_url=url,
     )
     for sig in (signal.SIGTERM, signal.SIGINT):  # uvicorn re-raises these after it stops
         signal.signal(sig, lambda *_: worker.stop())

@@ -46,13 +46,16 @@ STEP_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
 def connect(url: str, **kwargs: Any) -> aioredis.Redis:
-    """An asyncio Redis client that reconnects by itself (exponential backoff, ~30 s)."""
+    """An asyncio Redis client that reconnects by itself (exponential backoff, ~30 s).
+
+    The socket timeout (60 s) must exceed the longest blocking read (SSE heartbeat period)."""
     return aioredis.Redis.from_url(
         url,
         decode_responses=True,
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=40),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         socket_connect_timeout=2,
+        socket_timeout=60,
         socket_keepalive=True,
         health_check_interval=15,
         **kwargs,

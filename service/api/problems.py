@@ -300,10 +300,11 @@ async def problem_events(
 
 
 async def _sse(store: Store, pid: str, after: str, heartbeat_s: float) -> AsyncIterator[bytes]:
+    block_ms = int(min(heartbeat_s, 50.0) * 1000)  # below the Redis socket timeout
     yield b"retry: 2000\n\n"
     while True:
         try:
-            events = await store.read_events(pid, after, block_ms=int(heartbeat_s * 1000))
+            events = await store.read_events(pid, after, block_ms=block_ms)
         except (RedisConnectionError, RedisTimeoutError):
             log.warning("SSE %s: redis unavailable; retrying", pid)
             yield b": redis unavailable, retrying\n\n"
