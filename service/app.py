@@ -12,7 +12,7 @@ from pydantic.json_schema import models_json_schema
 
 from sdpo_core.problem import ProblemSpec
 from service import errors
-from service.api import health, metrics, problems
+from service.api import health, metrics, problems, ui
 from service.queue import Queue
 from service.settings import Settings, get_settings
 from service.store import Store, connect
@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None, *, redis_url: str | None = None
     app.include_router(problems.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(ui.router)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
