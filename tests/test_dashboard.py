@@ -196,6 +196,7 @@ def test_charts_grow_live_and_cancel(tabs: Any, sdpo_service: Service) -> None:
             seen.append(counts)
         if counts and counts["loss"] >= 3:
             break
+        assert page.locator("#status.solved, #status.exhausted").count() == 0, "finished early"
         time.sleep(0.2)
     else:
         raise AssertionError(f"charts did not grow: {seen}")
@@ -223,9 +224,17 @@ def test_solved_problem_shows_solution(tabs: Any, sdpo_service: Service, tmp_pat
     tab = tabs()
     page = tab.goto(f"/ui/problems/{pid}")
     page.locator("#problem").wait_for(state="visible")
-    page.locator("#status.solved, #status.exhausted").wait_for(timeout=300_000)
+    seen: list[int] = []  # attempts plotted, sampled while the problem runs
+    deadline = time.monotonic() + 300
+    while page.locator("#status.solved, #status.exhausted").count() == 0:
+        assert time.monotonic() < deadline, f"not finished in time: {seen[-5:]}"
+        seen.append((tab.counts() or {}).get("attempts", 0))
+        time.sleep(0.25)
     p = get(sdpo_service, pid)
     assert p["status"] == "solved", f"toy problem not solved: {p['attempts']} attempts"
+    assert seen == sorted(seen), seen
+    if p["steps"] >= 2:  # it ran for a while: the page saw it grow, not just the end
+        assert len(set(seen)) >= 3 and seen[0] < p["attempts"], seen
 
     page.locator("#solution-card").wait_for(state="visible")
     assert page.locator("#solution").text_content() == p["solution"]

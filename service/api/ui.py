@@ -8,6 +8,7 @@ a URL and a tenant sees exactly what the REST API shows it.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Annotated
 
@@ -22,7 +23,10 @@ from service.errors import ApiError
 UI_DIR = Path(__file__).resolve().parent.parent / "ui"
 STATIC_DIR = UI_DIR / "static"
 STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
-ASSET_VERSION = "1"  # bump when a static file changes (browsers cache them for a day)
+# Cache buster for the static URLs (browsers keep the files for a day): their content hash.
+ASSET_VERSION = hashlib.sha256(
+    b"".join(p.read_bytes() for p in sorted(STATIC_DIR.iterdir()) if p.suffix in STATIC_TYPES)
+).hexdigest()[:12]
 
 # Scripts and styles only from this origin: no inline code, no CDN, no framing.
 SECURITY_HEADERS = {
