@@ -413,3 +413,19 @@ def test_cancel_running_and_download_adapter(sdpo_service: Service, tmp_path: Pa
         assert adapter == tmp_path / "out" / "adapter"
         assert (adapter / "adapter_config.json").is_file()
         assert any(adapter.glob("*.safetensors"))
+
+
+@pytest.mark.slow
+def test_docs_sdk_examples(sdpo_service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every ```python block of docs/sdk.md, in order, in one namespace."""
+    import re
+
+    text = (ROOT / "docs" / "sdk.md").read_text()
+    blocks = re.findall(r"^```python\n(.*?)^```", text, re.S | re.M)
+    assert len(blocks) >= 5
+    monkeypatch.setenv("SDPO_SERVER", sdpo_service.base_url)
+    monkeypatch.setenv("SDPO_API_KEY", sdpo_service.new_key(f"docs-{uuid.uuid4().hex[:6]}"))
+    scope: dict = {"__name__": "docs_sdk"}
+    for block in blocks:
+        exec(compile(block, "docs/sdk.md", "exec"), scope)
+    scope["client"].close()
