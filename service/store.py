@@ -45,14 +45,15 @@ SOLVE_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
 STEP_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
-def connect(url: str, **kwargs: Any) -> aioredis.Redis:
-    """An asyncio Redis client that reconnects by itself (exponential backoff, ~30 s).
+def connect(url: str, *, retries: int = 3, **kwargs: Any) -> aioredis.Redis:
+    """An asyncio Redis client that reconnects by itself. A command retries `retries` times
+    (backoff 50 ms .. 1 s), then raises: the API answers 503, workers retry on their own.
 
     The socket timeout (60 s) must exceed the longest blocking read (SSE heartbeat period)."""
     return aioredis.Redis.from_url(
         url,
         decode_responses=True,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=40),
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=retries),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         socket_connect_timeout=2,
         socket_timeout=60,

@@ -367,7 +367,7 @@ class Worker:
 
 
 async def _retry(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Call `fn` until Redis answers (the client already retries ~30 s; this keeps going)."""
+    """Call `fn` until Redis answers (however long a Redis restart takes)."""
     delay = 0.2
     while True:
         try:

@@ -7,9 +7,18 @@ import sys
 import uuid
 
 import httpx
-from service_fixtures import ROOT, Service, create_api_key, read_sse, service_env, start_api
+import pytest
 
 pytest_plugins = ["service_fixtures"]
+pytest.register_assert_rewrite("service_fixtures")  # before importing it
+from service_fixtures import (  # noqa: E402
+    ROOT,
+    Service,
+    create_api_key,
+    read_sse,
+    service_env,
+    start_api,
+)
 
 # This module's API runs with small limits (read by the api_server fixture).
 service_env_extra = {

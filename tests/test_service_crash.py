@@ -10,7 +10,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from service_fixtures import (
+
+from sdpo_core.toy import HARD_SUITE
+from service.local import RedisServer
+
+pytest_plugins = ["service_fixtures"]
+pytest.register_assert_rewrite("service_fixtures")  # before importing it
+from service_fixtures import (  # noqa: E402
     create_api_key,
     drop_prefix,
     new_prefix,
@@ -23,10 +29,6 @@ from service_fixtures import (
     wait_worker_ready,
 )
 
-from sdpo_core.toy import HARD_SUITE
-from service.local import RedisServer
-
-pytest_plugins = ["service_fixtures"]
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not toy_model_available(), reason="the toy model is not built yet"),

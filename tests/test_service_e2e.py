@@ -12,11 +12,17 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from service_fixtures import Service, read_sse, toy_model_dir
 
 from sdpo_core.toy import HARD_SUITE, make_problem
 
 pytest_plugins = ["service_fixtures"]
+pytest.register_assert_rewrite("service_fixtures")  # before importing it
+from service_fixtures import (  # noqa: E402
+    Service,
+    read_sse,
+    toy_model_dir,
+)
+
 pytestmark = pytest.mark.slow
 
 
