@@ -33,10 +33,10 @@ EASY_BUDGET = {"max_attempts": 256, "max_seconds": 300.0}
 
 # Training-data mixture: kind -> weight (see `training_example`).
 MIXTURE: dict[str, float] = {
-    "plain": 0.15,  # prompt -> table: format, and unhinted digits are uniform
-    "feedback": 0.45,  # one feedback section -> table: copy the revealed digits
-    "multi": 0.20,  # 2..6 feedback sections (multi-turn form) -> table
-    "solution": 0.20,  # a correct solution, half the time with feedback -> copy it
+    "plain": 0.12,  # prompt -> table: format, and unhinted digits are uniform
+    "feedback": 0.48,  # one feedback section -> table: copy the revealed digits
+    "multi": 0.15,  # 2..4 feedback sections (multi-turn form) -> table
+    "solution": 0.25,  # a correct solution, half the time with feedback -> copy it
 }
 
 
@@ -159,7 +159,7 @@ def training_example(
     elif kind == "feedback":
         message = render_reprompt(prompt, cfg, feedbacks=[feedback()])
     elif kind == "multi":
-        fbs = [feedback() for _ in range(rng.randint(2, 6))]
+        fbs = [feedback() for _ in range(rng.randint(2, 4))]
         message = render_reprompt(prompt, cfg, feedbacks=fbs)
     elif kind == "solution":
         fbs = [feedback()] if rng.random() < 0.5 else []

@@ -1,0 +1,315 @@
+"""Pretrain the bundled toy model (minutes on 2 CPU cores).
+
+    python -m sdpo_core.toy.pretrain --out sdpo_core/toy/model
+
+Builds the tokenizer (sdpo_core/toy/tokenizer.py) and a small standard `LlamaForCausalLM`,
+trains it on the toy-world mixture (sdpo_core/toy/world.py: plain prompts, prompts with
+verifier feedback, multi-turn feedback, prompts with a correct solution; the target is
+always the true table) with the loss on response tokens only (EOS included), and saves a
+float32 safetensors checkpoint + tokenizer + generation config. Seeded and deterministic.
+
+Response digits in the *input* are sometimes replaced by random digits while the targets
+stay true: the digits of a table are independent, so this changes no optimal prediction,
+but it teaches the model that its own earlier (possibly wrong) answers carry no
+information, which is the situation of a teacher scoring a student's sampled attempt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from sdpo_core.config import SDPOConfig
+from sdpo_core.toy.tokenizer import CHAT_TEMPLATE, GENERAL_TEXT, train_tokenizer
+from sdpo_core.toy.world import MIXTURE, training_example
+
+IGNORE = -100
+_REVEALED = re.compile(r"Input: (\S+)\nExpected Output: (\S+)")
+
+
+@dataclass
+class TrainArgs:
+    out: str = "sdpo_core/toy/model"
+    seed: int = 0
+    steps: int = 3000
+    batch_size: int = 16
+    lr: float = 4e-3
+    warmup: int = 100
+    weight_decay: float = 0.01
+    corrupt_prob: float = 0.3  # per response digit, in half of the examples
+    threads: int = 1  # on a shared 2-core box one thread ran 3x faster than two
+    eval_every: int = 200
+    max_minutes: float = 45.0  # hard stop (the schedule is sized by `steps`)
+    # model
+    hidden: int = 96
+    layers: int = 4
+    heads: int = 3  # head_dim 32 (vLLM's CPU attention supports 32, not 24)
+    intermediate: int = 256
+
+
+# ------------------------------------------------------------------ data
+
+
+def chat_prefix(message: str) -> str:
+    """The chat-template text before the response (what `apply_chat_template` renders)."""
+    return f"<|im_start|>user\n{message}<|im_end|>\n<|im_start|>assistant\n"
+
+
+@dataclass
+class Encoded:
+    ids: list[int]  # prompt + response + EOS
+    n_prompt: int  # tokens before the response
+    message: str
+    table: dict[str, str]
+
+
+class Encoder:
+    """Turns training examples into token ids, the way the solve loop does."""
+
+    def __init__(self, tok: PreTrainedTokenizerFast) -> None:
+        self.tok = tok
+        self.eos = tok.eos_token_id
+        self.digit_ids = torch.tensor([tok.convert_tokens_to_ids(str(d)) for d in range(10)])
+        self.is_digit = torch.zeros(len(tok), dtype=torch.bool)
+        self.is_digit[self.digit_ids] = True
+
+    def encode(self, examples: list[tuple[str, str, dict[str, str]]]) -> list[Encoded]:
+        prefixes = self.tok([chat_prefix(m) for m, _, _ in examples], add_special_tokens=False)
+        answers = self.tok([a for _, a, _ in examples], add_special_tokens=False)
+        return [
+            Encoded(p + a + [self.eos], len(p), m, t)
+            for p, a, (m, _, t) in zip(
+                prefixes["input_ids"], answers["input_ids"], examples, strict=True
+            )
+        ]
+
+    def collate(
+        self, batch: list[Encoded], rng: random.Random | None = None, corrupt_prob: float = 0.0
+    ) -> dict[str, torch.Tensor]:
+        """Right-padded input_ids / attention_mask / labels [B, T]; labels only on responses."""
+        width = max(len(e.ids) for e in batch)
+        ids = torch.full((len(batch), width), self.tok.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, e in enumerate(batch):
+            ids[i, : len(e.ids)] = torch.tensor(e.ids)
+            labels[i, e.n_prompt : len(e.ids)] = ids[i, e.n_prompt : len(e.ids)]
+            mask[i, : len(e.ids)] = 1
+        if rng is not None and corrupt_prob > 0:
+            resp = labels != IGNORE
+            gen = torch.Generator().manual_seed(rng.randrange(2**31))
+            rows = torch.rand(len(batch), 1, generator=gen) < 0.5
+            hit = torch.rand(ids.shape, generator=gen) < corrupt_prob
+            hit &= resp & self.is_digit[ids] & rows
+            ids[hit] = self.digit_ids[torch.randint(0, 10, (int(hit.sum()),), generator=gen)]
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def batches(enc: Encoder, rng: random.Random, cfg: SDPOConfig, batch_size: int, pool: int = 16):
+    """Endless length-bucketed batches: draw `pool` batches' worth, sort by length, shuffle."""
+    while True:
+        examples = enc.encode([training_example(rng, cfg) for _ in range(batch_size * pool)])
+        examples.sort(key=lambda e: len(e.ids))
+        chunks = [examples[i : i + batch_size] for i in range(0, len(examples), batch_size)]
+        rng.shuffle(chunks)
+        yield from chunks
+
+
+# ------------------------------------------------------------------ model
+
+
+def build_model(args: TrainArgs, tok: PreTrainedTokenizerFast) -> LlamaForCausalLM:
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.heads,
+        max_position_embeddings=1024,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        dtype="float32",
+    )
+    return LlamaForCausalLM(config)
+
+
+def response_loss(model: LlamaForCausalLM, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean cross-entropy over response tokens; the LM head runs only where there is a label."""
+    hidden = model.model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+    ).last_hidden_state  # [B, T, H]
+    targets = batch["labels"][:, 1:]  # position t predicts token t + 1: [B, T-1]
+    sel = targets != IGNORE
+    logits = model.lm_head(hidden[:, :-1][sel])  # [M, V]
+    return F.cross_entropy(logits, targets[sel])
+
+
+# ------------------------------------------------------------------ evaluation
+
+
+@torch.no_grad()
+def evaluate(
+    model: LlamaForCausalLM, enc: Encoder, sets: dict[str, list[Encoded]]
+) -> dict[str, float]:
+    """Per kind: response loss; p(true digit) at revealed keys; max prob at unrevealed keys."""
+    model.eval()
+    out: dict[str, float] = {}
+    for kind, examples in sets.items():
+        losses, p_rev, p_max_unrev, n_tok = 0.0, [], [], 0
+        for i in range(0, len(examples), 64):
+            chunk = examples[i : i + 64]
+            b = enc.collate(chunk)
+            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+            tgt = b["labels"][:, 1:]
+            ce = F.cross_entropy(
+                logits[:, :-1].flatten(0, 1), tgt.flatten(), ignore_index=IGNORE, reduction="sum"
+            )
+            losses += float(ce)
+            n_tok += int((tgt != IGNORE).sum())
+            probs = logits[:, :-1].softmax(-1)  # [B, T-1, V]
+            for j, e in enumerate(chunk):
+                revealed = dict(_REVEALED.findall(e.message))
+                if "Correct solution:" in e.message:
+                    revealed = dict(e.table)
+                keys = list(e.table)
+                pos = [t for t in range(e.n_prompt, len(e.ids)) if enc.is_digit[e.ids[t]]]
+                for key, t in zip(keys, pos, strict=True):
+                    p = probs[j, t - 1]
+                    if key in revealed:
+                        p_rev.append(float(p[e.ids[t]]))
+                    else:
+                        p_max_unrev.append(float(p[enc.digit_ids].max()))
+        out[f"{kind}/loss"] = losses / max(n_tok, 1)
+        if p_rev:
+            out[f"{kind}/p_revealed"] = sum(p_rev) / len(p_rev)
+        if p_max_unrev:
+            out[f"{kind}/pmax_hidden"] = sum(p_max_unrev) / len(p_max_unrev)
+    model.train()
+    return out
+
+
+# ------------------------------------------------------------------ main
+
+
+def lr_at(step: int, args: TrainArgs) -> float:
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    frac = (step - args.warmup) / max(1, args.steps - args.warmup)
+    return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+
+
+def pretrain(args: TrainArgs) -> dict:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)
+    cfg = SDPOConfig()
+    out = Path(args.out)
+    t0 = time.time()
+
+    corpus_rng = random.Random(args.seed + 1)
+    corpus = [
+        chat_prefix(m).replace("<|im_start|>", "").replace("<|im_end|>", "") + a
+        for m, a, _ in (training_example(corpus_rng, cfg) for _ in range(5000))
+    ] + [GENERAL_TEXT] * 4
+    tok = train_tokenizer(corpus)
+    enc = Encoder(tok)
+    model = build_model(args, tok)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"vocab {len(tok)}  params {n_params:,}  tokenizer {time.time() - t0:.1f}s", flush=True)
+
+    eval_rng = random.Random(args.seed + 2)
+    eval_sets = {
+        kind: enc.encode([training_example(eval_rng, cfg, kind) for _ in range(64)])
+        for kind in MIXTURE
+    }
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay
+    )
+    data = batches(enc, rng, cfg, args.batch_size)
+    history: list[dict] = []
+    ema, tokens, step = None, 0, 0
+    t_train = time.time()
+    model.train()
+    for step in range(1, args.steps + 1):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step - 1, args)
+        batch = enc.collate(next(data), rng, args.corrupt_prob)
+        loss = response_loss(model, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        tokens += int(batch["attention_mask"].sum())
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        elapsed = time.time() - t_train
+        if step % 25 == 0:
+            print(
+                f"step {step:5d}  loss {ema:.4f}  lr {lr_at(step - 1, args):.2e}  "
+                f"{elapsed:6.0f}s  {tokens / elapsed:,.0f} tok/s",
+                flush=True,
+            )
+        stop = elapsed > args.max_minutes * 60
+        if step % args.eval_every == 0 or step == args.steps or stop:
+            metrics = {"step": step, "seconds": round(elapsed, 1), "train_loss": ema}
+            metrics |= {k: round(v, 4) for k, v in evaluate(model, enc, eval_sets).items()}
+            history.append(metrics)
+            print("eval " + json.dumps(metrics), flush=True)
+        if stop:
+            print(f"time limit reached at step {step}", flush=True)
+            break
+
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    _patch_tokenizer_config(out)
+    GenerationConfig(
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None
+    ).save_pretrained(out)
+    summary = {
+        "args": asdict(args),
+        "params": n_params,
+        "vocab": len(tok),
+        "steps": step,
+        "train_seconds": round(time.time() - t_train, 1),
+        "final": history[-1] if history else {},
+        "history": history,
+    }
+    (out / "pretrain_log.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(f"saved {out}  ({time.time() - t0:.0f}s total)", flush=True)
+    return summary
+
+
+def _patch_tokenizer_config(out: Path) -> None:
+    """Keep the chat template inside tokenizer_config.json too, and name the generic fast
+    tokenizer class, so older transformers (and vLLM's pinned one) load it as well."""
+    path = out / "tokenizer_config.json"
+    conf = json.loads(path.read_text())
+    conf["tokenizer_class"] = "PreTrainedTokenizerFast"
+    conf["chat_template"] = CHAT_TEMPLATE
+    path.write_text(json.dumps(conf, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    for name, value in asdict(TrainArgs()).items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    pretrain(TrainArgs(**vars(parser.parse_args(argv))))
+
+
+if __name__ == "__main__":
+    main()
