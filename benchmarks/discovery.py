@@ -158,10 +158,15 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=1024)
     parser.add_argument("--methods", default="sdpo,best_of_k,multi_turn")
     parser.add_argument("--model", default=None)
+    parser.add_argument(
+        "--sdpo", default="{}", help="JSON overrides of the problems' sdpo settings"
+    )
+    parser.add_argument("--tag", default="", help="suffix of the results files")
     args = parser.parse_args()
     torch.set_num_threads(2)
     runtime = load_runtime(args.model, engine="hf", device="cpu")
-    problems = HARD_SUITE[: args.problems]
+    overrides = json.loads(args.sdpo)
+    problems = [{**p, "sdpo": {**p["sdpo"], **overrides}} for p in HARD_SUITE[: args.problems]]
     summary: dict[str, dict] = {}
     for method in args.methods.split(","):
         found: list[int | None] = []
@@ -192,9 +197,10 @@ def main() -> None:
         out["ratio_best_of_k_over_sdpo"] = (
             summary["best_of_k"]["mean_attempts"] / summary["sdpo"]["mean_attempts"]
         )
-    (RESULTS / "discovery.json").write_text(json.dumps(out, indent=2) + "\n")
-    plot(summary, args.budget, RESULTS / "discovery.png")
-    print(f"wrote {RESULTS / 'discovery.json'} and discovery.png")
+    stem = f"discovery{args.tag}"
+    (RESULTS / f"{stem}.json").write_text(json.dumps(out, indent=2) + "\n")
+    plot(summary, args.budget, RESULTS / f"{stem}.png")
+    print(f"wrote {RESULTS / stem}.json and {stem}.png")
     if "ratio_best_of_k_over_sdpo" in out:
         print(f"ratio best_of_k/sdpo = {out['ratio_best_of_k_over_sdpo']:.2f}")
 
