@@ -421,11 +421,15 @@ def test_docs_sdk_examples(sdpo_service: Service, monkeypatch: pytest.MonkeyPatc
     import re
 
     text = (ROOT / "docs" / "sdk.md").read_text()
-    blocks = re.findall(r"^```python\n(.*?)^```", text, re.S | re.M)
+    # each block padded to its line in the file, so inspect.getsource finds functions there
+    blocks = [
+        "\n" * text[: m.start(1)].count("\n") + m[1]
+        for m in re.finditer(r"^```python\n(.*?)^```", text, re.S | re.M)
+    ]
     assert len(blocks) >= 5
     monkeypatch.setenv("SDPO_SERVER", sdpo_service.base_url)
     monkeypatch.setenv("SDPO_API_KEY", sdpo_service.new_key(f"docs-{uuid.uuid4().hex[:6]}"))
     scope: dict = {"__name__": "docs_sdk"}
     for block in blocks:
-        exec(compile(block, "docs/sdk.md", "exec"), scope)
+        exec(compile(block, str(ROOT / "docs" / "sdk.md"), "exec"), scope)
     scope["client"].close()
