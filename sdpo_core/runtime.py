@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,12 +23,12 @@ class Runtime:
     model_path: str
     trainer: SDPOTrainer
     engine: Engine
-    _owned: list[Any] = field(default_factory=list)  # things to stop on close (a vLLM server)
+    vllm_server: Any = None  # the VLLMServer this runtime started (stopped on close), if any
 
     def close(self) -> None:
         self.engine.close()
-        for thing in self._owned:
-            thing.stop()
+        if self.vllm_server is not None:
+            self.vllm_server.stop()
 
 
 def load_runtime(
@@ -38,7 +38,7 @@ def load_runtime(
     vllm_url: str | None = None,
     device: str | None = None,
     dtype: str | None = None,
-    max_lora_rank: int = 64,
+    max_lora_rank: int = 16,
     vllm_model_name: str | None = None,
 ) -> Runtime:
     """Load the base model once. engine="vllm" without a URL starts a local vLLM server
@@ -55,14 +55,13 @@ def load_runtime(
         from sdpo_core.engines.vllm import VLLMEngine
         from sdpo_core.engines.vllm_server import launch_vllm_server
 
-        owned: list[Any] = []
+        server = None
         if vllm_url is None:
             server = launch_vllm_server(path, max_lora_rank=max_lora_rank)
-            owned.append(server)
             vllm_url, served_name = server.url, server.model_name
         else:
             served_name = vllm_model_name or path
         vllm = VLLMEngine(vllm_url, served_name)
         vllm.wait_ready()
-        return Runtime(path, trainer, vllm, owned)
+        return Runtime(path, trainer, vllm, server)
     raise ValueError(f"unknown engine {engine!r}; one of 'hf', 'vllm'")

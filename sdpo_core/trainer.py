@@ -209,12 +209,12 @@ class SDPOTrainer:
             loss_sum = kl_sum = 0.0
             for c, chunk in enumerate(chunks):
                 responses = [batch.response_ids[i] for i in chunk]
-                t0 = time.perf_counter()
+                t0 = _clock(self.device)
                 # computed per micro-batch (not cached) so only one chunk's logits live at once
                 teacher = self._teacher_logits(
                     [batch.teacher_prompt_ids[i] for i in chunk], responses
                 )
-                t1 = time.perf_counter()
+                t1 = _clock(self.device)
                 t_teacher += t1 - t0
                 s_logits, resp, mask = self._response_logits(
                     [batch.prompt_ids] * len(chunk), responses
@@ -241,8 +241,8 @@ class SDPOTrainer:
                 loss_sum += m["loss"] * weight
                 kl_sum += m["kl"] * weight
                 del teacher, s_logits, loss
-                t_student += time.perf_counter() - t1
-            t2 = time.perf_counter()
+                t_student += _clock(self.device) - t1
+            t2 = _clock(self.device)
             params = [p for p in self.model.parameters() if p.requires_grad]
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             self.optimizer.step()
@@ -251,7 +251,7 @@ class SDPOTrainer:
                 with torch.no_grad():
                     for s, t in self._adapter_pairs():
                         t.lerp_(s, cfg.ema_rate)
-            t_student += time.perf_counter() - t2
+            t_student += _clock(self.device) - t2
         self.model.eval()
         gn = float(grad_norm)
         metrics.update(
@@ -315,6 +315,13 @@ class SDPOTrainer:
         self.updates = blob["updates"]
         set_rng_state(blob["rng"])
         return blob["extra"]
+
+
+def _clock(device: torch.device) -> float:
+    """perf_counter after the device's queued work is done (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def seed_everything(seed: int) -> None:
