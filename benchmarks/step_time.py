@@ -160,7 +160,7 @@ def _runtime(args: argparse.Namespace, engine: str, model: str) -> tuple[Runtime
         dtype=args.dtype,
         max_lora_rank=args.max_lora_rank,
     )
-    startup = next((getattr(s, "startup_seconds", None) for s in rt._owned), None)
+    startup = rt.vllm_server.startup_seconds if rt.vllm_server is not None else None
     return rt, startup
 
 
