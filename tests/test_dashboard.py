@@ -4,7 +4,7 @@ The list page shows a submitted problem and submits one from pasted JSON; the pr
 charts grow live while a hard problem runs and its Cancel button stops it; a solved problem
 shows its solution (screenshot: the pytest tmp dir, and docs/img/dashboard.png when
 SDPO_UPDATE_SCREENSHOT=1); another tenant's problem is unreachable; the key never shows up
-in a URL. Needs Debian's chromium (`make browser`) and the playwright package.
+in a URL. Needs Debian's chromium (`make system-deps`) and the playwright package.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from sdpo_core.toy import HARD_SUITE, make_problem
 pytest_plugins = ["service_fixtures"]
 pytestmark = pytest.mark.slow
 
-sync_api = pytest.importorskip("playwright.sync_api")
+from playwright import sync_api  # noqa: E402 - after the plugins
 
 CHROMIUM = os.environ.get("SDPO_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -63,7 +63,7 @@ CHART_COUNTS = """() => {
 def browser(sdpo_service: Service) -> Iterator[Any]:
     """Chromium, started after the service (Playwright's sync API holds an event loop)."""
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"no chromium at {CHROMIUM} (make browser)")
+        pytest.fail(f"no chromium at {CHROMIUM} (make system-deps installs it)")
     with sync_api.sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
