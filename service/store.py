@@ -45,7 +45,9 @@ SOLVE_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
 STEP_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
-def connect(url: str, *, retries: int = 3, **kwargs: Any) -> aioredis.Redis:
+def connect(
+    url: str, *, retries: int = 3, max_connections: int = 10_000, **kwargs: Any
+) -> aioredis.Redis:
     """An asyncio Redis client that reconnects by itself. A command retries `retries` times
     (backoff 50 ms .. 1 s), then raises: the API answers 503, workers retry on their own.
 
@@ -57,6 +59,7 @@ def connect(url: str, *, retries: int = 3, **kwargs: Any) -> aioredis.Redis:
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         socket_connect_timeout=2,
         socket_timeout=60,
+        max_connections=max_connections,
         socket_keepalive=True,
         health_check_interval=15,
         **kwargs,
