@@ -18,7 +18,9 @@ from rich.table import Table
 class ProgressDisplay:
     """A live table on a terminal; one plain line per step elsewhere (logs, CI, pipes)."""
 
-    def __init__(self, title: str, *, max_attempts: int | None = None, stream: TextIO | None = None):
+    def __init__(
+        self, title: str, *, max_attempts: int | None = None, stream: TextIO | None = None
+    ):
         self.title = title
         self.max_attempts = max_attempts
         self.stream = stream or sys.stderr

@@ -27,9 +27,12 @@ def make_batch(trainer, n: int = 4) -> RolloutBatch:
         wrong = " ".join(f"{k}={(int(cases[k]) + 1 + i) % 10}" for k in keys)
         responses.append(trainer.tokenizer(wrong, add_special_tokens=False)["input_ids"])
         fb = "\n\n".join(
-            f"Wrong Answer\nInput: {k}\nExpected Output: {cases[k]}\nYour Output: x" for k in keys[:2]
+            f"Wrong Answer\nInput: {k}\nExpected Output: {cases[k]}\nYour Output: x"
+            for k in keys[:2]
         )
-        teachers.append(trainer.encode_chat(render_reprompt(problem["prompt"], CFG, feedbacks=[fb])))
+        teachers.append(
+            trainer.encode_chat(render_reprompt(problem["prompt"], CFG, feedbacks=[fb]))
+        )
     return RolloutBatch(trainer.encode_chat(problem["prompt"]), responses, teachers)
 
 
@@ -44,7 +47,15 @@ def test_step_reports_metrics_and_lowers_the_loss(runtime) -> None:
     trainer.reset(CFG)
     batch = make_batch(trainer)
     first = trainer.step(batch)
-    for key in ("loss", "kl", "grad_norm", "masked_fraction", "tokens", "time_teacher", "time_student"):
+    for key in (
+        "loss",
+        "kl",
+        "grad_norm",
+        "masked_fraction",
+        "tokens",
+        "time_teacher",
+        "time_student",
+    ):
         assert key in first
     assert first["loss"] > 0 and first["grad_norm"] > 0 and first["masked_fraction"] == 0.0
     losses = [trainer.step(batch)["loss"] for _ in range(5)]
@@ -90,11 +101,15 @@ def test_trust_region_teacher_interpolates_reference_and_student(runtime) -> Non
     with torch.no_grad():
         cur = trainer._response_logits(prompts, responses)[0]
     assert not torch.allclose(ref, cur)
-    torch.testing.assert_close(trainer._teacher_logits(prompts, responses), torch.lerp(ref, cur, 0.3))
+    torch.testing.assert_close(
+        trainer._teacher_logits(prompts, responses), torch.lerp(ref, cur, 0.3)
+    )
     assert TEACHER not in trainer.model.peft_config  # no second adapter needed
 
 
-def test_adapter_loads_in_peft_with_the_same_logprobs(runtime, toy_model_dir: Path, tmp_path) -> None:
+def test_adapter_loads_in_peft_with_the_same_logprobs(
+    runtime, toy_model_dir: Path, tmp_path
+) -> None:
     trainer = runtime.trainer
     trainer.reset(CFG)
     batch = make_batch(trainer)
