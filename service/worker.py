@@ -52,7 +52,8 @@ _TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 _STEP_PARTS = {
     "time_generate": "step_generate_seconds",
     "time_verify": "step_verify_seconds",
-    "time_train": "step_train_seconds",
+    "time_teacher": "step_teacher_seconds",
+    "time_student": "step_student_seconds",
 }
 
 

@@ -1,9 +1,10 @@
 """The deployment files: docker-compose.yml and deploy/*.Dockerfile.
 
 No Docker engine runs here, so they are checked statically (docker-compose's own `config`
-validation, hadolint, and structural checks), every command and entry point they name is checked against the real CLI
-parser, and the API and CPU-worker commands of the compose file are run as plain processes
-(their environment from the compose file, pointed at loopback) to solve a toy problem.
+validation, hadolint, and structural checks), every command and entry point they name is
+checked against the real CLI parser, and the API and CPU-worker commands of the compose
+file are run as plain processes (their environment from the compose file, pointed at
+loopback) to solve a toy problem.
 """
 
 from __future__ import annotations

@@ -90,8 +90,7 @@ def test_adapter_download_loads_with_peft(sdpo_service: Service, tmp_path: Path)
         assert p["status"] in {"exhausted", "solved"}, p
         check_log(events, p["attempts"])
         steps = [e for e in events if e["event"] == "step"]
-        if not steps:
-            pytest.skip("solved in the first batch: no SDPO step, no adapter")
+        assert steps, "a hard problem (p(pass) ~ 1e-6 per attempt) took no SDPO step"
         assert p["adapter_version"] == steps[-1]["data"]["adapter_version"] >= 1
         r = c.get(f"/v1/problems/{pid}/adapter")
         assert r.status_code == 200, r.text

@@ -25,7 +25,8 @@ _HIST_DOCS = {
     "step_seconds": "Wall time of one SDPO step.",
     "step_generate_seconds": "Step time spent generating attempts.",
     "step_verify_seconds": "Step time spent in the verifier.",
-    "step_train_seconds": "Step time spent in the trainer (forward/backward/optimizer).",
+    "step_teacher_seconds": "Step time spent in the self-teacher's forward passes.",
+    "step_student_seconds": "Step time spent in student forward/backward and the optimizer.",
     "adapter_swap_seconds": "Time to save and hot-swap the adapter into the engine.",
 }
 
