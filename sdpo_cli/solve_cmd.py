@@ -49,9 +49,13 @@ def run(args: argparse.Namespace) -> int:
 
     stem = Path(args.problem).stem
     ckpt = Path(args.checkpoint_dir or f"runs/{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
-    runtime = load_runtime(
-        args.model, engine=args.engine, vllm_url=args.vllm_url, device=args.device
-    )
+    try:
+        runtime = load_runtime(
+            args.model, engine=args.engine, vllm_url=args.vllm_url, device=args.device
+        )
+    except (OSError, RuntimeError) as exc:  # no model there, vLLM did not start, ...
+        print(f"sdpo solve: {exc}", file=sys.stderr)
+        return 2
     try:
         title = f"sdpo solve {args.problem} ({args.engine}, {Path(runtime.model_path).name})"
         with ProgressDisplay(title, max_attempts=problem.budget.max_attempts) as display:

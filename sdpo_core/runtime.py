@@ -46,6 +46,11 @@ def load_runtime(
     with a URL, `vllm_model_name` is the server's name for the base model (default: the path,
     vLLM's own default)."""
     path = str(model_path or default_model_dir())
+    if not (Path(path) / "config.json").is_file():
+        raise FileNotFoundError(
+            f"no Hugging Face model at {path} (a directory with config.json and a tokenizer); "
+            "models are not downloaded at run time"
+        )
     trainer = SDPOTrainer(path, device=device, dtype=dtype)
     if engine == "hf":
         from sdpo_core.engines.hf import HFEngine

@@ -21,9 +21,15 @@ def sdpo(*args: str, cwd: Path = REPO, timeout: float = 600) -> subprocess.Compl
     )
 
 
-def test_solve_easy_example_json(tmp_path: Path) -> None:
+def test_solve_easy_example_json(tmp_path: Path, toy_model_dir: Path) -> None:
     proc = sdpo(
-        "solve", "examples/toy_easy.json", "--json", "--checkpoint-dir", str(tmp_path / "run")
+        "solve",
+        "--model",
+        str(toy_model_dir),
+        "examples/toy_easy.json",
+        "--json",
+        "--checkpoint-dir",
+        str(tmp_path / "run"),
     )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -56,3 +62,9 @@ def test_bad_problem_files_name_the_field(tmp_path: Path, content: str, message:
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     proc = sdpo("solve", str(tmp_path / "absent.json"))
     assert proc.returncode == 2 and "cannot read" in proc.stderr
+
+
+def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
+    proc = sdpo("solve", "examples/toy_easy.json", "--model", str(tmp_path))
+    assert proc.returncode == 2
+    assert f"no Hugging Face model at {tmp_path}" in proc.stderr and "Traceback" not in proc.stderr
