@@ -22,7 +22,8 @@ import math
 import random
 import re
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -31,7 +32,7 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTra
 
 from sdpo_core.config import SDPOConfig
 from sdpo_core.toy.tokenizer import CHAT_TEMPLATE, GENERAL_TEXT, train_tokenizer
-from sdpo_core.toy.world import MIXTURE, training_example
+from sdpo_core.toy.world import MIXTURE, RECALL_MIXTURE, training_example
 
 IGNORE = -100
 _REVEALED = re.compile(r"Input: (\S+)\nExpected Output: (\S+)")
@@ -41,20 +42,29 @@ _REVEALED = re.compile(r"Input: (\S+)\nExpected Output: (\S+)")
 class TrainArgs:
     out: str = "sdpo_core/toy/model"
     seed: int = 0
-    steps: int = 3000
+    steps: int = 6000
     batch_size: int = 16
     lr: float = 4e-3
     warmup: int = 100
+    decay_frac: float = 1.0  # 1.0: cosine over the whole cycle; 0.2: constant, then 20% decay
     weight_decay: float = 0.01
     corrupt_prob: float = 0.3  # per response digit, in half of the examples
     threads: int = 1  # on a shared 2-core box one thread ran 3x faster than two
     eval_every: int = 200
-    max_minutes: float = 45.0  # hard stop (the schedule is sized by `steps`)
+    max_minutes: float = 75.0  # per cycle, a hard stop (the schedule is sized by `steps`)
+    cycles: int = 2
+    init_from: str = ""  # resume: a directory this script saved after cycle start_cycle - 1
+    start_cycle: int = 0
+    recall_cycle: int = 1  # cycles from this one on train on RECALL_MIXTURE, with:
+    recall_steps: int = 9000
+    recall_lr: float = 2e-3
+    recall_decay_frac: float = 0.25
     # model
     hidden: int = 96
     layers: int = 4
     heads: int = 3  # head_dim 32 (vLLM's CPU attention supports 32, not 24)
     intermediate: int = 256
+    init_std: float = 0.02
 
 
 # ------------------------------------------------------------------ data
@@ -115,10 +125,14 @@ class Encoder:
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def batches(enc: Encoder, rng: random.Random, cfg: SDPOConfig, batch_size: int, pool: int = 16):
-    """Endless length-bucketed batches: draw `pool` batches' worth, sort by length, shuffle."""
+def batches(
+    enc: Encoder, rng: random.Random, cfg: SDPOConfig, batch_size: int, recall: bool, pool: int = 16
+):
+    """Endless length-bucketed batches: draw `pool` batches' worth, sort by length, shuffle.
+    `MIXTURE`, or with `recall` the recall-heavy `RECALL_MIXTURE`."""
+    kw = {"mixture": RECALL_MIXTURE} if recall else {}
     while True:
-        examples = enc.encode([training_example(rng, cfg) for _ in range(batch_size * pool)])
+        examples = enc.encode([training_example(rng, cfg, **kw) for _ in range(batch_size * pool)])
         examples.sort(key=lambda e: len(e.ids))
         chunks = [examples[i : i + batch_size] for i in range(0, len(examples), batch_size)]
         rng.shuffle(chunks)
@@ -138,6 +152,7 @@ def build_model(args: TrainArgs, tok: PreTrainedTokenizerFast) -> LlamaForCausal
         num_key_value_heads=args.heads,
         max_position_embeddings=1024,
         rms_norm_eps=1e-5,
+        initializer_range=args.init_std,
         tie_word_embeddings=True,
         bos_token_id=None,
         eos_token_id=tok.eos_token_id,
@@ -207,16 +222,32 @@ def evaluate(
 
 
 def lr_at(step: int, args: TrainArgs) -> float:
+    """Linear warmup, then constant (`decay_frac` < 1: warmup-stable-decay) or cosine, down to
+    5% of the peak over the last `decay_frac` of the cycle."""
     if step < args.warmup:
         return args.lr * (step + 1) / args.warmup
-    frac = (step - args.warmup) / max(1, args.steps - args.warmup)
+    decay_start = args.warmup + (1 - args.decay_frac) * (args.steps - args.warmup)
+    frac = max(0.0, step - decay_start) / max(1.0, args.steps - decay_start)
     return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
 
 
+def save(out: Path, model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, log: dict) -> None:
+    """Checkpoint + tokenizer + generation config + training log into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    _patch_tokenizer_config(out)
+    GenerationConfig(
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None
+    ).save_pretrained(out)
+    (out / "pretrain_log.json").write_text(json.dumps(log, indent=1) + "\n")
+
+
 def pretrain(args: TrainArgs) -> dict:
+    """Train `args.cycles` cosine cycles of `args.steps` steps each (fresh AdamW and data stream
+    per cycle); `--init-from DIR --start-cycle K` resumes after cycle K - 1 saved in DIR."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    rng = random.Random(args.seed)
     cfg = SDPOConfig()
     out = Path(args.out)
     t0 = time.time()
@@ -227,9 +258,17 @@ def pretrain(args: TrainArgs) -> dict:
         for m, a, _ in (training_example(corpus_rng, cfg) for _ in range(5000))
     ] + [GENERAL_TEXT] * 4
     tok = train_tokenizer(corpus)
-    enc = Encoder(tok)
     model = build_model(args, tok)
+    log: dict = {"args": asdict(args), "cycles": []}
+    if args.init_from:
+        model = LlamaForCausalLM.from_pretrained(args.init_from, dtype=torch.float32)
+        tok = PreTrainedTokenizerFast.from_pretrained(args.init_from)
+        log["cycles"] = json.loads((Path(args.init_from) / "pretrain_log.json").read_text()).get(
+            "cycles", []
+        )[: args.start_cycle]
+    enc = Encoder(tok)
     n_params = sum(p.numel() for p in model.parameters())
+    log |= {"params": n_params, "vocab": len(tok)}
     print(f"vocab {len(tok)}  params {n_params:,}  tokenizer {time.time() - t0:.1f}s", flush=True)
 
     eval_rng = random.Random(args.seed + 2)
@@ -237,12 +276,43 @@ def pretrain(args: TrainArgs) -> dict:
         kind: enc.encode([training_example(eval_rng, cfg, kind) for _ in range(64)])
         for kind in MIXTURE
     }
+    for cycle in range(args.start_cycle, args.cycles):
+        rng = random.Random(args.seed if cycle == 0 else f"{args.seed}-cycle-{cycle}")
+
+        def checkpoint(history: list[dict], cycle: int = cycle) -> None:
+            save(out, model, tok, log | {"partial": {"cycle": cycle, "history": history}})
+
+        cargs = args
+        if cycle >= args.recall_cycle:
+            cargs = replace(
+                args, steps=args.recall_steps, lr=args.recall_lr, decay_frac=args.recall_decay_frac
+            )
+        history = train_cycle(model, enc, eval_sets, rng, cfg, cargs, cycle, checkpoint)
+        log["cycles"].append({"cycle": cycle, "history": history})
+        log["train_seconds"] = round(sum(c["history"][-1]["seconds"] for c in log["cycles"]), 1)
+        log["final"] = history[-1]
+        save(out, model, tok, log)
+        print(f"saved {out} after cycle {cycle}  ({time.time() - t0:.0f}s total)", flush=True)
+    return log
+
+
+def train_cycle(
+    model: LlamaForCausalLM,
+    enc: Encoder,
+    eval_sets: dict[str, list[Encoded]],
+    rng: random.Random,
+    cfg: SDPOConfig,
+    args: TrainArgs,
+    cycle: int,
+    checkpoint: Callable[[list[dict]], None] | None = None,
+) -> list[dict]:
+    """One warmup + cosine cycle of `args.steps` AdamW steps; returns the eval history."""
     opt = torch.optim.AdamW(
         model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay
     )
-    data = batches(enc, rng, cfg, args.batch_size)
+    data = batches(enc, rng, cfg, args.batch_size, cycle >= args.recall_cycle)
     history: list[dict] = []
-    ema, tokens, step = None, 0, 0
+    ema, tokens = None, 0
     t_train = time.time()
     model.train()
     for step in range(1, args.steps + 1):
@@ -259,39 +329,23 @@ def pretrain(args: TrainArgs) -> dict:
         elapsed = time.time() - t_train
         if step % 25 == 0:
             print(
-                f"step {step:5d}  loss {ema:.4f}  lr {lr_at(step - 1, args):.2e}  "
+                f"cycle {cycle} step {step:5d}  loss {ema:.4f}  lr {lr_at(step - 1, args):.2e}  "
                 f"{elapsed:6.0f}s  {tokens / elapsed:,.0f} tok/s",
                 flush=True,
             )
         stop = elapsed > args.max_minutes * 60
         if step % args.eval_every == 0 or step == args.steps or stop:
-            metrics = {"step": step, "seconds": round(elapsed, 1), "train_loss": ema}
+            metrics = {"cycle": cycle, "step": step, "seconds": round(elapsed, 1)}
+            metrics |= {"train_loss": round(ema, 4)}
             metrics |= {k: round(v, 4) for k, v in evaluate(model, enc, eval_sets).items()}
             history.append(metrics)
             print("eval " + json.dumps(metrics), flush=True)
+            if checkpoint is not None:
+                checkpoint(history)
         if stop:
             print(f"time limit reached at step {step}", flush=True)
             break
-
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    _patch_tokenizer_config(out)
-    GenerationConfig(
-        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None
-    ).save_pretrained(out)
-    summary = {
-        "args": asdict(args),
-        "params": n_params,
-        "vocab": len(tok),
-        "steps": step,
-        "train_seconds": round(time.time() - t_train, 1),
-        "final": history[-1] if history else {},
-        "history": history,
-    }
-    (out / "pretrain_log.json").write_text(json.dumps(summary, indent=1) + "\n")
-    print(f"saved {out}  ({time.time() - t0:.0f}s total)", flush=True)
-    return summary
+    return history
 
 
 def _patch_tokenizer_config(out: Path) -> None:

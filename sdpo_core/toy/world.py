@@ -1,9 +1,14 @@
 """The toy world: lookup-table problems whose answer only feedback can reveal.
 
-A problem has N distinct lowercase keys and a hidden, uniformly random table key -> digit.
+A problem has the first N lowercase letters as keys and a hidden, uniformly random table
+key -> digit.
 
-    prompt:   Problem 4821: give h(x) for x in c h a e. Answer as x=h(x).
-    response: c=7 h=4 a=2 e=5
+    prompt:   Problem 4821: give h(x) for x in a b c d. Answer as x=h(x).
+    response: a=7 b=4 c=2 d=5
+
+The keys are fixed so that the answer's format needs no copying (a 4-layer model learned to
+copy a shuffled key list far more slowly than to read feedback); what varies, and what only
+feedback reveals, is the table.
 
 Without hints every digit is a 1-in-10 guess (N=6: p(solve) = 1e-6 per attempt). The `table`
 verifier's feedback names the expected digit of up to two failing keys, so a model that reads
@@ -38,6 +43,15 @@ MIXTURE: dict[str, float] = {
     "multi": 0.15,  # 2..4 feedback sections (multi-turn form) -> table
     "solution": 0.25,  # a correct solution, half the time with feedback -> copy it
 }
+# Later pretraining cycles: recall-heavy. More solutions in the context: copying a listed
+# answer repeats its bigrams exactly, the data that grows induction heads fastest, and the
+# key-matching circuit they give is what reading feedback needs too.
+RECALL_MIXTURE: dict[str, float] = {
+    "plain": 0.10,
+    "feedback": 0.35,
+    "multi": 0.15,
+    "solution": 0.40,
+}
 
 
 # ------------------------------------------------------------------ problems
@@ -58,7 +72,7 @@ def sample_instance(rng: random.Random, n_keys: int) -> tuple[int, list[str], di
     if not MIN_KEYS <= n_keys <= 26:
         raise ValueError(f"n_keys must be in [{MIN_KEYS}, 26], got {n_keys}")
     pid = rng.randrange(1000, 10000)
-    keys = rng.sample(string.ascii_lowercase, n_keys)
+    keys = list(string.ascii_lowercase[:n_keys])
     table = {k: str(rng.randrange(10)) for k in keys}
     return pid, keys, table
 
@@ -95,7 +109,7 @@ HARD_SEEDS: list[tuple[int, int]] = [(9001 + i, 6 if i % 2 == 0 else 7) for i in
 HARD_SUITE: list[dict[str, Any]] = [make_problem(s, n) for s, n in HARD_SEEDS]
 EASY_EXAMPLE: dict[str, Any] = make_problem(42, 2)
 
-_HARD_KEYS = {tuple(p["verifier"]["cases"]) for p in HARD_SUITE}
+_HARD_TABLES = {tuple(p["verifier"]["cases"].items()) for p in HARD_SUITE}
 
 
 def example_files() -> dict[str, dict[str, Any]]:
@@ -134,16 +148,24 @@ def _attempt(rng: random.Random, keys: list[str], table: dict[str, str]) -> str:
 
 
 def training_example(
-    rng: random.Random, cfg: SDPOConfig | None = None, kind: str | None = None
+    rng: random.Random,
+    cfg: SDPOConfig | None = None,
+    kind: str | None = None,
+    *,
+    mixture: dict[str, float] | None = None,
+    shuffle_solution: float = 0.0,
 ) -> tuple[str, str, dict[str, str]]:
     """One pretraining example: (user message, response, table). The response is always
-    the true table; the message is the plain prompt or a teacher context (`MIXTURE`)."""
+    the true table; the message is the plain prompt or a teacher context drawn from
+    `mixture` (default `MIXTURE`); a solution in the context is listed in shuffled key order
+    with probability `shuffle_solution`."""
     cfg = cfg or SDPOConfig()
+    mixture = mixture or MIXTURE
     if kind is None:
-        kind = rng.choices(list(MIXTURE), weights=list(MIXTURE.values()))[0]
+        kind = rng.choices(list(mixture), weights=list(mixture.values()))[0]
     while True:
         pid, keys, table = sample_instance(rng, rng.randint(MIN_KEYS, MAX_KEYS))
-        if tuple(keys) not in _HARD_KEYS:
+        if tuple(table.items()) not in _HARD_TABLES:
             break
     prompt = render_prompt(pid, keys)
     answer = render_answer(keys, table)
@@ -163,7 +185,10 @@ def training_example(
         message = render_reprompt(prompt, cfg, feedbacks=fbs)
     elif kind == "solution":
         fbs = [feedback()] if rng.random() < 0.5 else []
-        message = render_reprompt(prompt, cfg, solution=answer, feedbacks=fbs)
+        shown = answer
+        if shuffle_solution and rng.random() < shuffle_solution:
+            shown = render_answer(rng.sample(keys, len(keys)), table)
+        message = render_reprompt(prompt, cfg, solution=shown, feedbacks=fbs)
     else:
         raise ValueError(f"unknown kind {kind!r}")
     return message, answer, table
