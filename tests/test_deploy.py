@@ -275,8 +275,8 @@ def test_compose_commands_solve_a_problem(redis_url: str, tmp_path: Path) -> Non
         ).stdout.strip()  # fmt: skip
         with Client(url, key) as client:
             toy = problems.from_table(
-                "Problem 2824: give h(x) for x in a x. Answer as x=h(x).",
-                {"a": "4", "x": "3"},
+                "Problem 2824: give h(x) for x in a b. Answer as x=h(x).",
+                {"a": "4", "b": "3"},
                 max_attempts=256,
                 max_seconds=90,
                 sdpo={"max_new_tokens": 48},
