@@ -162,8 +162,9 @@ def main() -> None:
         "--sdpo", default="{}", help="JSON overrides of the problems' sdpo settings"
     )
     parser.add_argument("--tag", default="", help="suffix of the results files")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on a busy box)")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     runtime = load_runtime(args.model, engine="hf", device="cpu")
     overrides = json.loads(args.sdpo)
     problems = [{**p, "sdpo": {**p["sdpo"], **overrides}} for p in HARD_SUITE[: args.problems]]
