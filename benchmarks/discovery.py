@@ -1,4 +1,5 @@
-"""Discovery time on the toy hard suite: SDPO vs best-of-k vs multi-turn, same attempt budget.
+"""Discovery time, SDPO vs best-of-k vs multi-turn at the same attempt budget, on the toy
+discovery suite (N = 4 keys, base pass@64 = 0.006).
 
 - sdpo:       the solve loop (hf engine, bundled model), 16 rollouts per step.
 - best_of_k:  the same sampler with no updates, 16 at a time, until a pass or the budget.
@@ -26,7 +27,7 @@ from sdpo_core.problem import parse_problem
 from sdpo_core.runtime import Runtime, load_runtime
 from sdpo_core.solve import solve
 from sdpo_core.teacher import render_reprompt
-from sdpo_core.toy import HARD_SUITE
+from sdpo_core.toy import DISCOVERY_SUITE
 from sdpo_core.types import SamplingParams
 from sdpo_core.verifiers import build_verifier
 
@@ -153,7 +154,7 @@ def plot(summary: dict, budget: int, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--problems", type=int, default=len(HARD_SUITE))
+    parser.add_argument("--problems", type=int, default=len(DISCOVERY_SUITE))
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--budget", type=int, default=1024)
     parser.add_argument("--methods", default="sdpo,best_of_k,multi_turn")
@@ -167,7 +168,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     runtime = load_runtime(args.model, engine="hf", device="cpu")
     overrides = json.loads(args.sdpo)
-    problems = [{**p, "sdpo": {**p["sdpo"], **overrides}} for p in HARD_SUITE[: args.problems]]
+    problems = [{**p, "sdpo": {**p["sdpo"], **overrides}} for p in DISCOVERY_SUITE[: args.problems]]
     summary: dict[str, dict] = {}
     for method in args.methods.split(","):
         found: list[int | None] = []

@@ -105,16 +105,25 @@ def make_problem(
 
 
 # Fixed hard problems (seeds outside anything pretraining draws; see training_example).
+# VERY_HARD: N = 6..7 (1e-6 .. 1e-7 per attempt); SDPO on the toy model does not solve these
+# within 1024 attempts (measured), so tests use them where a run must keep going.
 HARD_SEEDS: list[tuple[int, int]] = [(9001 + i, 6 if i % 2 == 0 else 7) for i in range(8)]
 HARD_SUITE: list[dict[str, Any]] = [make_problem(s, n) for s, n in HARD_SEEDS]
+# The discovery suite: N = 4 (1e-4 per attempt, base pass@64 = 0.006 < 0.03), with the SDPO
+# settings measured best on the toy model (lr 1e-2, LoRA rank 8; lr 2e-2 and 4 updates per
+# batch collapsed the student).
+TOY_SDPO: dict[str, Any] = {"max_new_tokens": MAX_NEW_TOKENS, "lr": 1e-2, "lora_rank": 8}
+DISCOVERY_SUITE: list[dict[str, Any]] = [
+    {**make_problem(9101 + i, 4), "sdpo": dict(TOY_SDPO)} for i in range(8)
+]
 EASY_EXAMPLE: dict[str, Any] = make_problem(42, 2)
 
-_HARD_TABLES = {tuple(p["verifier"]["cases"].items()) for p in HARD_SUITE}
+_HARD_TABLES = {tuple(p["verifier"]["cases"].items()) for p in HARD_SUITE + DISCOVERY_SUITE}
 
 
 def example_files() -> dict[str, dict[str, Any]]:
     """examples/ file name -> problem JSON (kept in sync by tests/test_toy.py)."""
-    return {"toy_hard.json": HARD_SUITE[0], "toy_easy.json": EASY_EXAMPLE}
+    return {"toy_hard.json": DISCOVERY_SUITE[0], "toy_easy.json": EASY_EXAMPLE}
 
 
 def write_examples(directory: str | Path) -> list[Path]:
