@@ -62,8 +62,8 @@ class ProgressDisplay:
             self.adapter_version = int(event.get("adapter_version", self.adapter_version))
             metrics = event.get("metrics") or {}
             self.loss, self.kl = metrics.get("loss"), metrics.get("kl")
-            if self.live is None:
-                self.console.print(self._line(), highlight=False)
+            if self.live is None:  # plain lines: no wrapping, no markup
+                print(self._line(), file=self.stream, flush=True)
         elif kind in ("solved", "exhausted", "failed", "cancelled"):
             self.status = kind
         if self.live is not None:
