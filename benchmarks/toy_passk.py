@@ -2,7 +2,8 @@
 
     python benchmarks/toy_passk.py [--n 128] [--model DIR]
 
-For each problem of HARD_SUITE, draws n samples (batches of 64) with transformers `generate`,
+For each problem of HARD_SUITE (or, with --suite discovery, DISCOVERY_SUITE), draws n
+samples (batches of 64) with transformers `generate`,
 verifies them with the problem's verifier, and reports the unbiased pass@k estimator
 (Chen et al. 2021) for k = 1, 16, 64, averaged over the suite; also the mean per-key score
 and the rate of well-formed answers. Since a hard problem is rarely solved even once in n
@@ -24,11 +25,12 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from sdpo_core.toy import DEFAULT_MODEL_DIR, HARD_SUITE
+from sdpo_core.toy import DEFAULT_MODEL_DIR, DISCOVERY_SUITE, HARD_SUITE
 from sdpo_core.verifiers import build_verifier
 
 KS = (1, 16, 64)
-RESULTS = Path(__file__).resolve().parent / "results" / "toy_passk.json"
+RESULTS = Path(__file__).resolve().parent / "results"
+SUITES = {"hard": HARD_SUITE, "discovery": DISCOVERY_SUITE}
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -81,6 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model", default=str(DEFAULT_MODEL_DIR))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--suite", choices=sorted(SUITES), default="hard")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -89,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     t0 = time.time()
     rows = []
-    for problem in HARD_SUITE:
+    for problem in SUITES[args.suite]:
         verifier = build_verifier(problem["verifier"])
         keys = list(problem["verifier"]["cases"])
         fmt = re.compile("^" + " ".join(f"{re.escape(k)}=[0-9]" for k in keys) + "$")
@@ -133,9 +136,10 @@ def main(argv: list[str] | None = None) -> dict:
     for k in KS:
         print(f"pass@{k} = {summary[f'pass@{k}']:.4f}   (exact: {summary[f'exact_pass@{k}']:.2e})")
     print(f"mean key accuracy = {summary['mean_key_accuracy']:.3f} (uniform guessing: 0.1)")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    out = RESULTS / ("toy_passk.json" if args.suite == "hard" else f"toy_passk_{args.suite}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"suite": args.suite, **summary}, indent=2) + "\n")
+    print(f"wrote {out}")
     return summary
 
 
