@@ -331,16 +331,19 @@ class Store:
             return "missing"
         data = json.dumps({"attempts": int(attempts or 0), "steps": int(steps or 0)})
         return await self._cancel(
-            keys=[
-                self.problem_key(pid),
-                self._active_key(tenant),
-                self.key("queued"),
-                self.events_key(pid),
-                self.key("stats"),
-                self.queue_key(model or ""),
-            ],
+            keys=[*self._status_keys(pid, tenant), self.queue_key(model or "")],
             args=[f"{time.time():.6f}", data, "workers"],
         )
+
+    def _status_keys(self, pid: str, tenant: str) -> list[str]:
+        """KEYS[1..5] of the scripts that change a problem's status (cancel, transition)."""
+        return [
+            self.problem_key(pid),
+            self._active_key(tenant),
+            self.key("queued"),
+            self.events_key(pid),
+            self.key("stats"),
+        ]
 
     async def cancel_requested(self, pid: str) -> bool:
         return await self.redis.hget(self.problem_key(pid), "cancel_requested") == "1"
@@ -363,13 +366,7 @@ class Store:
             return "missing"
         fields = {k: ("" if v is None else str(v)) for k, v in (fields or {}).items()}
         return await self._transition(
-            keys=[
-                self.problem_key(pid),
-                self._active_key(tenant),
-                self.key("queued"),
-                self.events_key(pid),
-                self.key("stats"),
-            ],
+            keys=self._status_keys(pid, tenant),
             args=[
                 owner,
                 status,
