@@ -20,6 +20,14 @@ class SDPOConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # prompt: rendered with the model's chat template (sdpo_core/chat.py)
+    system_prompt: str | None = Field(
+        None, description="System message before the prompt (student and teacher alike)."
+    )
+    enable_thinking: bool | None = Field(
+        None, description="Thinking switch of Qwen3-style chat templates; null = its default."
+    )
+
     # rollout
     samples_per_step: int = Field(16, ge=1, le=256, description="Rollouts per SDPO step.")
     max_new_tokens: int = Field(1024, ge=1, le=32768, description="Response length cap.")

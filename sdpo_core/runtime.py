@@ -2,14 +2,49 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from sdpo_core.config import SDPOConfig
 from sdpo_core.engines.base import Engine
 from sdpo_core.trainer import SDPOTrainer
 
 EngineName = Literal["hf", "vllm"]
+
+_ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
+_MLP = ["gate_proj", "up_proj", "down_proj"]
+# LoRA target modules per architecture (config.json "model_type"): the linear layers vLLM's
+# LoRA can serve for that family, so no exported adapter is rejected at the first swap.
+# qwen3_moe: attention only. Its experts are fused 3-D weights in transformers (not nn.Linear,
+# so peft's LoRA does not reach them) and its router ("mlp.gate") is not a LoRA target in vLLM.
+# Families not listed get peft's "all-linear" (every linear layer except the output head).
+FAMILY_TARGET_MODULES: dict[str, list[str]] = {
+    "llama": _ATTENTION + _MLP,
+    "mistral": _ATTENTION + _MLP,
+    "qwen2": _ATTENTION + _MLP,
+    "qwen3": _ATTENTION + _MLP,
+    "qwen3_moe": _ATTENTION,
+    "gemma": _ATTENTION + _MLP,
+    "gemma2": _ATTENTION + _MLP,
+    "gemma3_text": _ATTENTION + _MLP,
+    "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],  # fused in the checkpoint
+}
+
+
+def model_type(model_path: str | Path) -> str | None:
+    """The architecture family of the model at `model_path` (config.json "model_type")."""
+    try:
+        return json.loads((Path(model_path) / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError):
+        return None
+
+
+def family_defaults(model_path: str | Path) -> dict[str, Any]:
+    """SDPOConfig overrides that the model's architecture family needs (target_modules)."""
+    modules = FAMILY_TARGET_MODULES.get(model_type(model_path) or "")
+    return {"target_modules": list(modules)} if modules else {}
 
 
 def default_model_dir() -> Path:
@@ -24,6 +59,8 @@ class Runtime:
     trainer: SDPOTrainer
     engine: Engine
     vllm_server: Any = None  # the VLLMServer this runtime started (stopped on close), if any
+    # SDPO settings for this model before a problem's own "sdpo" overrides (family defaults)
+    defaults: SDPOConfig = field(default_factory=SDPOConfig)
 
     def close(self) -> None:
         self.engine.close()
@@ -52,10 +89,11 @@ def load_runtime(
             "models are not downloaded at run time"
         )
     trainer = SDPOTrainer(path, device=device, dtype=dtype)
+    defaults = SDPOConfig().merged(family_defaults(path))
     if engine == "hf":
         from sdpo_core.engines.hf import HFEngine
 
-        return Runtime(path, trainer, HFEngine(trainer))
+        return Runtime(path, trainer, HFEngine(trainer), defaults=defaults)
     if engine == "vllm":
         from sdpo_core.engines.vllm import VLLMEngine
         from sdpo_core.engines.vllm_server import launch_vllm_server
@@ -66,7 +104,8 @@ def load_runtime(
             vllm_url, served_name = server.url, server.model_name
         else:
             served_name = vllm_model_name or path
-        vllm = VLLMEngine(vllm_url, served_name)
+        report = server.failure_report if server is not None else None
+        vllm = VLLMEngine(vllm_url, served_name, server_report=report)
         vllm.wait_ready()
-        return Runtime(path, trainer, vllm, server)
+        return Runtime(path, trainer, vllm, server, defaults=defaults)
     raise ValueError(f"unknown engine {engine!r}; one of 'hf', 'vllm'")

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from sdpo_core.chat import strip_thinking
 from sdpo_core.config import SDPOConfig
 from sdpo_core.engines.base import Engine
 from sdpo_core.problem import ProblemSpec
@@ -159,7 +160,7 @@ def solve(
     """
     emit = on_event or (lambda _e: None)
     stop = should_stop or (lambda: False)
-    cfg = problem.sdpo_config()
+    cfg = problem.sdpo_config(runtime.defaults)
     budget = problem.budget
     trainer, engine = runtime.trainer, runtime.engine
     ckpt = _Checkpoints(Path(checkpoint_dir) if checkpoint_dir else None)
@@ -237,7 +238,7 @@ def _rollout(
     )
     completions = engine.generate(prompt_ids, sampling)
     t1 = time.perf_counter()
-    verdicts = verifier.verify_batch([c.text for c in completions])
+    verdicts = verifier.verify_batch([strip_thinking(c.text) for c in completions])
     t2 = time.perf_counter()
     return Pending(state.steps, state.attempts + 1, completions, verdicts, t1 - t0, t2 - t1)
 
@@ -253,7 +254,7 @@ def _update(
 ) -> dict[str, float]:
     """One SDPO update on the pending batch, then export and swap the adapter."""
     trainer, engine = runtime.trainer, runtime.engine
-    texts = [c.text for c in pending.completions]
+    texts = [strip_thinking(c.text) for c in pending.completions]  # a solution is its answer
     contexts = build_teacher_contexts(prompt, texts, pending.verdicts, cfg)
     batch = RolloutBatch(
         prompt_ids=prompt_ids,

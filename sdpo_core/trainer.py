@@ -25,6 +25,7 @@ from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from sdpo_core.chat import encode_chat
 from sdpo_core.config import SDPOConfig
 from sdpo_core.loss import sdpo_loss
 
@@ -86,11 +87,14 @@ class SDPOTrainer:
 
     # ------------------------------------------------------------------ setup
     def encode_chat(self, user_message: str) -> list[int]:
-        """The user message rendered with the chat template plus the generation prompt."""
-        text = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": user_message}], add_generation_prompt=True, tokenize=False
+        """The user message rendered with the chat template plus the generation prompt, with
+        the current config's system prompt and thinking switch (sdpo_core/chat.py)."""
+        return encode_chat(
+            self.tokenizer,
+            user_message,
+            system_prompt=self.cfg.system_prompt,
+            enable_thinking=self.cfg.enable_thinking,
         )
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def reset(self, cfg: SDPOConfig) -> None:
         """Fresh student and teacher adapters and optimizer for a new problem."""

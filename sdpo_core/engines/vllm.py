@@ -17,6 +17,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -74,6 +75,9 @@ class VLLMEngine:
     timeout: seconds per HTTP request (a generate call of n long samples can take a while).
     retries: extra tries after a connection failure (the request never reached the server, so
         any request is safe to repeat) and, for GETs only, after any transport error.
+    server_report: for a server this process manages, a callable returning its state and log
+        tail (VLLMServer.failure_report); appended to server errors (HTTP 5xx, unreachable),
+        whose root cause is only in the server's own log.
     """
 
     name = "vllm"
@@ -86,6 +90,7 @@ class VLLMEngine:
         timeout: float = 600.0,
         api_key: str | None = None,
         retries: int = 3,
+        server_report: Callable[[], str] | None = None,
     ) -> None:
         base_url = base_url.rstrip("/")
         if base_url.endswith("/v1"):
@@ -93,6 +98,7 @@ class VLLMEngine:
         self.base_url = base_url
         self.model_name = model_name
         self.retries = retries
+        self.server_report = server_report
         self.adapter_version = 0
         self.adapter_name: str | None = None  # the adapter requests use; None = base model
         api_key = api_key or os.environ.get("VLLM_API_KEY")
@@ -100,6 +106,22 @@ class VLLMEngine:
         self._client = httpx.Client(base_url=base_url, timeout=timeout, headers=headers)
 
     # ------------------------------------------------------------------ HTTP
+    def _report(self) -> str:
+        """The managed server's report, on its own lines after an error ("" when unmanaged)."""
+        if self.server_report is None:
+            return ""
+        try:
+            return "\n" + self.server_report()
+        except Exception as e:  # a report must never hide the error it explains
+            return f"\n(no server report: {type(e).__name__}: {e})"
+
+    def _error(self, what: str, r: httpx.Response, cls: type[VLLMRequestError] = VLLMRequestError):
+        """The typed error for an error status; 5xx carries the managed server's report."""
+        message = _server_message(r)
+        if r.status_code >= 500:
+            message += self._report()
+        return cls(what, r.status_code, message)
+
     def _request(self, method: str, path: str, what: str, **kwargs: Any) -> httpx.Response:
         """Send with bounded retries where safe; map transport failures to VLLMUnavailableError."""
         delay = 0.25
@@ -111,7 +133,7 @@ class VLLMEngine:
                 if not safe or attempt == self.retries:
                     raise VLLMUnavailableError(
                         f"{what}: vLLM server at {self.base_url} unreachable: "
-                        f"{type(e).__name__}: {e}"
+                        f"{type(e).__name__}: {e}{self._report()}"
                     ) from e
                 time.sleep(delay)
                 delay *= 2
@@ -120,7 +142,7 @@ class VLLMEngine:
     def _post_json(self, path: str, payload: dict[str, Any], what: str) -> dict[str, Any]:
         r = self._request("POST", path, what, json=payload)
         if r.status_code != 200:
-            raise VLLMRequestError(what, r.status_code, _server_message(r))
+            raise self._error(what, r)
         try:
             body = r.json()
         except ValueError as e:
@@ -259,9 +281,7 @@ class VLLMEngine:
         payload = {"lora_name": name, "lora_path": os.path.abspath(path)}
         r = self._request("POST", "/v1/load_lora_adapter", "load_adapter", json=payload)
         if r.status_code != 200:
-            raise VLLMAdapterError(
-                f"loading adapter {path!r} as {name!r}", r.status_code, _server_message(r)
-            )
+            raise self._error(f"loading adapter {path!r} as {name!r}", r, VLLMAdapterError)
         previous, self.adapter_name, self.adapter_version = self.adapter_name, name, version
         if previous is not None:
             self._unload(previous)
@@ -284,7 +304,7 @@ class VLLMEngine:
         """Names the server serves now (GET /v1/models): the base model and loaded adapters."""
         r = self._request("GET", "/v1/models", "models")
         if r.status_code != 200:
-            raise VLLMRequestError("models", r.status_code, _server_message(r))
+            raise self._error("models", r)
         return [m["id"] for m in r.json().get("data", [])]
 
     def close(self) -> None:

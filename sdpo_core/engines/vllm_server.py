@@ -9,6 +9,7 @@ The server is started with runtime LoRA loading enabled and the default
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -21,6 +22,10 @@ import httpx
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_VLLM_PYTHON = REPO_ROOT / ".venv-vllm" / "bin" / "python"
+
+
+# The final line of a Python traceback in vLLM's log: "SomeError: what went wrong".
+_ERROR_LINE = re.compile(r"\b[A-Z]\w*(?:Error|Exception): \S.*$")
 
 
 class VLLMServerError(RuntimeError):
@@ -72,6 +77,25 @@ class VLLMServer:
             return self.log_path.read_text(errors="replace")[-n_chars:]
         except OSError:
             return ""
+
+    def failure_report(self, n_lines: int = 25) -> str:
+        """What a user needs when a request to this server fails: whether it is still running,
+        the errors its log names (the root cause of an HTTP 500 is only there), and its tail."""
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            lines = []
+        state = "running" if self.alive() else f"exited with code {self.process.returncode}"
+        causes: list[str] = []
+        for line in lines:
+            m = None if "WARNING" in line else _ERROR_LINE.search(line)
+            if m and m.group(0) not in causes:
+                causes.append(m.group(0))
+        parts = [f"managed vLLM server (pid {self.process.pid}) {state}; log {self.log_path}"]
+        if causes:
+            parts.append("errors in its log:\n" + "\n".join(causes[-5:]))
+        parts.append(f"its last {n_lines} log lines:\n" + "\n".join(lines[-n_lines:]))
+        return "\n".join(parts)
 
     def wait_ready(self, timeout: float = 300.0) -> float:
         """Poll GET /health until 200; return the seconds waited. Raises if the process dies."""
