@@ -2,16 +2,26 @@
 PYTHON ?= python3
 VENV ?= .venv
 VLLM_VENV ?= .venv-vllm
+SANDBOX_VENV ?= .venv-sandbox
+SANDBOX_BASE_PYTHON ?= /usr/bin/python3
 BIN := $(VENV)/bin
 
 .PHONY: setup vllm-env system-deps solve test lint
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed $(SANDBOX_VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]' -e clients/python
+	touch $@
+
+# The python environment untrusted code runs in (the verifier sandbox binds it read-only into
+# its minimal root and picks it up by default): the system python, which every slot uid can
+# read, plus what LiveCodeBench solutions import. No pip inside; our pip installs into it.
+$(SANDBOX_VENV)/.installed: deploy/sandbox-requirements.txt $(VENV)/.installed
+	$(SANDBOX_BASE_PYTHON) -m venv --without-pip --clear $(SANDBOX_VENV)
+	$(BIN)/pip --python $(SANDBOX_VENV)/bin/python3 install -q -r deploy/sandbox-requirements.txt
 	touch $@
 
 # vLLM pins its own fastapi/transformers: it gets its own environment, as it gets its own

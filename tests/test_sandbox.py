@@ -316,3 +316,204 @@ def test_bad_settings_are_reported(monkeypatch):
     monkeypatch.setenv("SDPO_SANDBOX", "docker")
     with pytest.raises(SandboxError, match="unsafe-local"):
         SandboxSettings.from_env()
+
+
+# ------------------------------------------------- the minimal world (issue 10's escapes)
+
+
+def test_project_and_data_directories_are_not_visible(sandbox, tmp_path):
+    tag = uuid.uuid4().hex
+    data = ROOT / f"sdpo-data-test-{tag}"  # a local data directory as `sdpo serve` makes one
+    data.mkdir(mode=0o755)
+    (data / "appendonly.aof").write_text(f"expected output {tag}\n")
+    (data / "appendonly.aof").chmod(0o644)
+    try:
+        paths = [str(data / "appendonly.aof"), str(ROOT / "README.md"), str(ROOT), "/root", "/home"]
+        r, _ = run(
+            sandbox,
+            f"""
+            import os
+            for p in {paths!r}:
+                try:
+                    print(p, sorted(os.listdir(p)) if os.path.isdir(p) else open(p).read())
+                except OSError as e:
+                    print(p, "denied", e.errno)
+            print(sorted(os.listdir("/")))
+            """,
+        )
+    finally:
+        (data / "appendonly.aof").unlink()
+        data.rmdir()
+    assert r.status == "ok", r
+    out = r.stdout.splitlines()
+    assert "expected output" not in r.stdout and "SDPO" not in r.stdout, r.stdout
+    assert [line.split(" ", 1)[1] for line in out[:2]] == ["denied 2", "denied 2"]
+    # the checkout shows at most the sandbox's own python environment (.venv-sandbox)
+    assert out[2].split(" ", 1)[1] in ("denied 2", "[]", "['.venv-sandbox']"), out[2]
+    top = set(eval(r.stdout.splitlines()[-1]))
+    python_top = {Path(sandbox.settings.python).parts[1]}  # where the sandbox's python lives
+    assert top <= {"usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc", "dev"}.union(
+        {"proc", "tmp", "var"}, python_top
+    )
+    assert "run" not in top and "home" not in top and "root" not in top
+
+
+def test_host_unix_sockets_are_unreachable(sandbox):
+    tag = uuid.uuid4().hex[:12]
+    path = f"/run/sdpo-test-{tag}.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    os.chmod(path, 0o777)
+    server.listen()
+    server.settimeout(0.5)
+    abstract = socket.socket(socket.AF_UNIX)
+    abstract.bind(f"\0sdpo-test-{tag}")
+    abstract.listen()
+    abstract.settimeout(0.5)
+    try:
+        r, _ = run(
+            sandbox,
+            f"""
+            import socket
+            for addr in ({path!r}, "\\0sdpo-test-{tag}"):
+                try:
+                    s = socket.socket(socket.AF_UNIX)
+                    s.connect(addr)
+                    print("CONNECTED", repr(addr))
+                except OSError as e:
+                    print("refused", e.errno)
+            a, b = socket.socketpair()  # an already connected pair stays available
+            a.sendall(b"x")
+            print("pair", b.recv(1))
+            """,
+        )
+        for listener in (server, abstract):
+            with pytest.raises(TimeoutError):
+                listener.accept()
+    finally:
+        server.close()
+        abstract.close()
+        os.unlink(path)
+    assert r.status == "ok", r
+    assert "CONNECTED" not in r.stdout and "pair b'x'" in r.stdout
+
+
+KEYCTL = """
+import ctypes, os, platform
+libc = ctypes.CDLL(None, use_errno=True)
+NR = {"x86_64": (248, 250), "aarch64": (217, 219)}[platform.machine()]
+KEY_SPEC_USER_KEYRING = -4
+"""
+
+
+def test_keyring_does_not_carry_between_runs(sandbox):
+    secret = uuid.uuid4().hex.encode()
+    add = KEYCTL + textwrap.dedent(
+        f"""
+        for _ in range(4):
+            n = libc.syscall(NR[0], b"user", b"sdpo-test", {secret!r}, {len(secret)},
+                             KEY_SPEC_USER_KEYRING)
+            print("added" if n > 0 else f"denied {{ctypes.get_errno()}}")
+        """
+    )
+    look = KEYCTL + textwrap.dedent(
+        """
+        KEYCTL_SEARCH, KEYCTL_READ = 10, 11
+        key = libc.syscall(NR[1], KEYCTL_SEARCH, KEY_SPEC_USER_KEYRING, b"user", b"sdpo-test", 0)
+        buf = ctypes.create_string_buffer(256)
+        n = libc.syscall(NR[1], KEYCTL_READ, key, buf, 256) if key > 0 else -1
+        print("FOUND", buf.raw[: max(n, 0)]) if n > 0 else print("none", ctypes.get_errno())
+        try:
+            print(open("/proc/keys").read())
+        except OSError as e:
+            print("no /proc/keys", e.errno)
+        """
+    )
+    first = sandbox.run_many([Job(code=add, group=i) for i in range(2)])  # both slots' uids
+    assert all(r.status == "ok" for r in first), first
+    later = sandbox.run_many([Job(code=look, group=i) for i in range(4)])
+    for r in first + later:
+        assert secret.decode() not in r.stdout and "FOUND" not in r.stdout, r
+        assert "added" not in r.stdout
+    assert leftovers(sandbox.uids) == []
+
+
+def test_seccomp_denies_namespaces_ptrace_and_ipc(sandbox):
+    r, _ = run(
+        sandbox,
+        """
+        import ctypes, os
+        libc = ctypes.CDLL(None, use_errno=True)
+        def show(name, rc):
+            print(name, "ALLOWED" if rc >= 0 else ctypes.get_errno())
+        show("unshare(user)", libc.unshare(0x10000000))
+        show("unshare(net)", libc.unshare(0x40000000))
+        show("ptrace(traceme)", libc.ptrace(0, 0, None, None))
+        show("shmget", libc.shmget(0x5d90, 4096, 0o1666))
+        show("msgget", libc.msgget(0x5d90, 0o1666))
+        pid = os.fork()  # plain fork and threads still work
+        if pid == 0:
+            os._exit(7)
+        print("fork", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+        import threading
+        t = threading.Thread(target=lambda: print("thread ran"))
+        t.start(); t.join()
+        """,
+    )
+    assert r.status == "ok", r
+    assert "ALLOWED" not in r.stdout, r.stdout
+    assert "fork 7" in r.stdout and "thread ran" in r.stdout
+
+
+def test_runs_do_not_see_each_others_files(sandbox):
+    tag = uuid.uuid4().hex
+    write = f"""
+import os
+for d in ("/tmp", "/dev/shm", "/tmp/work", os.environ["HOME"]):
+    open(os.path.join(d, "left-{tag}"), "w").write("x")
+print(os.getuid())
+"""
+    look = """
+import os
+print([os.path.join(d, f) for d in ("/tmp", "/dev/shm", "/tmp/work") for f in os.listdir(d)])
+"""
+    first = sandbox.run_many([Job(code=write, group=i) for i in range(2)])
+    assert all(r.status == "ok" for r in first), first
+    for r in sandbox.run_many([Job(code=look, group=i) for i in range(4)]):
+        assert r.status == "ok" and tag not in r.stdout, r
+
+
+def _cgroup_or_skip(sb: Sandbox) -> None:
+    if any(getattr(slot, "cgroup", 0) is None for slot in sb._slots):
+        pytest.skip("no writable cgroup on this host (see docs/verifiers.md)")
+
+
+def test_memory_limit_covers_all_processes_of_a_run(sandbox):
+    _cgroup_or_skip(sandbox)
+    code = """
+    import os, time
+    for _ in range(4):  # 4 x 160 MB of touched memory, each process under 256 MB
+        if os.fork() == 0:
+            block = bytearray(b"x") * (160 << 20)
+            print("held", flush=True)
+            time.sleep(3)
+            os._exit(0)
+    for _ in range(4):
+        os.wait()
+    print("done")
+    """
+    r, _ = run(sandbox, code, timeout_s=6.0, memory_mb=256)
+    assert r.status == "memory", r
+    assert r.stdout.count("held") < 2  # (the kernel killed the process over the limit)
+    r, _ = run(sandbox, "import os\nopen('/dev/shm/big', 'wb').write(b'x' * (200 << 20))\n"
+               "print('wrote')", memory_mb=128)  # fmt: skip
+    assert "wrote" not in r.stdout
+
+
+def test_sandbox_python_has_livecodebench_imports(sandbox):
+    r, _ = run(
+        sandbox,
+        "import numpy, sortedcontainers\nprint(numpy.arange(4).sum(), "
+        "list(sortedcontainers.SortedList([3, 1, 2])))",
+    )
+    assert r.status == "ok" and r.stdout == "6 [1, 2, 3]\n", r

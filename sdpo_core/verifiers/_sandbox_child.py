@@ -1,20 +1,25 @@
-"""Fork server of one sandbox slot. Runs as its own `/usr/bin/python3 -I` process, stdlib only.
+"""Fork server (zygote) of one sandbox slot, stdlib only. Runs as `<sandbox python> -I`.
 
 It never imports sdpo_core: it starts with an empty environment and holds nothing secret, so
 a forked copy of it is a clean place to run untrusted code. Pre-importing the usual modules
-here (and forking per run) saves the ~15 ms interpreter start-up of a fresh process.
+here (and forking per run) saves the interpreter start-up of a fresh process per test.
 
-Per run it forks a supervisor A, which unshares fresh network, IPC, UTS, mount and PID
-namespaces and forks B, the run itself: B is PID 1 of the new PID namespace (so when B dies,
-the kernel kills everything it started), mounts private tmpfs over every world-writable
-directory, drops to the slot's uid with rlimits and no_new_privs, and executes the code. A
-enforces the wall-clock limit and reports back.
+At start (namespaces mode) the server moves into its own mount, network, UTS and IPC
+namespaces and pivots into a minimal root: a read-only tmpfs holding /usr and the
+interpreter's own prefix (bound read-only), a synthetic /etc, a few /dev nodes, and nothing
+else (no project files, no data directories, no /run). It serves runs one at a time, itself
+acting as their supervisor. Per run it forks B, PID 1 of a fresh PID namespace (when B dies
+the kernel kills everything it started), which joins the slot's cgroup (memory and process
+limits for everything the run starts, tmpfs included), unshares a fresh mount namespace,
+mounts a private tmpfs on /tmp and /dev/shm and a fresh /proc, and forks C, the run itself:
+C drops to the slot uid with rlimits and no_new_privs, installs the seccomp filter
+(_seccomp.py) and executes the code. The server enforces the wall-clock limit and reports.
 
 Protocol on the socket whose fd is argv[1] (argv[2] is the JSON config):
   start:   server -> parent: one JSON line, {"ready": true} or {"error": "..."}
   request: parent -> server: 8-byte big-endian length, sent with 4 fds (stdin read end,
            stdout/stderr/result write ends), then the JSON payload
-  reply:   A -> parent: one JSON line {"exit": .., "signal": .., "timed_out": .., ...}
+  reply:   server -> parent: one JSON line {"exit": .., "signal": .., "timed_out": .., ...}
 """
 
 import bisect
@@ -58,10 +63,16 @@ CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
-MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 16384, 1 << 18
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
+MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
+MNT_DETACH = 2
 PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
-NS_FLAGS = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID | CLONE_NEWNET
-PRIVATE_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue")
+KEYCTL_JOIN_SESSION_KEYRING = 1
+# Once per slot (the seccomp filter keeps runs from leaving System V IPC objects behind).
+SLOT_NS = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWIPC
+RUN_NS = CLONE_NEWNS  # per run, besides the PID namespace
+SYSTEM_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
+DEVICES = ("null", "zero", "full", "random", "urandom")
 SANDBOX_ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
     "LANG": "C.UTF-8",
@@ -127,16 +138,16 @@ def _recv_exact(sock: socket.socket, n: int, first: bytes = b"") -> bytes:
 
 
 def _setup_root(cfg: dict, workdir: str | None) -> str:
-    """As root in the new namespaces (B, the PID-namespace init): mounts and the private dir."""
+    """As root, PID 1 of the run's PID namespace (B): the run's own mounts and private dir."""
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    for fd in WORLD.cgroup_procs:  # "0": the writing process; everything it starts follows
+        os.write(fd, b"0")
     if cfg["namespaces"]:
-        _mount("none", "/", None, MS_REC | MS_PRIVATE, None)
+        _libc(libc.unshare(RUN_NS), "unshare")
         tmpfs = f"size={int(cfg['tmpfs_mb'])}m,mode=1777"
-        for d in PRIVATE_DIRS:
-            if os.path.isdir(d):
-                _mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, tmpfs)
+        _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, tmpfs)
+        _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, tmpfs)
         _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
-        socket.sethostname("sandbox")
         workdir = "/tmp/work"
         os.mkdir(workdir, 0o700)
     assert workdir is not None
@@ -146,19 +157,20 @@ def _setup_root(cfg: dict, workdir: str | None) -> str:
 
 
 def _drop(req: dict, cfg: dict, fds: list[int], workdir: str) -> None:
-    """Become the sandboxed process (C): session, rlimits, uid, no_new_privs, fds, env."""
+    """Become the sandboxed process (C): cgroup, session, rlimits, uid, no_new_privs, fds,
+    env, and last the seccomp filter."""
     uid = cfg["uid"]
     os.chdir(workdir)
     os.setsid()
     cpu = math.ceil(float(req["timeout_s"])) + 1
-    mem = int(req["memory_mb"]) * 1024 * 1024
     limits = {
-        resource.RLIMIT_AS: mem,
         resource.RLIMIT_CPU: (cpu, cpu + 1),
         resource.RLIMIT_FSIZE: int(cfg["fsize_mb"]) * 1024 * 1024,
         resource.RLIMIT_NOFILE: int(cfg["nofile"]),
         resource.RLIMIT_CORE: 0,
     }
+    if WORLD.memory_fd is None:  # no cgroup: memory_mb of address space above our own
+        limits[resource.RLIMIT_AS] = int(req["memory_mb"]) * 1024 * 1024 + WORLD.base_vm
     if uid is not None:  # NPROC counts per real uid: only meaningful on the slot's own uid
         limits[resource.RLIMIT_NPROC] = int(cfg["nproc"])
     for which, value in limits.items():
@@ -175,6 +187,8 @@ def _drop(req: dict, cfg: dict, fds: list[int], workdir: str) -> None:
     os.closerange(len(fds), 1 << 16)
     os.environ.clear()
     os.environ.update(SANDBOX_ENV, HOME=workdir, TMPDIR=workdir, PWD=workdir)
+    if WORLD.seccomp is not None:
+        WORLD.install_seccomp(WORLD.seccomp)
 
 
 def _report(obj: dict) -> None:
@@ -284,7 +298,162 @@ def _run_user(req: dict) -> None:
     os._exit(code)
 
 
-# ------------------------------------------------------------------ A: one run's supervisor
+# ------------------------------------------------------- the server: one slot's world and runs
+
+
+class World:
+    """What the server set up once: namespace fds, cgroup files, the seccomp filter."""
+
+    def __init__(self) -> None:
+        self.pidns: int | None = None  # our own PID namespace, to return to after each run
+        self.cgroup_procs: list[int] = []  # cgroup.procs of the slot (one per v1 hierarchy)
+        self.memory_fd: int | None = None  # memory.max (v2) or memory.limit_in_bytes (v1)
+        self.oom_fd: int | None = None  # memory.events (v2) or memory.oom_control (v1)
+        self.seccomp: bytes | None = None
+        self.install_seccomp = None
+        self.base_vm = 0  # our address space, bytes (the RLIMIT_AS fallback sits above it)
+        self.syscalls: dict[str, int] = {}
+
+
+WORLD = World()
+
+
+def _syscall(name: str, *args: object) -> int:
+    return libc.syscall(WORLD.syscalls[name], *args)
+
+
+def _bind(src: str, dst: str, flags: int) -> None:
+    if os.path.isdir(src):
+        os.makedirs(dst, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        os.close(os.open(dst, os.O_CREAT | os.O_WRONLY, 0o644))
+    _mount(src, dst, None, MS_BIND, None)
+    _mount("none", dst, None, MS_REMOUNT | MS_BIND | flags, None)
+
+
+def _python_roots() -> list[str]:
+    """Directories the interpreter imports from that /usr does not already hold."""
+    roots: set[str] = set()
+    for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix):
+        for q in {os.path.abspath(p), os.path.realpath(p)}:
+            top = q.strip("/").split("/")[0]
+            if q == "/":
+                raise OSError(f"the sandbox python's prefix {p!r} would expose the whole host")
+            if top not in SYSTEM_DIRS:
+                roots.add(q)
+    return sorted(roots)
+
+
+def _etc(new: str, old: str, uid: int | None) -> None:
+    os.mkdir(f"{new}/etc", 0o755)
+    u = uid if uid is not None else 65534
+    files = {
+        "passwd": f"root:x:0:0::/:/bin/sh\nsandbox:x:{u}:{u}::/tmp/work:/bin/sh\n",
+        "group": f"root:x:0:\nsandbox:x:{u}:\n",
+        "hosts": "127.0.0.1 localhost\n",
+        "hostname": "sandbox\n",
+        "nsswitch.conf": "passwd: files\ngroup: files\nhosts: files\n",
+    }
+    for name, text in files.items():
+        with open(f"{new}/etc/{name}", "w") as f:
+            f.write(text)
+    try:
+        with open(f"{old}/etc/ld.so.cache", "rb") as src, open(f"{new}/etc/ld.so.cache", "wb") as f:
+            f.write(src.read())
+    except OSError:
+        pass
+    if os.path.islink(f"{old}/etc/localtime"):
+        os.symlink(os.readlink(f"{old}/etc/localtime"), f"{new}/etc/localtime")
+
+
+def _build_root(cfg: dict) -> None:
+    """Pivot into the minimal root described in the module docstring (read-only at the end)."""
+    roots = _python_roots()
+    _mount("none", "/", None, MS_REC | MS_PRIVATE, None)
+    _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
+    os.mkdir("/tmp/old")
+    _libc(_syscall("pivot_root", b"/tmp", b"/tmp/old"), "pivot_root")
+    os.chdir("/")
+    old, new = "/old", "/new"
+    os.mkdir(new)
+    _mount("tmpfs", new, "tmpfs", MS_NOSUID | MS_NODEV, "size=4m,mode=0755")
+    ro = MS_RDONLY | MS_NOSUID | MS_NODEV
+    for name in SYSTEM_DIRS:
+        src = f"{old}/{name}"
+        if os.path.islink(src):
+            os.symlink(os.readlink(src), f"{new}/{name}")
+        elif os.path.isdir(src):
+            _bind(src, f"{new}/{name}", ro)
+    for root in roots:
+        _bind(old + root, new + root, ro)
+    _etc(new, old, cfg["uid"])
+    os.makedirs(f"{new}/dev/shm")
+    for dev in DEVICES:
+        _bind(f"{old}/dev/{dev}", f"{new}/dev/{dev}", MS_NOSUID | MS_NOEXEC)
+    for i, name in enumerate(("stdin", "stdout", "stderr")):
+        os.symlink(f"/proc/self/fd/{i}", f"{new}/dev/{name}")
+    os.symlink("/proc/self/fd", f"{new}/dev/fd")
+    for d in ("proc", "tmp", "var"):
+        os.mkdir(f"{new}/{d}", 0o755)
+    os.symlink("/tmp", f"{new}/var/tmp")
+    os.chdir(new)
+    _libc(_syscall("pivot_root", b".", b"."), "pivot_root")
+    _libc(libc.umount2(b".", MNT_DETACH), "umount old root")
+    os.chdir("/")
+    _mount("none", "/", None, MS_REMOUNT | MS_BIND | ro, None)
+
+
+def _load_seccomp() -> tuple[bytes, object, dict[str, int]]:
+    import importlib.util
+    import platform
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_seccomp.py")
+    spec = importlib.util.spec_from_file_location("_sdpo_seccomp", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.build_filter(), mod.install, mod.syscall_numbers(platform.machine())
+
+
+def _prepare_slot(cfg: dict) -> None:
+    """Set up this slot's world once; raises what stops it (reported as the start error)."""
+    if cfg["uid"] is not None and os.geteuid() != 0:
+        raise OSError("switching to the slot uid needs root")
+    WORLD.seccomp, WORLD.install_seccomp, WORLD.syscalls = _load_seccomp()
+    _syscall("keyctl", KEYCTL_JOIN_SESSION_KEYRING, None)  # a fresh, empty session keyring
+    cg = cfg.get("cgroup")
+    if cg:
+        WORLD.cgroup_procs = [os.open(p, os.O_WRONLY | os.O_CLOEXEC) for p in cg["procs"]]
+        WORLD.memory_fd = os.open(cg["memory"], os.O_WRONLY | os.O_CLOEXEC)
+        WORLD.oom_fd = os.open(cg["oom"], os.O_RDONLY | os.O_CLOEXEC)
+    os.environ.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    for name in cfg.get("preload", ()):  # before the namespaces: they need one thread
+        try:
+            __import__(name)
+        except Exception:  # absent or broken in this environment: runs import it themselves
+            pass
+    with open("/proc/self/statm") as f:
+        WORLD.base_vm = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    if not cfg["namespaces"]:  # orphans of the runs become our children, to kill and reap
+        _prctl(PR_SET_CHILD_SUBREAPER, 1)
+        return
+    _libc(libc.unshare(SLOT_NS), "unshare")
+    socket.sethostname("sandbox")
+    WORLD.pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    _build_root(cfg)
+    _libc(libc.unshare(CLONE_NEWPID), "unshare(CLONE_NEWPID)")  # probe the per-run step
+    _libc(libc.setns(WORLD.pidns, CLONE_NEWPID), "setns(pid)")
+
+
+def _oom_kills() -> int:
+    if WORLD.oom_fd is None:
+        return 0
+    for line in os.pread(WORLD.oom_fd, 4096, 0).decode().splitlines():
+        key, _, value = line.partition(" ")
+        if key == "oom_kill":
+            return int(value)
+    return 0
 
 
 def _kill_uid(uid: int) -> None:
@@ -319,17 +488,29 @@ def _kill_children() -> None:
             return
 
 
-def _supervise(sock: socket.socket, req: dict, cfg: dict, fds: list[int]) -> dict:
-    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    workdir = None
+def _leave_pidns(cfg: dict) -> None:
+    """Back to our own PID namespace for the next fork (a run's unshare moved us out)."""
     if cfg["namespaces"]:
-        _libc(libc.unshare(NS_FLAGS), "unshare")
-    else:  # orphans of the run become our children, so we can kill and reap them
-        _prctl(PR_SET_CHILD_SUBREAPER, 1)
+        _libc(libc.setns(WORLD.pidns, CLONE_NEWPID), "setns(pid)")
+
+
+def _supervise(req: dict, cfg: dict, fds: list[int]) -> dict:
+    """Run one request in a fresh B/C pair, enforce the wall-clock limit, describe the end."""
+    workdir = None
+    if WORLD.memory_fd is not None:
+        os.pwrite(WORLD.memory_fd, str(int(req["memory_mb"]) * 1024 * 1024).encode(), 0)
+    oom_before = _oom_kills()
+    if cfg["namespaces"]:
+        _libc(libc.unshare(CLONE_NEWPID), "unshare(CLONE_NEWPID)")
+    else:
         workdir = tempfile.mkdtemp(prefix="sdpo-sandbox-")
     status_r, status_w = os.pipe()
     start = time.monotonic()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except BaseException:
+        _leave_pidns(cfg)
+        raise
     if pid == 0:  # B: init of the new PID namespace. It runs the code in a child C, since
         # an init ignores the signals a program sends itself (os.kill(os.getpid(), 9)).
         os.close(status_r)
@@ -351,11 +532,14 @@ def _supervise(sock: socket.socket, req: dict, cfg: dict, fds: list[int]) -> dic
             if done == code_pid:
                 os.write(status_w, str(status).encode())
                 os._exit(0)
+    _leave_pidns(cfg)
     os.close(status_w)
     for fd in fds:
         os.close(fd)
+    fds.clear()
     pidfd = os.pidfd_open(pid)
     ready, _, _ = select.select([pidfd], [], [], float(req["timeout_s"]))
+    os.close(pidfd)
     timed_out = not ready
     if timed_out:
         os.kill(pid, signal.SIGKILL)
@@ -378,43 +562,23 @@ def _supervise(sock: socket.socket, req: dict, cfg: dict, fds: list[int]) -> dic
         "exit": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
         "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
         "timed_out": timed_out,
+        "oom": _oom_kills() > oom_before,
         "wall_s": round(wall, 6),
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 6),
         "maxrss_kb": usage.ru_maxrss,
     }
 
 
-def _probe(cfg: dict) -> str | None:
-    """Check, in a throwaway child, that this server can do what every run needs."""
-    if cfg["uid"] is not None and os.geteuid() != 0:
-        return "switching to the slot uid needs root"
-    if not cfg["namespaces"]:
-        return None
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        try:
-            _libc(libc.unshare(NS_FLAGS), "unshare")
-            _mount("none", "/", None, MS_REC | MS_PRIVATE, None)
-            msg = b""
-        except BaseException as exc:
-            msg = str(exc).encode() or b"failed"
-        os.write(w, msg)
-        os._exit(0)
-    os.close(w)
-    msg = os.read(r, 4096)
-    os.close(r)
-    os.waitpid(pid, 0)
-    return msg.decode() or None
-
-
 def main() -> None:
     sock = socket.socket(fileno=int(sys.argv[1]))
     cfg = json.loads(sys.argv[2])
-    error = _probe(cfg)
-    sock.sendall((json.dumps({"error": error} if error else {"ready": True}) + "\n").encode())
-    if error:
+    try:
+        _prepare_slot(cfg)
+        hello: dict = {"ready": True}
+    except Exception as exc:
+        hello = {"error": f"{type(exc).__name__}: {exc}"}
+    sock.sendall((json.dumps(hello) + "\n").encode())
+    if "error" in hello:
         return
     while True:
         try:
@@ -428,19 +592,17 @@ def main() -> None:
             req = json.loads(_recv_exact(sock, size))
         except (EOFError, ValueError):
             return
-        pid = os.fork()
-        if pid == 0:
-            try:
-                reply = _supervise(sock, req, cfg, fds)
-            except BaseException as exc:
-                reply = {"error": repr(exc)}
-            try:
-                sock.sendall((json.dumps(reply) + "\n").encode())
-            finally:
-                os._exit(0)
-        for fd in fds:
-            os.close(fd)
-        os.waitpid(pid, 0)
+        try:
+            reply = _supervise(req, cfg, fds)
+        except Exception as exc:
+            reply = {"error": repr(exc)}
+        finally:
+            for fd in fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        sock.sendall((json.dumps(reply) + "\n").encode())
 
 
 if __name__ == "__main__":

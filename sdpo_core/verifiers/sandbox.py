@@ -39,10 +39,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from sdpo_core.verifiers._cgroup import CgroupUnavailable, SlotCgroup, slot_cgroup
+
 log = logging.getLogger(__name__)
 
 CHILD = Path(__file__).with_name("_sandbox_child.py")
+# The environment `make setup` builds for untrusted code (numpy, sortedcontainers, ...).
+PROJECT_SANDBOX_PYTHON = Path(__file__).resolve().parents[2] / ".venv-sandbox/bin/python3"
 Mode = Literal["namespaces", "unsafe-local"]
+CgroupMode = Literal["auto", "required", "off"]
 Status = Literal[
     "ok", "error", "timeout", "memory", "compile_error", "output_limit", "skipped", "crashed"
 ]
@@ -50,6 +55,12 @@ Status = Literal[
 
 class SandboxError(RuntimeError):
     """The sandbox cannot run code (e.g. namespaces unavailable and no opt-in)."""
+
+
+def _default_python() -> str:
+    if PROJECT_SANDBOX_PYTHON.exists():
+        return str(PROJECT_SANDBOX_PYTHON)
+    return "/usr/bin/python3"
 
 
 def _env_int(name: str, default: int) -> int:
@@ -70,21 +81,29 @@ class SandboxSettings:
     slots: int = field(default_factory=lambda: max(2, os.cpu_count() or 2))
     uid_base: int = 61000  # slots take free uids from [uid_base, uid_base + uid_range)
     uid_range: int = 1000
-    python: str = "/usr/bin/python3"  # must be readable by the slot uids
+    python: str = field(default_factory=_default_python)  # its prefix is bound read-only
     max_output_bytes: int = 8 * 1024 * 1024  # per stream; more ends the run (Output Limit)
     nproc: int = 64
     nofile: int = 256
     fsize_mb: int = 64
     tmpfs_mb: int = 64
     lock_dir: str = "/run/sdpo-sandbox"
+    cgroup: CgroupMode = "auto"  # auto: use a cgroup per slot when possible, else warn
+    cgroup_root: str | None = None  # cgroup v2 only: parent of the slots' cgroups
+    preload: tuple[str, ...] = ()  # modules the fork server imports once (each fork pays)
 
     @classmethod
     def from_env(cls) -> SandboxSettings:
         mode = os.environ.get("SDPO_SANDBOX", "namespaces").strip() or "namespaces"
         if mode not in ("namespaces", "unsafe-local"):
             raise SandboxError(f"SDPO_SANDBOX={mode!r}: use 'namespaces' or 'unsafe-local'")
+        cgroup = os.environ.get("SDPO_SANDBOX_CGROUP", "auto").strip() or "auto"
+        if cgroup not in ("auto", "required", "off"):
+            raise SandboxError(f"SDPO_SANDBOX_CGROUP={cgroup!r}: use 'auto', 'required' or 'off'")
         d = cls()
         return cls(
+            cgroup=cgroup,  # type: ignore[arg-type]
+            cgroup_root=os.environ.get("SDPO_SANDBOX_CGROUP_ROOT") or None,
             mode=mode,  # type: ignore[arg-type]
             slots=_env_int("SDPO_SANDBOX_SLOTS", d.slots),
             uid_base=_env_int("SDPO_SANDBOX_UID_BASE", d.uid_base),
@@ -139,10 +158,24 @@ class _Slot:
         self.proc: subprocess.Popen[bytes] | None = None
         self.sock: socket.socket | None = None
         self._buf = b""
+        self.cgroup: SlotCgroup | None = None
+        if uid is not None and settings.cgroup != "off":
+            try:
+                self.cgroup = slot_cgroup(uid, settings.nproc, settings.cgroup_root)
+            except CgroupUnavailable as exc:
+                if settings.cgroup == "required":
+                    raise SandboxError(f"SDPO_SANDBOX_CGROUP=required: {exc}") from None
+                log.warning(
+                    "sandbox: no cgroup (%s); memory_mb limits each process's address space "
+                    "instead of the whole run, and tmpfs is not counted",
+                    exc,
+                )
 
     def start(self) -> None:
         s = self.settings
         cfg = {
+            "cgroup": self.cgroup.config() if self.cgroup else None,
+            "preload": list(s.preload),
             "namespaces": s.mode == "namespaces",
             "uid": self.uid,
             "nproc": s.nproc,
@@ -182,6 +215,11 @@ class _Slot:
             self.proc.kill()  # its supervisors and runs die with it (PR_SET_PDEATHSIG)
             self.proc.wait()
             self.proc = None
+
+    def remove_cgroup(self) -> None:
+        if self.cgroup is not None:
+            self.cgroup.remove()
+            self.cgroup = None
 
     def _read_line(self, deadline: float) -> dict[str, Any] | None:
         assert self.sock is not None
@@ -365,8 +403,10 @@ def _classify(
     out_of_cpu = sig == signal.SIGXCPU or (
         sig == signal.SIGKILL and float(reply.get("cpu_s", 0)) >= cpu_limit
     )
-    if reply.get("timed_out") or out_of_cpu:
-        status: Status = "timeout"
+    if reply.get("oom"):  # the kernel killed a process of the run at the cgroup's limit
+        status: Status = "memory"
+    elif reply.get("timed_out") or out_of_cpu:
+        status = "timeout"
     elif over:
         status = "output_limit"
     elif "compile_error" in reported:
@@ -466,6 +506,7 @@ class Sandbox:
     def _close_slots(self) -> None:
         for slot in self._slots:
             slot.stop()
+            slot.remove_cgroup()
             if slot.lock_fd is not None:
                 os.close(slot.lock_fd)
         self._slots.clear()
