@@ -1,112 +1,202 @@
-"""Sandbox throughput: executions/s for a batch of attempts x tests, sandboxed vs plain.
+"""Sandbox speed against LiveCodeBench's own grader, on the same programs in the same run.
 
-"plain" runs the same program with `subprocess.run([python, "-c", code])` (no isolation),
-over the same number of parallel workers. Per-run overhead = mean sandboxed run time minus
-mean plain run time for a trivial program. Prints the figures and writes
-benchmarks/results/verifier_throughput.json.
+For each small LiveCodeBench-style problem (stdin and call-based, `--tests` tests each):
+- lcb: `livecodebench.evaluation.testing_util.run_test` (nvidia-livecodebench), called once
+  in a freshly forked process as LiveCodeBench's `check_correctness` does (run_test disables
+  os functions, so a process serves one call); the time of the call itself ("bare"), / tests;
+- sandbox: one `Sandbox.run` per test on one slot, sequentially (fresh isolated process each);
+- verifier: `build_verifier(spec).verify(response)` / tests (sandbox plus grading).
+Per-test medians, their ratio to lcb, and throughput: isolated test executions per second
+for a batch (`--attempts` responses x problems x tests) through `verify_batch` on `--slots`
+slots. Prints the figures and writes benchmarks/results/verifier_throughput.json.
 
-    .venv/bin/python benchmarks/verifier_throughput.py [--attempts 16] [--tests 8] [--slots 2]
+    nice -n 10 .venv/bin/python benchmarks/verifier_throughput.py [--tests 8] [--slots 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
 import platform
-import subprocess
+import statistics
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from sdpo_core.verifiers import build_verifier
 from sdpo_core.verifiers.sandbox import Job, Sandbox, SandboxSettings
 
-PROGRAM = "import sys\nnums = list(map(int, sys.stdin.read().split()))\nprint(sum(nums))\n"
-TRIVIAL = "pass\n"
+STDIN_PROGRAMS = {
+    "sum": (
+        "import sys\nnums = list(map(int, sys.stdin.read().split()))\nprint(sum(nums))\n",
+        lambda t: (" ".join(map(str, range(t + 5))) + "\n", f"{sum(range(t + 5))}\n"),
+    ),
+    "sort": (
+        "n = int(input())\na = list(map(int, input().split()))\nprint(*sorted(a))\n",
+        lambda t: (
+            f"{t + 3}\n" + " ".join(str((7 * i) % 11) for i in range(t + 3)) + "\n",
+            " ".join(map(str, sorted((7 * i) % 11 for i in range(t + 3)))) + "\n",
+        ),
+    ),
+    "fib": (
+        "n = int(input())\na, b = 0, 1\nfor _ in range(n):\n    a, b = b, (a + b) % 1000000007\n"
+        "print(a)\n",
+        lambda t: (f"{100 * t}\n", f"{_fib(100 * t)}\n"),
+    ),
+    "words": (
+        "from collections import Counter\nwords = input().split()\n"
+        "w, c = Counter(words).most_common(1)[0]\nprint(w, c)\n",
+        lambda t: ("a b " * t + "b c\n", f"b {t + 1}\n"),
+    ),
+}
+CALL_PROGRAM = (
+    "class Solution:\n    def twoSum(self, nums: List[int], target: int) -> List[int]:\n"
+    "        seen = {}\n        for i, x in enumerate(nums):\n"
+    "            if target - x in seen:\n                return [seen[target - x], i]\n"
+    "            seen[x] = i\n"
+)
 
 
-def plain_run(python: str, code: str, stdin: str, timeout_s: float) -> None:
-    subprocess.run(
-        [python, "-c", code], input=stdin.encode(), capture_output=True, timeout=timeout_s
-    )
-
-
-def batch(n_attempts: int, n_tests: int) -> list[tuple[str, str]]:
-    return [
-        (PROGRAM, " ".join(map(str, range(t + 1))))
-        for _ in range(n_attempts)
-        for t in range(n_tests)
-    ]
-
-
-def bench_plain(python: str, jobs: list[tuple[str, str]], workers: int) -> float:
-    start = time.perf_counter()
-    with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(lambda j: plain_run(python, j[0], j[1], 10.0), jobs))
-    return time.perf_counter() - start
-
-
-def bench_sandbox(sb: Sandbox, jobs: list[tuple[str, str]]) -> float:
-    start = time.perf_counter()
-    results = sb.run_many([Job(code=c, stdin=s, timeout_s=10.0) for c, s in jobs])
-    elapsed = time.perf_counter() - start
-    assert all(r.status == "ok" for r in results), {r.status for r in results}
-    return elapsed
-
-
-def sequential_ms(fn, n: int) -> float:
-    start = time.perf_counter()
+def _fib(n: int) -> int:
+    a, b = 0, 1
     for _ in range(n):
-        fn()
-    return (time.perf_counter() - start) / n * 1000
+        a, b = b, (a + b) % 1000000007
+    return a
+
+
+def problems(n_tests: int) -> list[dict]:
+    """[{name, code, fn_name, inputs, outputs}] in LiveCodeBench's input_output format."""
+    out = []
+    for name, (code, make) in STDIN_PROGRAMS.items():
+        pairs = [make(t) for t in range(n_tests)]
+        out.append({"name": name, "code": code, "fn_name": None,
+                    "inputs": [p[0] for p in pairs], "outputs": [p[1] for p in pairs]})  # fmt: skip
+    inputs, outputs = [], []
+    for t in range(n_tests):
+        nums = [*range(t + 2), 100]
+        inputs.append(f"{json.dumps(nums)}\n{100 + t + 1}")
+        outputs.append(json.dumps([t + 1, t + 2]))
+    out.append({"name": "twoSum", "code": CALL_PROGRAM, "fn_name": "twoSum",
+                "inputs": inputs, "outputs": outputs})  # fmt: skip
+    return out
+
+
+def _lcb_worker(problem: dict, queue: mp.Queue) -> None:
+    from livecodebench.evaluation.testing_util import run_test
+
+    io = {"inputs": problem["inputs"], "outputs": problem["outputs"]}
+    if problem["fn_name"]:
+        io["fn_name"] = problem["fn_name"]
+    start = time.perf_counter()
+    results, _ = run_test({"input_output": json.dumps(io)}, problem["code"], timeout=6)
+    queue.put((time.perf_counter() - start, results))
+
+
+def lcb_per_test(problem: dict) -> float:
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_lcb_worker, args=(problem, queue))
+    proc.start()
+    elapsed, results = queue.get(timeout=60)
+    proc.join()
+    assert all(r is True for r in results), (problem["name"], results)
+    return elapsed / len(problem["inputs"])
+
+
+def spec(problem: dict) -> dict:
+    pairs = zip(problem["inputs"], problem["outputs"], strict=True)
+    tests = [{"input": i, "output": o} for i, o in pairs]
+    if problem["fn_name"]:
+        return {"kind": "tests", "mode": "functional", "fn_name": problem["fn_name"],
+                "tests": tests}  # fmt: skip
+    return {"kind": "tests", "mode": "stdin", "tests": tests}
+
+
+def sandbox_per_test(sb: Sandbox, problem: dict) -> float:
+    start = time.perf_counter()
+    for stdin in problem["inputs"]:
+        if problem["fn_name"]:
+            job = Job(code=problem["code"], harness="call", fn_name=problem["fn_name"],
+                      args=json.dumps([json.loads(a) for a in stdin.split("\n")]))  # fmt: skip
+        else:
+            job = Job(code=problem["code"], stdin=stdin)
+        result = sb.run(job)
+        assert result.status == "ok", (problem["name"], result)
+    return (time.perf_counter() - start) / len(problem["inputs"])
+
+
+def verifier_per_test(problem: dict) -> float:
+    v = build_verifier(spec(problem))
+    start = time.perf_counter()
+    verdict = v.verify(f"```python\n{problem['code']}```")
+    elapsed = time.perf_counter() - start
+    assert verdict.passed, (problem["name"], verdict.feedback)
+    return elapsed / len(problem["inputs"])
+
+
+def throughput(probs: list[dict], attempts: int) -> tuple[float, int]:
+    verifiers = [build_verifier(spec(p)) for p in probs]
+    total = attempts * sum(len(p["inputs"]) for p in probs)
+    start = time.perf_counter()
+    for v, p in zip(verifiers, probs, strict=True):
+        verdicts = v.verify_batch([f"```python\n{p['code']}```"] * attempts)
+        assert all(d.passed for d in verdicts), p["name"]
+    return total / (time.perf_counter() - start), total
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--attempts", type=int, default=16)
     ap.add_argument("--tests", type=int, default=8)
+    ap.add_argument("--attempts", type=int, default=16)
     ap.add_argument("--slots", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--mode", default="namespaces", choices=["namespaces", "unsafe-local"])
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument(
         "--out", default=str(Path(__file__).parent / "results/verifier_throughput.json")
     )
     args = ap.parse_args()
+    os.environ.setdefault("SDPO_SANDBOX_SLOTS", str(args.slots))
+    probs = problems(args.tests)
 
-    settings = SandboxSettings(mode=args.mode, slots=args.slots)
-    python = settings.python
-    jobs = batch(args.attempts, args.tests)
-    with Sandbox(settings) as sb:
-        sb.run_many([Job(code=TRIVIAL, group=i) for i in range(args.slots)])  # warm the slots
-        plain_s, sandbox_s = [], []
-        for _ in range(args.repeats):  # interleaved, so load from elsewhere hits both alike
-            plain_s.append(bench_plain(python, jobs, args.slots))
-            sandbox_s.append(bench_sandbox(sb, jobs))
-        n = 30
-        plain_ms = sequential_ms(lambda: plain_run(python, TRIVIAL, "", 10.0), n)
-        sandbox_ms = sequential_ms(lambda: sb.run(Job(code=TRIVIAL)), n)
-
-    plain_eps = len(jobs) / min(plain_s)
-    sandbox_eps = len(jobs) / min(sandbox_s)
+    lcb, sandbox, verifier = [], [], []
+    settings = SandboxSettings.from_env()
+    with Sandbox(SandboxSettings(**{**settings.__dict__, "slots": 1})) as sb:
+        sb.run(Job(code="pass"))
+        for p in probs:
+            verifier_per_test(p)  # warm the shared sandbox's slots
+        for _ in range(args.repeats):  # interleaved, so load from elsewhere hits all alike
+            for p in probs:
+                lcb.append(lcb_per_test(p))
+                sandbox.append(sandbox_per_test(sb, p))
+                verifier.append(verifier_per_test(p))
+        cgroup = sb._slots[0].cgroup is not None
+    eps, total = throughput(probs, args.attempts)
+    med = {k: statistics.median(v) * 1000 for k, v in
+           (("lcb", lcb), ("sandbox", sandbox), ("verifier", verifier))}  # fmt: skip
     figures = {
-        "executions": len(jobs),
-        "attempts": args.attempts,
-        "tests_per_attempt": args.tests,
-        "slots": args.slots,
-        "mode": args.mode,
-        "plain_exec_per_s": round(plain_eps, 1),
-        "sandbox_exec_per_s": round(sandbox_eps, 1),
-        "sandbox_cost_ratio": round(plain_eps / sandbox_eps, 3),  # < 1: sandbox is faster
-        "plain_run_ms": round(plain_ms, 2),
-        "sandbox_run_ms": round(sandbox_ms, 2),
-        "per_run_overhead_ms": round(sandbox_ms - plain_ms, 2),
-        "python": python,
+        "problems": [p["name"] for p in probs],
+        "tests_per_problem": args.tests,
+        "repeats": args.repeats,
+        "lcb_run_test_ms_per_test": round(med["lcb"], 3),
+        "sandbox_run_ms_per_test": round(med["sandbox"], 3),
+        "verifier_ms_per_test": round(med["verifier"], 3),
+        "sandbox_ratio_to_lcb": round(med["sandbox"] / med["lcb"], 2),
+        "verifier_ratio_to_lcb": round(med["verifier"] / med["lcb"], 2),
+        "throughput_executions": total,
+        "throughput_slots": args.slots,
+        "isolated_executions_per_s": round(eps, 1),
+        "sandbox_mode": settings.mode,
+        "cgroup": cgroup,
+        "sandbox_python": settings.python,
         "cpus": os.cpu_count(),
-        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
         "kernel": platform.release(),
+        "command": "nice -n 10 .venv/bin/python benchmarks/verifier_throughput.py "
+        f"--tests {args.tests} --attempts {args.attempts} --slots {args.slots} "
+        f"--repeats {args.repeats}",
     }
     for key, value in figures.items():
-        print(f"{key:>22}: {value}")
+        print(f"{key:>28}: {value}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(figures, indent=2) + "\n")

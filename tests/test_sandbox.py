@@ -15,7 +15,14 @@ from pathlib import Path
 import pytest
 
 from sdpo_core.verifiers import build_verifier
-from sdpo_core.verifiers.sandbox import Job, RunResult, Sandbox, SandboxError, SandboxSettings
+from sdpo_core.verifiers.sandbox import (
+    PROJECT_SANDBOX_PYTHON,
+    Job,
+    RunResult,
+    Sandbox,
+    SandboxError,
+    SandboxSettings,
+)
 from sdpo_core.verifiers.testcases import TestsVerifier
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -511,6 +518,8 @@ def test_memory_limit_covers_all_processes_of_a_run(sandbox):
 
 
 def test_sandbox_python_has_livecodebench_imports(sandbox):
+    if not PROJECT_SANDBOX_PYTHON.exists() and "SDPO_SANDBOX_PYTHON" not in os.environ:
+        pytest.skip("the sandbox's python environment is not built: run `make setup`")
     r, _ = run(
         sandbox,
         "import numpy, sortedcontainers\nprint(numpy.arange(4).sum(), "

@@ -86,10 +86,9 @@ def slot_cgroup(uid: int, nproc: int, root: str | None = None) -> SlotCgroup:
             _enable(base, made)
             slot = base / f"uid-{uid}"
             _mkdir(slot, made)
-            _write(slot / "pids.max", str(nproc + 1))  # + the run's init
-            for name, value in (("memory.swap.max", "0"), ("memory.oom.group", "1")):
-                if (slot / name).exists():
-                    _write(slot / name, value)
+            _write(slot / "pids.max", str(nproc + 2))  # + the server and the run's init
+            if (slot / "memory.swap.max").exists():
+                _write(slot / "memory.swap.max", "0")
             return SlotCgroup(
                 2, [slot], [str(slot / "cgroup.procs")], str(slot / "memory.max"),
                 str(slot / "memory.events"), made,
@@ -109,7 +108,7 @@ def slot_cgroup(uid: int, nproc: int, root: str | None = None) -> SlotCgroup:
             d = d / f"uid-{uid}"
             _mkdir(d, made)
             dirs.append(d)
-        _write(dirs[1] / "pids.max", str(nproc + 1))  # + the run's init
+        _write(dirs[1] / "pids.max", str(nproc + 2))  # + the server and the run's init
         return SlotCgroup(
             1, dirs, [str(d / "cgroup.procs") for d in dirs],
             str(dirs[0] / "memory.limit_in_bytes"), str(dirs[0] / "memory.oom_control"), made,

@@ -8,12 +8,13 @@ At start (namespaces mode) the server moves into its own mount, network, UTS and
 namespaces and pivots into a minimal root: a read-only tmpfs holding /usr and the
 interpreter's own prefix (bound read-only), a synthetic /etc, a few /dev nodes, and nothing
 else (no project files, no data directories, no /run). It serves runs one at a time, itself
-acting as their supervisor. Per run it forks B, PID 1 of a fresh PID namespace (when B dies
-the kernel kills everything it started), which joins the slot's cgroup (memory and process
-limits for everything the run starts, tmpfs included), unshares a fresh mount namespace,
-mounts a private tmpfs on /tmp and /dev/shm and a fresh /proc, and forks C, the run itself:
-C drops to the slot uid with rlimits and no_new_privs, installs the seccomp filter
-(_seccomp.py) and executes the code. The server enforces the wall-clock limit and reports.
+acting as their supervisor, from inside the slot's cgroup (memory and process limits for
+everything a run starts, tmpfs included; a run is the OOM killer's first choice). Per run it
+forks B, PID 1 of a fresh PID namespace (when B dies the kernel kills everything it started),
+which unshares a fresh mount namespace, mounts a private tmpfs on /tmp and /dev/shm and a
+fresh /proc, and forks C, the run itself: C drops to the slot uid with rlimits and
+no_new_privs, installs the seccomp filter (_seccomp.py) and executes the code. The server
+enforces the wall-clock limit and reports.
 
 Protocol on the socket whose fd is argv[1] (argv[2] is the JSON config):
   start:   server -> parent: one JSON line, {"ready": true} or {"error": "..."}
@@ -140,8 +141,6 @@ def _recv_exact(sock: socket.socket, n: int, first: bytes = b"") -> bytes:
 def _setup_root(cfg: dict, workdir: str | None) -> str:
     """As root, PID 1 of the run's PID namespace (B): the run's own mounts and private dir."""
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    for fd in WORLD.cgroup_procs:  # "0": the writing process; everything it starts follows
-        os.write(fd, b"0")
     if cfg["namespaces"]:
         _libc(libc.unshare(RUN_NS), "unshare")
         tmpfs = f"size={int(cfg['tmpfs_mb'])}m,mode=1777"
@@ -150,6 +149,9 @@ def _setup_root(cfg: dict, workdir: str | None) -> str:
         _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
         workdir = "/tmp/work"
         os.mkdir(workdir, 0o700)
+    if WORLD.cgroup_procs:  # at the cgroup's limit the run goes first, never the server
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
     assert workdir is not None
     if cfg["uid"] is not None:
         os.chown(workdir, cfg["uid"], cfg["uid"])
@@ -435,6 +437,8 @@ def _prepare_slot(cfg: dict) -> None:
             pass
     with open("/proc/self/statm") as f:
         WORLD.base_vm = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    for fd in WORLD.cgroup_procs:  # join once, after the imports (their memory stays outside):
+        os.write(fd, b"0")  # the runs are born inside; moving each run in costs more
     if not cfg["namespaces"]:  # orphans of the runs become our children, to kill and reap
         _prctl(PR_SET_CHILD_SUBREAPER, 1)
         return

@@ -137,6 +137,9 @@ def build_filter(machine: str | None = None) -> bytes:
     return b"".join(prog)
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
 class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
@@ -145,8 +148,7 @@ def install(program: bytes) -> None:
     """Apply `program` to the calling thread (needs no_new_privs or CAP_SYS_ADMIN)."""
     buf = ctypes.create_string_buffer(program, len(program))
     fprog = _SockFprog(len(program) // 8, ctypes.addressof(buf))
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
+    if _libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"seccomp: {errno.errorcode.get(err, err)}")
 
