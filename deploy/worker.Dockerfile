@@ -5,20 +5,26 @@
 #   docker build -f deploy/worker.Dockerfile -t sdpo-worker .
 FROM python:3.11-slim-bookworm
 
-# The sandbox runs untrusted code under the system python with unshare/setpriv/flock
-# (util-linux, in the base image); it needs root (uid switching) and CAP_SYS_ADMIN.
+# The verifier sandbox needs root (uid switching) and CAP_SYS_ADMIN (namespaces, mounts); the
+# entrypoint prepares its cgroups (SDPO_SANDBOX_CGROUP_INIT). Untrusted code runs under
+# /opt/sdpo-sandbox: the image's python plus deploy/sandbox-requirements.txt, nothing else.
 # TOKENIZERS_PARALLELISM is no secret (DL3064 matches the word TOKEN).
 # hadolint ignore=DL3064
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    SDPO_SANDBOX_PYTHON=/usr/local/bin/python3 \
+    SDPO_SANDBOX_PYTHON=/opt/sdpo-sandbox/bin/python3 \
+    SDPO_SANDBOX_CGROUP_INIT=1 \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     TOKENIZERS_PARALLELISM=false \
     HF_HUB_OFFLINE=1
 
 WORKDIR /app
+COPY deploy/sandbox-requirements.txt ./deploy/
+RUN python -m venv --without-pip /opt/sdpo-sandbox \
+    && pip install --no-cache-dir --python /opt/sdpo-sandbox/bin/python3 \
+        -r deploy/sandbox-requirements.txt
 COPY pyproject.toml README.md ./
 COPY sdpo_core ./sdpo_core
 COPY service ./service
