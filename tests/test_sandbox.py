@@ -72,8 +72,9 @@ def test_isolated_identity(sandbox):
     )
     uid, gid, groups, pid, host = r.stdout.splitlines()[0].split(" ", 4)
     assert int(uid) in sandbox.uids and int(uid) != 0 and int(gid) == int(uid)
-    assert groups == "[]" and pid == "2" and host == "sandbox"  # PID 1 is the run's own init
-    assert r.stdout.splitlines()[1] == "/tmp/work ['1', '2']"
+    assert groups == "[]" and host == "sandbox"
+    # the slot's PID namespace: its init (the fork server, root) and this run
+    assert r.stdout.splitlines()[1] == f"/tmp/work {sorted(['1', pid])}" and pid != "1"
 
 
 def test_infinite_loop(sandbox):
@@ -458,6 +459,11 @@ def test_seccomp_denies_namespaces_ptrace_and_ipc(sandbox):
         show("ptrace(traceme)", libc.ptrace(0, 0, None, None))
         show("shmget", libc.shmget(0x5d90, 4096, 0o1666))
         show("msgget", libc.msgget(0x5d90, 0o1666))
+        for family in (16, 17, 40):  # netlink, packet, vsock (a VM's host)
+            show(f"socket({family})", libc.socket(family, 1, 0))
+        import socket
+        socket.socket().close()  # AF_INET stays allowed (there is no route anywhere)
+        print("inet ok")
         pid = os.fork()  # plain fork and threads still work
         if pid == 0:
             os._exit(7)
@@ -469,7 +475,7 @@ def test_seccomp_denies_namespaces_ptrace_and_ipc(sandbox):
     )
     assert r.status == "ok", r
     assert "ALLOWED" not in r.stdout, r.stdout
-    assert "fork 7" in r.stdout and "thread ran" in r.stdout
+    assert "fork 7" in r.stdout and "thread ran" in r.stdout and "inet ok" in r.stdout
 
 
 def test_runs_do_not_see_each_others_files(sandbox):

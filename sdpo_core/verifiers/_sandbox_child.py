@@ -4,19 +4,20 @@ It never imports sdpo_core: it starts with an empty environment and holds nothin
 a forked copy of it is a clean place to run untrusted code. Pre-importing the usual modules
 here (and forking per run) saves the interpreter start-up of a fresh process per test.
 
-At start (namespaces mode) the server moves into its own mount, network, UTS and IPC
-namespaces and pivots into a minimal root: a read-only tmpfs holding /usr and the
-interpreter's own prefix (bound read-only), a synthetic /etc, a few /dev nodes, and nothing
-else (no project files, no data directories, no /run). It serves runs one at a time, itself
-acting as their supervisor, from inside the slot's cgroup (memory and process limits for
-everything a run starts, tmpfs included; a run is the OOM killer's first choice). Per run it
-forks B, PID 1 of a fresh PID namespace (when B dies the kernel kills everything it started),
-which unshares a fresh mount namespace, mounts a private tmpfs on /tmp and /dev/shm and a
-fresh /proc, and forks C, the run itself: C drops to the slot uid with rlimits and
-no_new_privs, installs the seccomp filter (_seccomp.py) and executes the code. The server
-enforces the wall-clock limit and reports.
+At start (namespaces mode) the server moves into its own mount, network, UTS, IPC and PID
+namespaces, going on as PID 1 of the latter, and pivots into a minimal root: a read-only
+tmpfs holding /usr and the interpreter's own prefix (bound read-only), a synthetic /etc, a few
+/dev nodes, the slot's /proc, and nothing else (no project files, no data directories, no
+/run). It serves runs one at a time, itself acting as their supervisor, from inside the
+slot's cgroup (memory and process limits for everything a run starts, tmpfs included; a run is
+the OOM killer's first choice). Per run it forks the run's process, which unshares a fresh
+mount namespace, mounts a private tmpfs on /tmp (/dev/shm and /var/tmp point into it), drops
+to the slot uid with rlimits and no_new_privs, installs the seccomp filter (_seccomp.py) and
+executes the code. The server enforces the wall-clock limit; when the run's process has ended
+it kills every other process of its PID namespace (the run's stragglers: everything but
+itself) and reaps them, so no process of a run outlives it.
 
-Protocol on the socket whose fd is argv[1] (argv[2] is the JSON config):
+Protocol on the socket whose fd is argv[1] (the JSON config is $SDPO_SANDBOX_SLOT):
   start:   server -> parent: one JSON line, {"ready": true} or {"error": "..."}
   request: parent -> server: 8-byte big-endian length, sent with 4 fds (stdin read end,
            stdout/stderr/result write ends), then the JSON payload
@@ -31,6 +32,7 @@ import datetime
 import decimal
 import fractions
 import functools
+import gc
 import heapq
 import io
 import itertools
@@ -135,18 +137,18 @@ def _recv_exact(sock: socket.socket, n: int, first: bytes = b"") -> bytes:
     return bytes(buf)
 
 
-# ------------------------------------------------------------------- B: the run itself
+# ---------------------------------------------------------------------------- the run itself
 
 
 def _setup_root(cfg: dict, workdir: str | None) -> str:
-    """As root, PID 1 of the run's PID namespace (B): the run's own mounts and private dir."""
+    """As root, in the run's process: its own mount namespace and private /tmp."""
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if cfg["namespaces"]:
         _libc(libc.unshare(RUN_NS), "unshare")
         tmpfs = f"size={int(cfg['tmpfs_mb'])}m,mode=1777"
         _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, tmpfs)
-        _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, tmpfs)
-        _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
+        os.mkdir("/tmp/shm", 0o1777)  # /dev/shm (one tmpfs, one size limit, one mount less)
+        os.chmod("/tmp/shm", 0o1777)  # (mkdir applies the umask)
         workdir = "/tmp/work"
         os.mkdir(workdir, 0o700)
     if WORLD.cgroup_procs:  # at the cgroup's limit the run goes first, never the server
@@ -159,8 +161,8 @@ def _setup_root(cfg: dict, workdir: str | None) -> str:
 
 
 def _drop(req: dict, cfg: dict, fds: list[int], workdir: str) -> None:
-    """Become the sandboxed process (C): cgroup, session, rlimits, uid, no_new_privs, fds,
-    env, and last the seccomp filter."""
+    """Become the sandboxed process: session, rlimits, uid, no_new_privs, fds, env, and last
+    the seccomp filter."""
     uid = cfg["uid"]
     os.chdir(workdir)
     os.setsid()
@@ -307,7 +309,6 @@ class World:
     """What the server set up once: namespace fds, cgroup files, the seccomp filter."""
 
     def __init__(self) -> None:
-        self.pidns: int | None = None  # our own PID namespace, to return to after each run
         self.cgroup_procs: list[int] = []  # cgroup.procs of the slot (one per v1 hierarchy)
         self.memory_fd: int | None = None  # memory.max (v2) or memory.limit_in_bytes (v1)
         self.oom_fd: int | None = None  # memory.events (v2) or memory.oom_control (v1)
@@ -390,7 +391,8 @@ def _build_root(cfg: dict) -> None:
     for root in roots:
         _bind(old + root, new + root, ro)
     _etc(new, old, cfg["uid"])
-    os.makedirs(f"{new}/dev/shm")
+    os.makedirs(f"{new}/dev")
+    os.symlink("/tmp/shm", f"{new}/dev/shm")
     for dev in DEVICES:
         _bind(f"{old}/dev/{dev}", f"{new}/dev/{dev}", MS_NOSUID | MS_NOEXEC)
     for i, name in enumerate(("stdin", "stdout", "stderr")):
@@ -403,6 +405,7 @@ def _build_root(cfg: dict) -> None:
     _libc(_syscall("pivot_root", b".", b"."), "pivot_root")
     _libc(libc.umount2(b".", MNT_DETACH), "umount old root")
     os.chdir("/")
+    _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
     _mount("none", "/", None, MS_REMOUNT | MS_BIND | ro, None)
 
 
@@ -442,12 +445,14 @@ def _prepare_slot(cfg: dict) -> None:
     if not cfg["namespaces"]:  # orphans of the runs become our children, to kill and reap
         _prctl(PR_SET_CHILD_SUBREAPER, 1)
         return
-    _libc(libc.unshare(SLOT_NS), "unshare")
+    _libc(libc.unshare(SLOT_NS | CLONE_NEWPID), "unshare")
     socket.sethostname("sandbox")
-    WORLD.pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    pid = os.fork()  # the server goes on as PID 1 of the slot's PID namespace
+    if pid:
+        _, status = os.waitpid(pid, 0)  # the process our parent started just waits
+        os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     _build_root(cfg)
-    _libc(libc.unshare(CLONE_NEWPID), "unshare(CLONE_NEWPID)")  # probe the per-run step
-    _libc(libc.setns(WORLD.pidns, CLONE_NEWPID), "setns(pid)")
 
 
 def _oom_kills() -> int:
@@ -472,6 +477,14 @@ def _kill_uid(uid: int) -> None:
     os.waitpid(pid, 0)
 
 
+def _reap_all() -> None:
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+
+
 def _kill_children() -> None:
     """Kill and reap every child (orphans of the run land here as we are a subreaper)."""
     me = os.getpid()
@@ -492,52 +505,26 @@ def _kill_children() -> None:
             return
 
 
-def _leave_pidns(cfg: dict) -> None:
-    """Back to our own PID namespace for the next fork (a run's unshare moved us out)."""
-    if cfg["namespaces"]:
-        _libc(libc.setns(WORLD.pidns, CLONE_NEWPID), "setns(pid)")
-
-
 def _supervise(req: dict, cfg: dict, fds: list[int]) -> dict:
-    """Run one request in a fresh B/C pair, enforce the wall-clock limit, describe the end."""
+    """Run one request in a fresh process, enforce the wall-clock limit, describe the end."""
     workdir = None
     if WORLD.memory_fd is not None:
         os.pwrite(WORLD.memory_fd, str(int(req["memory_mb"]) * 1024 * 1024).encode(), 0)
     oom_before = _oom_kills()
-    if cfg["namespaces"]:
-        _libc(libc.unshare(CLONE_NEWPID), "unshare(CLONE_NEWPID)")
-    else:
+    if not cfg["namespaces"]:
         workdir = tempfile.mkdtemp(prefix="sdpo-sandbox-")
-    status_r, status_w = os.pipe()
     start = time.monotonic()
-    try:
-        pid = os.fork()
-    except BaseException:
-        _leave_pidns(cfg)
-        raise
-    if pid == 0:  # B: init of the new PID namespace. It runs the code in a child C, since
-        # an init ignores the signals a program sends itself (os.kill(os.getpid(), 9)).
-        os.close(status_r)
+    pid = os.fork()
+    if pid == 0:  # the run
         try:
             workdir = _setup_root(cfg, workdir)
-            code_pid = os.fork()
-            if code_pid == 0:
-                _drop(req, cfg, fds, workdir)
-                _run_user(req)
+            _drop(req, cfg, fds, workdir)
+            _run_user(req)
         except BaseException as exc:
             try:
                 _write_all(fds[3], (json.dumps({"setup_error": repr(exc)}) + "\n").encode())
             finally:
                 os._exit(111)
-        for fd in fds:
-            os.close(fd)
-        while True:  # reap orphans until the program itself exits
-            done, status = os.wait()
-            if done == code_pid:
-                os.write(status_w, str(status).encode())
-                os._exit(0)
-    _leave_pidns(cfg)
-    os.close(status_w)
     for fd in fds:
         os.close(fd)
     fds.clear()
@@ -549,11 +536,13 @@ def _supervise(req: dict, cfg: dict, fds: list[int]) -> dict:
         os.kill(pid, signal.SIGKILL)
     _, status, usage = os.wait4(pid, 0)
     wall = time.monotonic() - start
-    code_status = os.read(status_r, 64)
-    os.close(status_r)
-    if code_status:
-        status = int(code_status)
-    if not cfg["namespaces"]:  # no PID namespace to take the stragglers down with it
+    if cfg["namespaces"]:  # we are the init of the slot's PID namespace: all else is the run's
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        _reap_all()
+    else:  # no PID namespace to take the stragglers down with it
         try:
             os.killpg(pid, signal.SIGKILL)
         except OSError:
@@ -575,9 +564,11 @@ def _supervise(req: dict, cfg: dict, fds: list[int]) -> dict:
 
 def main() -> None:
     sock = socket.socket(fileno=int(sys.argv[1]))
-    cfg = json.loads(sys.argv[2])
+    cfg = json.loads(os.environ.pop("SDPO_SANDBOX_SLOT"))  # not in argv: runs see our cmdline
     try:
         _prepare_slot(cfg)
+        gc.collect()
+        gc.freeze()  # a run's collections never touch (so never copy) the server's objects
         hello: dict = {"ready": True}
     except Exception as exc:
         hello = {"error": f"{type(exc).__name__}: {exc}"}

@@ -5,10 +5,11 @@ keyring outlives its processes, a channel between runs), ptrace and cross-proces
 access, new namespaces (unshare, setns, clone with CLONE_NEW*), mount and module syscalls,
 bpf, perf_event_open, userfaultfd, io_uring, kexec, syslog, System V IPC and POSIX message
 queues (their objects outlive the process, and the runs of a slot share an IPC namespace; POSIX
-semaphores and shared memory live in the run's private /dev/shm), and creating unix-domain sockets
-(`socket(AF_UNIX, ...)`: no connecting to any socket file or abstract name; `socketpair`
-stays allowed). clone3 answers ENOSYS, so libc falls back to clone, whose flags are checked.
-Other architectures than the native one (x32, i386 on x86_64) are killed.
+semaphores and shared memory live in the run's private /dev/shm), and creating sockets of any
+family but AF_INET and AF_INET6 (AF_UNIX: EACCES, so no connecting to any socket file or
+abstract name; `socketpair` stays allowed; others, e.g. vsock to a VM's host, EAFNOSUPPORT).
+clone3 answers ENOSYS, so libc falls back to clone, whose flags are checked. Other
+architectures than the native one (x32, i386 on x86_64) are killed.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ _RET_ERRNO = 0x00050000
 _RET_ALLOW = 0x7FFF0000
 _LD_W_ABS, _JEQ_K, _JSET_K, _JGE_K, _RET_K = 0x20, 0x15, 0x45, 0x35, 0x06
 _SECCOMP_MODE_FILTER, _PR_SET_SECCOMP = 2, 22
-AF_UNIX = 1
+AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
 CLONE_NEW_ANY = (
     0x00020000  # NEWNS
     | 0x02000000  # NEWCGROUP
@@ -118,13 +119,18 @@ def build_filter(machine: str | None = None) -> bytes:
     for name in _DENIED:
         prog += [_ins(_JEQ_K, nr[name], 0, 1), _ins(_RET_K, deny)]
     prog += [_ins(_JEQ_K, nr["clone3"], 0, 1), _ins(_RET_K, _RET_ERRNO | errno.ENOSYS)]
-    # socket(AF_UNIX, ...): EACCES. The low word of args[0] on a little-endian machine.
+    # socket(family, ...): AF_INET and AF_INET6 only (the network namespace has no interface);
+    # AF_UNIX is EACCES, any other family (netlink, vsock to a VM's host, ...) EAFNOSUPPORT.
+    # The low word of args[0] on a little-endian machine.
     prog += [
-        _ins(_JEQ_K, nr["socket"], 0, 3),
+        _ins(_JEQ_K, nr["socket"], 0, 7),
         _ins(_LD_W_ABS, _ARG0),
-        _ins(_JEQ_K, AF_UNIX, 0, 1),
+        _ins(_JEQ_K, AF_INET, 3, 0),
+        _ins(_JEQ_K, AF_INET6, 2, 0),
+        _ins(_JEQ_K, AF_UNIX, 0, 2),
         _ins(_RET_K, _RET_ERRNO | errno.EACCES),
-        _ins(_LD_W_ABS, _NR),
+        _ins(_RET_K, _RET_ALLOW),
+        _ins(_RET_K, _RET_ERRNO | errno.EAFNOSUPPORT),
     ]
     # clone(flags, ...) with any CLONE_NEW* flag: EPERM (threads and fork stay allowed).
     prog += [

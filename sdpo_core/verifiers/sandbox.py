@@ -186,9 +186,9 @@ class _Slot:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.proc = subprocess.Popen(
-                [s.python, "-I", str(CHILD), str(child.fileno()), json.dumps(cfg)],
+                [s.python, "-I", str(CHILD), str(child.fileno())],
                 pass_fds=[child.fileno()],
-                env={},
+                env={"SDPO_SANDBOX_SLOT": json.dumps(cfg)},
                 cwd="/",
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
