@@ -28,7 +28,7 @@ from sdpo_core.toy import make_problem
 from sdpo_core.toy.families import build_tiny_model
 from sdpo_core.types import StepEvent
 
-pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+pytestmark = pytest.mark.slow  # the vllm-engine tests are also marked vllm
 
 REPO = Path(__file__).resolve().parents[1]
 LOGPROB_TOL = 1e-4  # max |vLLM - trainer| per token, float32 both sides
@@ -51,6 +51,7 @@ def base_logprobs(model_dir: Path, prompt: list[int], cont: list[int]) -> list[f
     return logp.gather(-1, torch.tensor(cont)[:, None])[:, 0].tolist()
 
 
+@pytest.mark.vllm
 @pytest.mark.parametrize("family", SERVED_WITH_LORA_ON_CPU)
 def test_family_through_the_loop_on_vllm(family: str, tmp_path: Path) -> None:
     torch.set_num_threads(2)
@@ -103,12 +104,42 @@ def test_family_through_the_loop_on_vllm(family: str, tmp_path: Path) -> None:
         rt.close()
 
 
+@pytest.mark.parametrize("family", [*SERVED_WITH_LORA_ON_CPU, "qwen3_moe"])
+def test_family_on_the_hf_engine(family: str, tmp_path: Path) -> None:
+    """The in-process engine samples from the live student of every family: one SDPO step,
+    then the exported adapter loads into peft and gives the trainer's log-probs."""
+    from peft import PeftModel
+
+    torch.set_num_threads(2)
+    model_dir = build_tiny_model(family, tmp_path / "model")
+    rt = load_runtime(model_dir, engine="hf", device="cpu")
+    try:
+        data = small_problem()
+        data["budget"]["max_attempts"] = 8
+        problem = parse_problem(data)
+        result = solve(problem, rt, checkpoint_dir=tmp_path / "run")
+        assert result.status == "exhausted" and result.steps == 1, result.error
+        prompt = rt.trainer.encode_chat(problem.prompt)
+        resp = rt.engine.generate(prompt, _sampling(n=1))[0].token_ids
+        trained = rt.trainer.sequence_logprobs(prompt, resp)
+    finally:
+        rt.close()
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    peft = PeftModel.from_pretrained(base, tmp_path / "run" / "adapter").eval()
+    with torch.no_grad():
+        logits = peft(torch.tensor([prompt + resp])).logits[0].float()
+    logp = torch.log_softmax(logits, dim=-1)[len(prompt) - 1 : -1]
+    exported = logp.gather(-1, torch.tensor(resp)[:, None])[:, 0].tolist()
+    assert max(abs(a - b) for a, b in zip(exported, trained, strict=True)) < LOGPROB_TOL
+
+
 def _sampling(n: int):
     from sdpo_core.types import SamplingParams
 
     return SamplingParams(n=n, max_new_tokens=16, temperature=1.0, seed=5)
 
 
+@pytest.mark.vllm
 def test_qwen3_moe_lora_is_not_servable_by_vllm_on_cpu(tmp_path: Path) -> None:
     """Expected failure, asserted with its reason: with --enable-lora, vLLM (0.32) runs every
     MoE layer through its Triton MoE-LoRA kernel, which the CPU build lacks. The user sees
