@@ -9,18 +9,24 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.errors import ApiError
 from service.settings import Settings, is_loopback
+from service.sse import EventHub
 from service.store import Store
 
 LOCAL_TENANT = "local"
 _bearer = HTTPBearer(auto_error=False, description="An API key from `sdpo keys create`.")
 
 
-def get_settings(request: Request) -> Settings:
+# Async on purpose: FastAPI runs a sync dependency in the thread pool, on every request.
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_store(request: Request) -> Store:
+async def get_store(request: Request) -> Store:
     return request.app.state.store
+
+
+async def get_hub(request: Request) -> EventHub:
+    return request.app.state.hub
 
 
 async def get_tenant(
@@ -51,3 +57,4 @@ async def get_tenant(
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[Store, Depends(get_store)]
 TenantDep = Annotated[str, Depends(get_tenant)]
+HubDep = Annotated[EventHub, Depends(get_hub)]

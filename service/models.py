@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, WithJsonSchema
 
-from sdpo_core.problem import ProblemSpec
+# A stored spec is served as stored: it was validated at submit and is never validated again
+# (that would compile a python verifier's source on every GET). In the OpenAPI document the
+# app replaces this marked schema by a reference to ProblemSpec.
+STORED_SPEC_MARK = "x-sdpo-stored-spec"
+StoredSpec = Annotated[
+    dict[str, Any], WithJsonSchema({"type": "object", "title": "Spec", STORED_SPEC_MARK: True})
+]
 
 Status = Literal["queued", "running", "solved", "exhausted", "cancelled", "failed"]
 
@@ -42,7 +48,7 @@ class Problem(BaseModel):
     updated_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
-    spec: ProblemSpec
+    spec: StoredSpec
 
 
 class ProblemList(BaseModel):
@@ -74,13 +80,17 @@ class WorkerInfo(BaseModel):
     name: str
     model: str | None = None
     host: str | None = None
-    problem: str | None = None
+    busy: bool = Field(False, description="Running a problem now.")
 
 
 class Ready(BaseModel):
     status: Literal["ready", "not_ready"]
     redis: bool
-    workers: list[WorkerInfo]
+    live_workers: int = Field(0, description="Workers whose heartbeat is fresh.")
+    busy_workers: int = Field(0, description="Of those, workers running a problem.")
+    workers: list[WorkerInfo] | None = Field(
+        None, description="The live workers; only for a request with a valid API key."
+    )
 
 
 def _ts(value: str | None) -> datetime | None:
@@ -111,7 +121,7 @@ def problem_from_row(row: dict[str, str]) -> Problem:
         updated_at=_ts(row.get("updated_at") or row["created_at"]),  # type: ignore[arg-type]
         started_at=_ts(row.get("started_at")),
         finished_at=_ts(row.get("finished_at")),
-        spec=ProblemSpec.model_validate(json.loads(row["spec"])),
+        spec=json.loads(row["spec"]),
     )
 
 

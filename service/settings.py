@@ -23,6 +23,10 @@ Variable (default): meaning
     SDPO_MAX_DELIVERIES (5): a problem that killed this many workers fails
     SDPO_SSE_HEARTBEAT_SECONDS (15): SSE heartbeat comment period
     SDPO_READY_REQUIRES_WORKERS (true): /readyz fails while no worker is alive
+    SDPO_MAX_STREAMS_PER_TENANT (64): open SSE streams per tenant and API process (429)
+    SDPO_RETENTION_SECONDS (604800): finished problems (record, events, attempts, adapter)
+        are deleted this long after they finish
+    SDPO_EVENTS_MAXLEN (10000): a running problem's event log keeps about this many events
 """
 
 from __future__ import annotations
@@ -79,6 +83,9 @@ class Settings(BaseModel):
     max_deliveries: int = 5
     sse_heartbeat_seconds: float = 15.0
     ready_requires_workers: bool = True
+    max_streams_per_tenant: int = 64
+    retention_seconds: float = 7 * 86400.0
+    events_maxlen: int = 10_000
 
     @property
     def default_model(self) -> str:
@@ -123,6 +130,9 @@ class Settings(BaseModel):
             max_deliveries=int(e("SDPO_MAX_DELIVERIES", "5")),
             sse_heartbeat_seconds=float(e("SDPO_SSE_HEARTBEAT_SECONDS", "15")),
             ready_requires_workers=_bool(e("SDPO_READY_REQUIRES_WORKERS", "true")),
+            max_streams_per_tenant=int(e("SDPO_MAX_STREAMS_PER_TENANT", "64")),
+            retention_seconds=float(e("SDPO_RETENTION_SECONDS", str(7 * 86400))),
+            events_maxlen=int(e("SDPO_EVENTS_MAXLEN", "10000")),
         )
 
 

@@ -5,10 +5,12 @@ Keys (P = SDPO_KEY_PREFIX):
     P:tenant:{t}:problems     zset    every problem of a tenant; all scores 0, ids sort by time
     P:tenant:{t}:active       set     the tenant's queued + running problems (per-tenant limit)
     P:queued                  set     every queued problem (global queue cap, queue depth)
-    P:events:{id}             stream  the event log; entry ids are the SSE event ids
+    P:events:{id}             stream  the event log; entry ids are the SSE event ids; trimmed
+                                      to about SDPO_EVENTS_MAXLEN entries
     P:attempts:{id}           list    attempt records; position i holds attempt i + 1
+    P:finished                zset    finished problems by finish time, for the retention sweep
     P:queue:{model}           stream  the work queue of a model (see service/queue.py)
-    P:idem:{t}:{sha256(key)}  string  "{problem id} {sha256(body)}" for 24 h
+    P:idem:{t}:{sha256(key)}  string  "{problem id} {sha256(body)}" for 24 h (at most retention)
     P:apikey:{sha256(key)}    hash    tenant, key_id, created_at
     P:apikey_id:{key_id}      string  sha256(key), to revoke by id
     P:workers                 zset    worker name -> last heartbeat (unix seconds)
@@ -16,6 +18,8 @@ Keys (P = SDPO_KEY_PREFIX):
     P:stats                   hash    counters and histogram buckets for /metrics
 
 Every multi-key change is one Lua script, so a crash never leaves half a transition.
+A finished problem's hash, events and attempts expire SDPO_RETENTION_SECONDS after it
+finished; `sweep()` then drops it from its tenant's index (and workers delete its adapter).
 Worker writes carry an owner token: a worker whose problem was reclaimed cannot write.
 """
 
@@ -33,12 +37,15 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 STATUSES = ("queued", "running", "solved", "exhausted", "cancelled", "failed")
 TERMINAL = frozenset({"solved", "exhausted", "cancelled", "failed"})
 TERMINAL_EVENTS = TERMINAL  # SSE event names that end a stream
 IDEMPOTENCY_TTL = 24 * 3600
+DEFAULT_RETENTION = 7 * 86400.0
+DEFAULT_EVENTS_MAXLEN = 10_000
 
 # Histogram buckets (seconds) for the timings /metrics reports.
 SOLVE_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
@@ -66,6 +73,11 @@ def connect(
     )
 
 
+def _id_key(eid: str) -> tuple[int, int]:
+    ms, _, seq = eid.partition("-")
+    return int(ms or 0), int(seq or 0)
+
+
 def sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -90,6 +102,15 @@ local function incr_pairs(key, argv, first)
   for i = first, #argv, 2 do redis.call('HINCRBYFLOAT', key, argv[i], argv[i + 1]) end
 end
 local terminal = {solved = true, exhausted = true, cancelled = true, failed = true}
+local function xadd(key, name, data)
+  return redis.call('XADD', key, 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'event', name, 'data', data)
+end
+-- problem, events, attempts, finished zset: expire the first three after the retention
+local function retire(pkey, ekey, akey, fkey, now)
+  local row = redis.call('HMGET', pkey, 'id', 'tenant', 'checkpoint_dir')
+  redis.call('ZADD', fkey, now, cjson.encode(row))
+  for _, k in ipairs({pkey, ekey, akey}) do redis.call('EXPIRE', k, RETENTION) end
+end
 """
 
 # KEYS: problem, tenant index, tenant active, queued set, events, queue, idem key or "", stats
@@ -107,16 +128,16 @@ hset_pairs(KEYS[1], ARGV, 8, tonumber(ARGV[7]))
 redis.call('ZADD', KEYS[2], 0, ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[1])
 redis.call('SADD', KEYS[4], ARGV[1])
-redis.call('XADD', KEYS[5], '*', 'event', 'status', 'data', ARGV[5])
+xadd(KEYS[5], 'status', ARGV[5])
 local entry = redis.call('XADD', KEYS[6], '*', 'problem', ARGV[1])
 redis.call('HSET', KEYS[1], 'queue_entry', entry)
 redis.call('HINCRBY', KEYS[8], 'problems_created', 1)
 if KEYS[7] ~= '' then redis.call('SET', KEYS[7], ARGV[4], 'EX', IDEM_TTL) end
 return {'created', ARGV[1]}
-""".replace("IDEM_TTL", str(IDEMPOTENCY_TTL))
+"""
 )
 
-# KEYS: problem, tenant active, queued set, events, stats
+# KEYS: problem, tenant active, queued set, events, stats, attempts, finished
 # ARGV: owner ('' = no check), new status, event name ('' = none), event data, now,
 #       n, field/value * n, stat/incr pairs ...
 # Returns 'ok', 'missing', 'not_owner' or 'terminal'.
@@ -137,8 +158,9 @@ if terminal[nxt] then
   redis.call('HSET', KEYS[1], 'finished_at', ARGV[5], 'owner', '')
   redis.call('HINCRBY', KEYS[5], 'problems_finished:' .. nxt, 1)
 end
-if ARGV[3] ~= '' then redis.call('XADD', KEYS[4], '*', 'event', ARGV[3], 'data', ARGV[4]) end
+if ARGV[3] ~= '' then xadd(KEYS[4], ARGV[3], ARGV[4]) end
 incr_pairs(KEYS[5], ARGV, after)
+if terminal[nxt] then retire(KEYS[1], KEYS[4], KEYS[6], KEYS[7], ARGV[5]) end
 return 'ok'
 """
 )
@@ -163,15 +185,17 @@ if ARGV[7] ~= '' then
   if tonumber(ARGV[7]) > best then redis.call('HSET', KEYS[1], 'best_score', ARGV[7]) end
 end
 if ARGV[6] ~= '' then redis.call('RPUSH', KEYS[4], ARGV[6]) end
-redis.call('XADD', KEYS[2], '*', 'event', ARGV[4], 'data', ARGV[5])
+xadd(KEYS[2], ARGV[4], ARGV[5])
 incr_pairs(KEYS[3], ARGV, after)
 return 'ok'
 """
 )
 
-# KEYS: problem, tenant active, queued set, events, stats, queue
+# KEYS: problem, tenant active, queued set, events, stats, attempts, finished, queue
 # ARGV: now, cancelled event data, group. Returns 'cancelled', 'requested', 'terminal' or 'missing'.
-_CANCEL = """
+_CANCEL = (
+    _LUA_COMMON
+    + """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return 'missing' end
 if cur == 'running' then
@@ -185,26 +209,49 @@ redis.call('HSET', KEYS[1], 'status', 'cancelled', 'cancel_requested', '1',
 redis.call('SREM', KEYS[2], id)
 redis.call('SREM', KEYS[3], id)
 redis.call('HINCRBY', KEYS[5], 'problems_finished:cancelled', 1)
-redis.call('XADD', KEYS[4], '*', 'event', 'cancelled', 'data', ARGV[2])
+xadd(KEYS[4], 'cancelled', ARGV[2])
 local entry = redis.call('HGET', KEYS[1], 'queue_entry')
 if entry then
-  redis.call('XACK', KEYS[6], ARGV[3], entry)
-  redis.call('XDEL', KEYS[6], entry)
+  redis.call('XACK', KEYS[8], ARGV[3], entry)
+  redis.call('XDEL', KEYS[8], entry)
 end
+retire(KEYS[1], KEYS[4], KEYS[6], KEYS[7], ARGV[1])
 return 'cancelled'
 """
+)
 
 
 class Store:
     """Async access to everything the service keeps in Redis."""
 
-    def __init__(self, redis: aioredis.Redis, prefix: str = "sdpo") -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        prefix: str = "sdpo",
+        *,
+        retention_s: float = DEFAULT_RETENTION,
+        events_maxlen: int = DEFAULT_EVENTS_MAXLEN,
+    ) -> None:
         self.redis = redis
         self.prefix = prefix
-        self._create = redis.register_script(_CREATE)
-        self._transition = redis.register_script(_TRANSITION)
-        self._record = redis.register_script(_RECORD)
-        self._cancel = redis.register_script(_CANCEL)
+        self.retention_s = retention_s
+        self.events_maxlen = events_maxlen
+        retention = max(1, math.ceil(retention_s))
+        consts = {
+            "EVENTS_MAXLEN": str(max(1, int(events_maxlen))),
+            "IDEM_TTL": str(min(IDEMPOTENCY_TTL, retention)),
+            "RETENTION": str(retention),
+        }
+
+        def script(text: str) -> Any:
+            for name, value in consts.items():
+                text = text.replace(name, value)
+            return redis.register_script(text)
+
+        self._create = script(_CREATE)
+        self._transition = script(_TRANSITION)
+        self._record = script(_RECORD)
+        self._cancel = script(_CANCEL)
 
     # ------------------------------------------------------------------ keys
     def key(self, *parts: str) -> str:
@@ -309,6 +356,9 @@ class Store:
                 for pid in batch:
                     pipe.hgetall(self.problem_key(pid))
                 rows = await pipe.execute()
+            gone = [pid for pid, row in zip(batch, rows, strict=True) if not row]
+            if gone:  # expired after the retention; the sweep may not have run yet
+                await self.redis.zrem(index, *gone)
             for pid, row in zip(batch, rows, strict=True):
                 start = f"({pid}"
                 if row and (status is None or row.get("status") == status):
@@ -336,13 +386,15 @@ class Store:
         )
 
     def _status_keys(self, pid: str, tenant: str) -> list[str]:
-        """KEYS[1..5] of the scripts that change a problem's status (cancel, transition)."""
+        """KEYS[1..7] of the scripts that change a problem's status (cancel, transition)."""
         return [
             self.problem_key(pid),
             self._active_key(tenant),
             self.key("queued"),
             self.events_key(pid),
             self.key("stats"),
+            self.attempts_key(pid),
+            self.key("finished"),
         ]
 
     async def cancel_requested(self, pid: str) -> bool:
@@ -437,6 +489,42 @@ class Store:
             for eid, fields in entries:
                 out.append((eid, fields.get("event", "message"), fields.get("data", "{}")))
         return out
+
+    async def first_event_after_trim(self, pid: str, after: str) -> str | None:
+        """When the log was trimmed and events after `after` may be gone: the first id
+        still kept. None when nothing after `after` was dropped. (Only trimming removes
+        events, so an `after` older than the first kept entry of a trimmed log is behind.)"""
+        try:
+            info = await self.redis.xinfo_stream(self.events_key(pid))
+        except ResponseError:  # no stream
+            return None
+        first = info.get("first-entry")
+        if not first or int(info.get("entries-added") or 0) <= int(info.get("length") or 0):
+            return None
+        return first[0] if _id_key(after) < _id_key(first[0]) else None
+
+    async def sweep(self, *, now: float | None = None, limit: int = 500) -> list[dict[str, str]]:
+        """Forget problems that finished more than the retention ago: drop them from their
+        tenant's index and delete what is left of their keys. Returns the swept problems
+        ({id, tenant, checkpoint_dir}); each is returned to one caller only."""
+        cutoff = (now if now is not None else time.time()) - self.retention_s
+        members = await self.redis.zrangebyscore(
+            self.key("finished"), "-inf", cutoff, start=0, num=limit
+        )
+        swept = []
+        for member in members:
+            if not await self.redis.zrem(self.key("finished"), member):
+                continue  # another sweeper took it
+            pid, tenant, ckdir = [*json.loads(member), None, None, None][:3]
+            if not isinstance(pid, str):
+                continue
+            async with self.redis.pipeline(transaction=False) as pipe:
+                if isinstance(tenant, str):
+                    pipe.zrem(self._index_key(tenant), pid)
+                pipe.delete(self.problem_key(pid), self.events_key(pid), self.attempts_key(pid))
+                await pipe.execute()
+            swept.append({"id": pid, "tenant": tenant or "", "checkpoint_dir": ckdir or ""})
+        return swept
 
     # -------------------------------------------------------------- API keys
     async def create_key(self, tenant: str) -> tuple[str, str]:

@@ -170,12 +170,15 @@ def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.1) -
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def wait_worker_ready(base_url: str, name: str, timeout: float = 120.0) -> None:
-    """Until /readyz lists the worker (it heartbeats once its model is loaded)."""
+def wait_worker_ready(
+    base_url: str, name: str, headers: dict[str, str], timeout: float = 120.0
+) -> None:
+    """Until /readyz lists the worker (it heartbeats once its model is loaded); the list
+    needs an API key (`headers`)."""
 
     def ready() -> bool:
-        r = httpx.get(f"{base_url}/readyz", timeout=5)
-        return any(w["name"] == name for w in r.json().get("workers", []))
+        r = httpx.get(f"{base_url}/readyz", headers=headers, timeout=5)
+        return any(w["name"] == name for w in r.json().get("workers") or [])
 
     wait_for(ready, timeout, f"worker {name} to be ready", 0.3)
 
@@ -264,7 +267,7 @@ def _service(tmp: Path, *, workers: int, **extra: Any) -> Iterator[Service]:
         for i in range(workers):
             name = f"w{i}-{prefix[-4:]}"
             svc.workers.append(start_worker(env, tmp / f"worker{i}.log", name))
-            wait_worker_ready(base, name)
+            wait_worker_ready(base, name, svc.headers)
         yield svc
     finally:
         for w in svc.workers:

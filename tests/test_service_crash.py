@@ -70,7 +70,7 @@ def test_sigkill_worker_another_claims_and_finishes(tmp_path: Path, redis_url: s
     }
     try:
         for n in workers:
-            wait_worker_ready(base, n)
+            wait_worker_ready(base, n, h)
         r = httpx.post(f"{base}/v1/problems", json=hard_problem(2, 24), headers=h)
         pid = r.json()["id"]
 
@@ -119,7 +119,7 @@ def test_sigterm_hands_problem_back(tmp_path: Path, redis_url: str) -> None:
     w1 = start_worker(env, tmp_path / "w1.log", f"t1-{prefix[-4:]}")
     w2 = None
     try:
-        wait_worker_ready(base, f"t1-{prefix[-4:]}")
+        wait_worker_ready(base, f"t1-{prefix[-4:]}", h)
         pid = httpx.post(f"{base}/v1/problems", json=hard_problem(3, 16), headers=h).json()["id"]
         wait_for(lambda: get(base, h, pid)["steps"] >= 1, 300, "one step")
         w1.signal(signal.SIGTERM)
@@ -148,7 +148,7 @@ def test_redis_restart_loses_nothing(tmp_path: Path) -> None:
     h = {"Authorization": f"Bearer {create_api_key(server.url, prefix, 'persist')}"}
     worker = start_worker(env, tmp_path / "w.log", "persist-w")
     try:
-        wait_worker_ready(base, "persist-w")
+        wait_worker_ready(base, "persist-w", h)
         first = httpx.post(f"{base}/v1/problems", json=hard_problem(4, 16), headers=h).json()["id"]
         second = httpx.post(f"{base}/v1/problems", json=hard_problem(5, 8), headers=h).json()["id"]
         wait_for(lambda: get(base, h, first)["attempts"] >= 4, 300, "attempts")

@@ -164,7 +164,7 @@ def validate_answer_spec(spec: dict[str, Any]) -> None:
     if match == "regex":
         try:
             re.compile(str(expected))
-        except re.error as exc:
+        except (re.error, OverflowError, RecursionError, MemoryError) as exc:
             raise VerifierSpecError(f"is not a valid regex: {exc}", "expected") from None
     get_number(spec, "tol", 1e-6, 0.0, 1e6)
     get_bool(spec, "case_sensitive", True)

@@ -60,12 +60,17 @@ def get_bool(spec: dict[str, Any], key: str, default: bool) -> bool:
     return value
 
 
-def check_python_source(source: str, key: str, max_chars: int = 1_000_000) -> None:
+MAX_SOURCE_CHARS = 100_000  # a verifier or test program; far above any real one
+
+
+def check_python_source(source: str, key: str, max_chars: int = MAX_SOURCE_CHARS) -> None:
     """Syntax-check without running anything (compile only)."""
     if len(source) > max_chars:
         raise VerifierSpecError(f"longer than {max_chars} characters", key)
     try:
         compile(source, f"<{key}>", "exec", dont_inherit=True)
+    except (MemoryError, RecursionError, OverflowError) as exc:
+        raise VerifierSpecError(f"is too complex to compile ({type(exc).__name__})", key) from None
     except (SyntaxError, ValueError) as exc:
         line = getattr(exc, "lineno", None)
         where = f" (line {line})" if line else ""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
@@ -23,16 +23,30 @@ async def healthz() -> Health:
     summary="Readiness",
     responses={503: {"model": Ready, "description": "Redis unreachable or no live worker."}},
 )
-async def readyz(store: StoreDep, settings: SettingsDep) -> JSONResponse:
+async def readyz(request: Request, store: StoreDep, settings: SettingsDep) -> JSONResponse:
+    """Counts for anyone; the worker list only with a valid API key (no problem ids)."""
+    keyed = False
     try:
         await store.redis.ping()
         workers = await store.live_workers(settings.heartbeat_timeout)
         redis_ok = True
+        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and key:
+            keyed = await store.tenant_for_key(key.strip()) is not None
     except (RedisError, OSError):
         redis_ok, workers = False, []
     ok = redis_ok and (bool(workers) or not settings.ready_requires_workers)
     infos = [
-        WorkerInfo(**{k: w.get(k) for k in ("name", "model", "host", "problem")}) for w in workers
+        WorkerInfo(
+            name=w["name"], model=w.get("model"), host=w.get("host"), busy=bool(w.get("problem"))
+        )
+        for w in workers
     ]
-    body = Ready(status="ready" if ok else "not_ready", redis=redis_ok, workers=infos)
+    body = Ready(
+        status="ready" if ok else "not_ready",
+        redis=redis_ok,
+        live_workers=len(infos),
+        busy_workers=sum(w.busy for w in infos),
+        workers=infos if keyed else None,
+    )
     return JSONResponse(body.model_dump(mode="json"), status_code=200 if ok else 503)

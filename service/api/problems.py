@@ -6,21 +6,18 @@ import asyncio
 import json
 import logging
 import os
-import re
 import tarfile
 import tempfile
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from pydantic import BaseModel
 from starlette.background import BackgroundTask
 
 from sdpo_core.problem import ProblemError, ProblemSpec, parse_problem
-from service.deps import SettingsDep, StoreDep, TenantDep
+from service.deps import HubDep, SettingsDep, StoreDep, TenantDep
 from service.errors import ApiError
 from service.models import (
     AttemptList,
@@ -32,14 +29,58 @@ from service.models import (
     problem_from_row,
 )
 from service.settings import Settings
-from service.store import TERMINAL, TERMINAL_EVENTS, Store, sha256
+from service.sse import parse_event_id
+from service.store import Store, sha256
 
 log = logging.getLogger("sdpo.service")
 router = APIRouter(prefix="/v1/problems", tags=["problems"])
 
 _SPEC_REF = "#/components/schemas/ProblemSpec"
 PROBLEM_ID = r"^prb_[0-9a-f]{20}$"
-STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+MAX_JSON_DEPTH = 64  # nesting levels a submitted body may have
+
+
+def _json(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """The model as JSON, skipping FastAPI's second validation of a returned model."""
+    return Response(
+        model.model_dump_json(), status_code=status, headers=headers, media_type="application/json"
+    )
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """True when `value` nests more than `limit` lists/objects (iterative: no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
+
+
+def _parse_submit(body: bytes) -> ProblemSpec:
+    """Body -> spec (in a worker thread: compiling a verifier can take a while).
+    Whatever the input, the outcome is a spec or an ApiError: never a 500."""
+    try:
+        data = json.loads(body)
+    except RecursionError:
+        msg = "body is not valid JSON: nested too deeply"
+        raise ApiError(400, msg, code="invalid_json") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, >4300-digit integers
+        raise ApiError(400, f"body is not valid JSON: {exc}", code="invalid_json") from None
+    if isinstance(data, dict):
+        for name, value in data.items():
+            if _too_deep(value, MAX_JSON_DEPTH - 1):
+                raise ApiError(422, f"nested deeper than {MAX_JSON_DEPTH} levels", field=name)
+    try:
+        return parse_problem(data)
+    except ProblemError as exc:
+        raise ApiError(422, exc.message, field=exc.field) from None
+    except (RecursionError, MemoryError, OverflowError, ValueError) as exc:
+        name = type(exc).__name__
+        raise ApiError(422, f"the problem spec cannot be checked ({name})") from None
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -48,9 +89,10 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         401: "Missing, invalid or revoked API key.",
         404: "No such problem for this tenant.",
         409: "Conflict with the problem's state or an earlier request.",
+        410: "The events after Last-Event-ID were trimmed; the message names the first left.",
         413: "Request body too large.",
         422: "Invalid field; `error.field` names it.",
-        429: "Too many queued + running problems for this tenant; see Retry-After.",
+        429: "Too many queued + running problems (or open streams) for this tenant.",
         503: "Queue full or storage unavailable; see Retry-After.",
     }
     return {c: {"model": ErrorResponse, "description": text[c]} for c in codes}
@@ -129,17 +171,10 @@ async def create_problem(
             description="A retry with the same key returns the same problem, never a second one.",
         ),
     ] = None,
-) -> Problem:
+) -> Response:
     """Queue a problem (the JSON that `sdpo solve` reads) for a worker of its model."""
     body = await _read_body(request, settings.max_body_bytes)
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"body is not valid JSON: {exc}", code="invalid_json") from None
-    try:
-        spec = parse_problem(data)
-    except ProblemError as exc:
-        raise ApiError(422, exc.message, field=exc.field) from None
+    spec = await asyncio.to_thread(_parse_submit, body)
     _check_limits(spec, settings)
     model = spec.model or settings.default_model
     if model not in settings.models:
@@ -166,6 +201,7 @@ async def create_problem(
         )
     if outcome == "queue_full":
         raise ApiError(503, "the queue is full, retry later", code="queue_full", headers=retry)
+    headers = {"Location": f"/v1/problems/{pid}"}
     if outcome == "existing":
         if stored_hash != body_hash:
             raise ApiError(
@@ -174,12 +210,11 @@ async def create_problem(
                 code="idempotency_conflict",
                 field="Idempotency-Key",
             )
-        response.headers["Idempotent-Replayed"] = "true"
+        headers["Idempotent-Replayed"] = "true"
     row = await store.get_problem(pid)
     if row is None:  # an idempotency key outlived its problem
         raise ApiError(409, "Idempotency-Key refers to a deleted problem", code="conflict")
-    response.headers["Location"] = f"/v1/problems/{pid}"
-    return problem_from_row(row)
+    return _json(problem_from_row(row), 201, headers)
 
 
 @router.get(
@@ -193,10 +228,10 @@ async def list_problems(
     cursor: Annotated[
         str | None, Query(pattern=PROBLEM_ID, description="`next_cursor` of the previous page.")
     ] = None,
-) -> ProblemList:
+) -> Response:
     """The caller's problems, newest first."""
     rows, nxt = await store.list_problems(tenant, status=status, cursor=cursor, limit=limit)
-    return ProblemList(data=[problem_from_row(r) for r in rows], next_cursor=nxt)
+    return _json(ProblemList(data=[problem_from_row(r) for r in rows], next_cursor=nxt))
 
 
 @router.get(
@@ -205,8 +240,8 @@ async def list_problems(
     summary="Get a problem",
     responses=_errors(401, 404, 422),
 )
-async def get_problem(problem_id: str, tenant: TenantDep, store: StoreDep) -> Problem:
-    return problem_from_row(await _owned(store, problem_id, tenant))
+async def get_problem(problem_id: str, tenant: TenantDep, store: StoreDep) -> Response:
+    return _json(problem_from_row(await _owned(store, problem_id, tenant)))
 
 
 @router.post(
@@ -221,17 +256,17 @@ async def get_problem(problem_id: str, tenant: TenantDep, store: StoreDep) -> Pr
 )
 async def cancel_problem(
     problem_id: str, response: Response, tenant: TenantDep, store: StoreDep
-) -> Problem:
+) -> Response:
     await _owned(store, problem_id, tenant)
     outcome = await store.cancel(problem_id)
     if outcome == "missing":
         raise ApiError(404, f"no problem {problem_id}")
     if outcome == "terminal":
         raise ApiError(409, "the problem already finished", code="already_finished")
-    if outcome == "requested":
-        response.status_code = 202
     row = await store.get_problem(problem_id)
-    return problem_from_row(row or {})
+    if row is None:  # expired meanwhile
+        raise ApiError(404, f"no problem {problem_id}")
+    return _json(problem_from_row(row), 202 if outcome == "requested" else 200)
 
 
 @router.get(
@@ -246,11 +281,11 @@ async def list_attempts(
     store: StoreDep,
     after: Annotated[int, Query(ge=0, le=10**9, description="Attempts with index > after.")] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-) -> AttemptList:
+) -> Response:
     """Attempt records in index order (text, verdict, feedback)."""
     await _owned(store, problem_id, tenant)
     records, nxt = await store.attempts(problem_id, after=after, limit=limit)
-    return AttemptList(data=[attempt_from_record(r) for r in records], next_cursor=nxt)
+    return _json(AttemptList(data=[attempt_from_record(r) for r in records], next_cursor=nxt))
 
 
 _SSE_DOC = """Server-Sent Events. Each event has `id:` (the Redis stream entry id),
@@ -270,7 +305,7 @@ The stream ends after a terminal event (`solved`, `exhausted`, `cancelled`, `fai
             "description": "An event stream.",
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         },
-        **_errors(400, 401, 404, 422),
+        **_errors(400, 401, 404, 410, 422, 429),
     },
 )
 async def problem_events(
@@ -278,6 +313,7 @@ async def problem_events(
     tenant: TenantDep,
     store: StoreDep,
     settings: SettingsDep,
+    hub: HubDep,
     last_event_id_header: Annotated[
         str | None, Header(alias="Last-Event-ID", max_length=64)
     ] = None,
@@ -285,45 +321,36 @@ async def problem_events(
 ) -> StreamingResponse:
     await _owned(store, problem_id, tenant)
     after = last_event_id_header or last_event_id or "0-0"
-    if not STREAM_ID.match(after):
+    if parse_event_id(after) is None:
         raise ApiError(
             400,
             "Last-Event-ID must be an event id like 1712345678901-0",
             code="bad_event_id",
             field="Last-Event-ID",
         )
+    if after != "0-0":
+        first = await store.first_event_after_trim(problem_id, after)
+        if first is not None:
+            raise ApiError(
+                410,
+                f"events after {after} were dropped (the log keeps the latest "
+                f"{settings.events_maxlen}); the first available id is {first}: "
+                "fetch the problem and attempts, then follow from there",
+                code="events_gone",
+                field="Last-Event-ID",
+            )
+    if hub.open_streams(tenant) >= settings.max_streams_per_tenant:
+        raise ApiError(
+            429,
+            f"at most {settings.max_streams_per_tenant} open event streams per tenant",
+            code="too_many_streams",
+            headers={"Retry-After": str(settings.retry_after_seconds)},
+        )
     return StreamingResponse(
-        _sse(store, problem_id, after, settings.sse_heartbeat_seconds),
+        hub.stream(problem_id, after, tenant),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
-
-
-async def _sse(store: Store, pid: str, after: str, heartbeat_s: float) -> AsyncIterator[bytes]:
-    block_ms = int(min(heartbeat_s, 50.0) * 1000)  # below the Redis socket timeout
-    yield b"retry: 2000\n\n"
-    while True:
-        try:
-            events = await store.read_events(pid, after, block_ms=block_ms)
-        except (RedisConnectionError, RedisTimeoutError):
-            log.warning("SSE %s: redis unavailable; retrying", pid)
-            yield b": redis unavailable, retrying\n\n"
-            await asyncio.sleep(1.0)
-            continue
-        if not events:
-            status = await store.redis.hget(store.problem_key(pid), "status")
-            if status is None or status in TERMINAL:
-                # Resumed after the terminal event (or the problem is gone): nothing more.
-                if not await store.read_events(pid, after, block_ms=None, count=1):
-                    return
-                continue
-            yield b": ping\n\n"
-            continue
-        for eid, name, data in events:
-            after = eid
-            yield f"id: {eid}\nevent: {name}\ndata: {data}\n\n".encode()
-            if name in TERMINAL_EVENTS:
-                return
 
 
 @router.get(
