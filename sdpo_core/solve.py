@@ -152,11 +152,13 @@ def solve(
     on_event: EventCallback | None = None,
     checkpoint_dir: str | Path | None = None,
     should_stop: Callable[[], bool] | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> SolveResult:
     """Solve one problem by test-time SDPO. Resumes from `checkpoint_dir` if it holds a run.
 
     should_stop() is polled between phases; when it says so the run returns status "stopped"
     (its caller knows whether that is a cancel or a shutdown) and emits no terminal event.
+    `clock` measures the wall-clock budget (the service's stands still while Redis is away).
     """
     emit = on_event or (lambda _e: None)
     stop = should_stop or (lambda: False)
@@ -176,10 +178,10 @@ def solve(
             version_dir = _export_adapter(trainer, Path(checkpoint_dir), state.adapter_version)
             engine.load_adapter(str(version_dir), state.adapter_version)
         prompt_ids = trainer.encode_chat(problem.prompt)
-        started = time.monotonic() - state.seconds
+        started = clock() - state.seconds
 
         def elapsed() -> float:
-            return time.monotonic() - started
+            return clock() - started
 
         while True:
             if stop():

@@ -6,9 +6,12 @@ One worker = one loaded model (one GPU). It
 - heartbeats: refreshes its liveness and re-claims its own entry so nobody takes it over;
 - writes every solve event to the problem's event log once (attempts deduplicated by index,
   steps by number, terminal events by the status change) and fenced by an owner token, so a
-  worker whose problem was taken over cannot write any more;
-- stops within one step on cancel (status `cancelled`) or SIGTERM (problem handed back to
-  the queue, status `queued`), and rides out Redis restarts by reconnecting.
+  worker whose problem was taken over cannot write any more. The solve thread only queues
+  an event; one async writer per run writes them, in order;
+- stops within one step on cancel (a flag its heartbeat sets from Redis) or SIGTERM (problem
+  handed back to the queue, status `queued`), and rides out Redis restarts by reconnecting:
+  while Redis is away the run pauses at its next phase and its wall-clock budget stands still;
+- deletes the checkpoints (adapter) of problems past the retention.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import threading
@@ -73,7 +77,65 @@ class _Job:
     pid: str
     owner: str
     lost: bool = False  # another worker took the problem over
+    cancel: bool = False  # the heartbeat saw cancel_requested
     started: float = field(default_factory=time.monotonic)
+
+
+class Outage:
+    """Time Redis has been unreachable (thread-safe): the solve clock leaves it out."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._since: float | None = None
+        self._total = 0.0
+
+    def down(self) -> None:
+        with self._lock:
+            if self._since is None:
+                self._since = time.monotonic()
+
+    def up(self) -> None:
+        with self._lock:
+            if self._since is not None:
+                self._total += time.monotonic() - self._since
+                self._since = None
+
+    @property
+    def is_down(self) -> bool:
+        return self._since is not None
+
+    def total(self) -> float:
+        with self._lock:
+            ongoing = time.monotonic() - self._since if self._since is not None else 0.0
+            return self._total + ongoing
+
+    def clock(self) -> float:
+        """A monotonic clock that stands still while Redis is away."""
+        return time.monotonic() - self.total()
+
+
+class _Writer:
+    """Writes one run's events to Redis in order, from a queue the solve thread fills."""
+
+    def __init__(self, worker: Worker, job: _Job) -> None:
+        self.worker, self.job = worker, job
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[SolveEvent | None] = asyncio.Queue()
+        self.task = asyncio.create_task(self._run())
+
+    def put(self, event: SolveEvent) -> None:
+        """From the solve thread: returns at once."""
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+
+    async def _run(self) -> None:
+        while (event := await self.queue.get()) is not None:
+            if await self.worker._publish(self.job, event) == "not_owner":
+                self.job.lost = True
+
+    async def close(self) -> None:
+        """Write what is queued, then stop."""
+        self.queue.put_nowait(None)
+        await self.task
 
 
 class Worker:
@@ -100,7 +162,9 @@ class Worker:
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.redis_url = redis_url or settings.redis_url or "redis://127.0.0.1:6379/0"
         self._stop = threading.Event()
+        self.outage = Outage()
         self.job: _Job | None = None
+        self._last_sweep = 0.0
         self.runtime: Any = None
         self.problems_done = 0
 
@@ -121,7 +185,12 @@ class Worker:
             device=self.device,
         )
         redis = connect(self.redis_url)
-        self.store = Store(redis, self.settings.key_prefix)
+        self.store = Store(
+            redis,
+            self.settings.key_prefix,
+            retention_s=self.settings.retention_seconds,
+            events_maxlen=self.settings.events_maxlen,
+        )
         self.queue = Queue(redis, self.settings.key_prefix, self.model)
         beat = asyncio.create_task(self._heartbeat_loop())
         log.info("worker %s: serving model %r", self.name, self.model)
@@ -160,35 +229,57 @@ class Worker:
                 if job is not None and not await self.queue.touch(self.name, job.entry.entry_id):
                     log.warning("worker %s: lost %s to another worker", self.name, job.pid)
                     job.lost = True
+                if job is not None and await self.store.cancel_requested(job.pid):
+                    job.cancel = True
+                self.outage.up()
+                await self._sweep()
             except _TRANSIENT as exc:
+                self.outage.down()
                 log.warning("worker %s: heartbeat failed (%s)", self.name, exc)
             except RedisError as exc:
                 log.warning("worker %s: heartbeat error (%s)", self.name, exc)
             await asyncio.sleep(self.settings.heartbeat_seconds)
+
+    async def _sweep(self) -> None:
+        """Forget problems past the retention (at most once a minute) and delete their
+        checkpoints, if they lie under this worker's checkpoint directory."""
+        period = min(60.0, max(1.0, self.settings.retention_seconds / 4))
+        if time.monotonic() - self._last_sweep < period:
+            return
+        self._last_sweep = time.monotonic()
+        root = self.settings.checkpoint_dir.resolve()
+        for gone in await self.store.sweep():
+            path = Path(gone["checkpoint_dir"] or "/").resolve()
+            if path.parent == root and path.name == gone["id"]:
+                await asyncio.to_thread(shutil.rmtree, path, ignore_errors=True)
+
+    async def _retry(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """`_retry`, recording the outage (the run's clock stops while Redis is away)."""
+        return await _retry(fn, *args, outage=self.outage, **kwargs)
 
     # --------------------------------------------------------------- one problem
     async def _run_entry(self, entry: Entry) -> None:
         from sdpo_core.solve import solve
 
         store, pid = self.store, entry.problem_id
-        row = await _retry(store.get_problem, pid)
+        row = await self._retry(store.get_problem, pid)
         if row is None or row.get("status") in TERMINAL:
-            await _retry(self.queue.ack, entry.entry_id)
+            await self._retry(self.queue.ack, entry.entry_id)
             return
         if entry.claimed:
-            deliveries = await _retry(self.queue.deliveries, entry.entry_id)
+            deliveries = await self._retry(self.queue.deliveries, entry.entry_id)
             if deliveries > self.settings.max_deliveries:
                 error = f"abandoned: {deliveries - 1} workers died running it"
                 await self._finish(pid, "", "failed", {"error": error}, {"error": error})
-                await _retry(self.queue.ack, entry.entry_id)
+                await self._retry(self.queue.ack, entry.entry_id)
                 return
         if row.get("cancel_requested") == "1":
             await self._cancelled(pid, "", row)
-            await _retry(self.queue.ack, entry.entry_id)
+            await self._retry(self.queue.ack, entry.entry_id)
             return
 
         owner = f"{self.name}:{uuid.uuid4().hex[:12]}"
-        outcome = await _retry(
+        outcome = await self._retry(
             store.transition,
             pid,
             "running",
@@ -201,41 +292,37 @@ class Worker:
             },
         )
         if outcome != "ok":
-            await _retry(self.queue.ack, entry.entry_id)
+            await self._retry(self.queue.ack, entry.entry_id)
             return
         job = self.job = _Job(entry, pid, owner)
         log.info("worker %s: running %s (resumed=%s)", self.name, pid, entry.claimed)
         spec = ProblemSpec.model_validate(json.loads(row["spec"]))
-        loop = asyncio.get_running_loop()
+        writer = _Writer(self, job)
 
-        def on_event(event: SolveEvent) -> None:
-            fut = asyncio.run_coroutine_threadsafe(self._publish(job, event), loop)
-            if fut.result() == "not_owner":
-                job.lost = True
+        def stopping() -> bool:
+            return self._stop.is_set() or job.lost or job.cancel
 
-        def should_stop() -> bool:
-            if self._stop.is_set() or job.lost:
-                return True
-            fut = asyncio.run_coroutine_threadsafe(store.cancel_requested(pid), loop)
-            try:
-                return bool(fut.result(timeout=30))
-            except Exception:  # Redis away: keep going, the next poll asks again
-                return False
+        def should_stop() -> bool:  # the solve thread, between phases: no Redis round trip
+            while self.outage.is_down and not stopping():
+                time.sleep(0.1)  # Redis away: pause here (the budget clock stands still)
+            return stopping()
 
         try:
             result: SolveResult = await asyncio.to_thread(
                 solve,
                 spec,
                 self.runtime,
-                on_event=on_event,
+                on_event=writer.put,
                 checkpoint_dir=row["checkpoint_dir"],
                 should_stop=should_stop,
+                clock=self.outage.clock,
             )
         except Exception as exc:  # solve reports its own errors; this is a bug in ours
             log.exception("worker %s: solve raised", self.name)
             result = SolveResult("failed", False, 0, None, None, 0.0, 0, 0.0, 0, repr(exc))
         finally:
             self.job = None
+            await writer.close()
         await self._after(job, result)
         self.problems_done += 1
 
@@ -246,7 +333,7 @@ class Worker:
             return
         if result.status == "stopped":
             if self._stop.is_set():  # shutdown: hand the problem back
-                await _retry(
+                await self._retry(
                     self.queue.requeue,
                     problem_key=self.store.problem_key(pid),
                     queued_key=self.store.key("queued"),
@@ -257,7 +344,7 @@ class Worker:
                 )
                 log.info("worker %s: handed %s back to the queue", self.name, pid)
                 return
-            row = await _retry(self.store.get_problem, pid) or {}
+            row = await self._retry(self.store.get_problem, pid) or {}
             await self._cancelled(pid, owner, row)
         else:  # normally the terminal event already did this; make sure
             fields = {
@@ -267,7 +354,7 @@ class Worker:
             }
             data = {"error": result.error, "attempts": result.attempts, "steps": result.steps}
             await self._finish(pid, owner, result.status, fields, data)
-        await _retry(self.queue.ack, entry.entry_id)
+        await self._retry(self.queue.ack, entry.entry_id)
 
     async def _cancelled(self, pid: str, owner: str, row: dict[str, str]) -> None:
         data = {"attempts": int(row.get("attempts") or 0), "steps": int(row.get("steps") or 0)}
@@ -276,13 +363,13 @@ class Worker:
     async def _finish(
         self, pid: str, owner: str, status: str, fields: dict[str, Any], data: dict[str, Any]
     ) -> str:
-        row = await _retry(self.store.get_problem, pid) or {}
+        row = await self._retry(self.store.get_problem, pid) or {}
         stats: list[tuple[str, float]] = []
         if row.get("started_at"):
             stats = histogram_incr(
                 "solve_seconds", time.time() - float(row["started_at"]), SOLVE_BUCKETS
             )
-        return await _retry(
+        return await self._retry(
             self.store.transition,
             pid,
             status,
@@ -310,7 +397,7 @@ class Worker:
                 "num_tokens": event.num_tokens,
                 "created_at": round(time.time(), 6),
             }
-            return await _retry(
+            return await self._retry(
                 store.record,
                 pid,
                 owner=owner,
@@ -334,7 +421,7 @@ class Worker:
             if "time_swap" in m:
                 swap = float(m["time_swap"]) + float(m.get("time_export", 0.0))
                 stats += histogram_incr("adapter_swap_seconds", swap, STEP_BUCKETS)
-            return await _retry(
+            return await self._retry(
                 store.record,
                 pid,
                 owner=owner,
@@ -367,16 +454,22 @@ class Worker:
         raise TypeError(f"unknown event {event!r}")
 
 
-async def _retry(fn: Any, *args: Any, **kwargs: Any) -> Any:
+async def _retry(fn: Any, *args: Any, outage: Outage | None = None, **kwargs: Any) -> Any:
     """Call `fn` until Redis answers (however long a Redis restart takes)."""
     delay = 0.2
     while True:
         try:
-            return await fn(*args, **kwargs)
+            result = await fn(*args, **kwargs)
         except _TRANSIENT as exc:
+            if outage is not None:
+                outage.down()
             log.warning("redis unavailable (%s); retrying in %.1fs", exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+            continue
+        if outage is not None:
+            outage.up()
+        return result
 
 
 def run_worker(
