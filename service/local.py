@@ -178,9 +178,11 @@ class RedisServer:
         self.proc = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_child_setup
         )
-        fd = os.open(self.pidfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        tmp = self.pidfile.with_suffix(".pid.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(f"{self.proc.pid}\n")
+        os.replace(tmp, self.pidfile)
 
     def ping(self) -> bool:
         client = redis_sync.Redis.from_url(self.url, socket_connect_timeout=1, socket_timeout=1)
