@@ -532,3 +532,15 @@ def test_sandbox_python_has_livecodebench_imports(sandbox):
         "list(sortedcontainers.SortedList([3, 1, 2])))",
     )
     assert r.status == "ok" and r.stdout == "6 [1, 2, 3]\n", r
+
+
+def test_without_cgroup_memory_is_limited_per_process():
+    """The documented fallback (no writable cgroup, or SDPO_SANDBOX_CGROUP=off)."""
+    settings = SandboxSettings(slots=1, cgroup="off", uid_base=63200)
+    with Sandbox(settings) as sb:
+        assert sb.run(Job(code="pass")).status == "ok"
+        assert all(slot.cgroup is None for slot in sb._slots)
+        r, _ = run(sb, "a = []\nwhile True:\n    a.append(bytearray(10**7))", memory_mb=256)
+        assert r.status == "memory", r
+        r, _ = run(sb, "import numpy\nprint(numpy.zeros(10**6).sum())", memory_mb=256)
+        assert r.status in ("ok", "error") and "MemoryError" not in r.stderr, r
