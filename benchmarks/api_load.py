@@ -1,11 +1,17 @@
-"""API load: submit and status latency at 50 concurrent clients, and 500 concurrent SSE
-subscribers following one problem's event stream (lost events must be 0).
+"""API load, as ratios to a baseline measured in the same run.
+
+The baseline is a bare FastAPI endpoint doing one Redis HGETALL, served the same way as the
+API (uvicorn with uvloop and httptools, no access log). wrk (a compiled load generator:
+`apt-get install wrk`) drives both with 50 keep-alive connections, so the client is not the
+bottleneck; the script prints the API's status and submit p99 over the baseline's p99, and
+the API process's CPU time per status request (from /proc). Then 500 SSE subscribers follow
+one problem while a writer logs attempts through the worker's Store calls: lost, duplicated
+and out-of-order events must be 0, and the subscribers share one Redis reader.
 
 Everything is real and on loopback: a private redis-server (append-only, as in local mode),
-the API as its own uvicorn process, and the clients in this process (httpx, asyncio). The SSE
-events are written through the same Store calls a worker makes.
+the API and the baseline as their own processes.
 
-    .venv/bin/python benchmarks/api_load.py            # -> benchmarks/results/api_load.json
+    nice -n 10 .venv/bin/python benchmarks/api_load.py     # -> benchmarks/results/api_load.json
 """
 
 from __future__ import annotations
@@ -15,8 +21,8 @@ import asyncio
 import json
 import os
 import platform
-import random
-import statistics
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from service_fixtures import create_api_key, service_env, start_api  # noqa: E402
+from service_fixtures import create_api_key, free_port, service_env, start_api  # noqa: E402
 
 from service.local import RedisServer  # noqa: E402
 from service.store import Store, connect  # noqa: E402
@@ -46,42 +52,77 @@ def pct(values: list[float], q: float) -> float:
     return values[k]
 
 
-def summary(lat: list[float], wall: float, errors: int) -> dict:
-    return {
-        "requests": len(lat),
-        "errors": errors,
-        "p50_ms": round(pct(lat, 50) * 1000, 2),
-        "p99_ms": round(pct(lat, 99) * 1000, 2),
-        "mean_ms": round(statistics.fmean(lat) * 1000, 2),
-        "throughput_rps": round(len(lat) / wall, 1),
-    }
+BASELINE_APP = """
+import os
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+
+app = FastAPI()
+redis = aioredis.Redis.from_url(os.environ["REDIS_URL"], decode_responses=True)
+KEY = os.environ["BASELINE_KEY"]
 
 
-async def hammer(
-    base: str, headers: dict, clients: int, per_client: int, make_request
-) -> tuple[list[float], float, int, list]:
-    """`clients` concurrent loops, each sending `per_client` requests."""
-    lat: list[float] = []
-    results: list = []
-    errors = 0
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=60) as c:
+@app.get("/baseline")
+async def baseline() -> dict:
+    return await redis.hgetall(KEY)
+"""
 
-        async def loop(i: int) -> None:
-            nonlocal errors
-            for j in range(per_client):
-                t0 = time.perf_counter()
-                r = await make_request(c, i, j)
-                lat.append(time.perf_counter() - t0)
-                if r.status_code >= 400:
-                    errors += 1
-                else:
-                    results.append(r)
 
-        t0 = time.perf_counter()
-        await asyncio.gather(*(loop(i) for i in range(clients)))
-        wall = time.perf_counter() - t0
-    return lat, wall, errors, results
+def start_baseline(tmp: Path, redis_url: str, key: str) -> tuple[subprocess.Popen, str]:
+    """The bare endpoint, as its own uvicorn process configured like the API."""
+    (tmp / "baseline_app.py").write_text(BASELINE_APP)
+    port = free_port()
+    args = [sys.executable, "-m", "uvicorn", "baseline_app:app", "--port", str(port),
+            "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level",
+            "warning"]  # fmt: skip
+    env = {**os.environ, "REDIS_URL": redis_url, "BASELINE_KEY": key}
+    proc = subprocess.Popen(args, cwd=tmp, env=env)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(f"{base}/baseline", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("the baseline server did not come up")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(url: str, *, clients: int, seconds: float, headers: dict[str, str],
+        body: str | None = None, pid: int | None = None, threads: int = 2) -> dict:  # fmt: skip
+    """Run wrk against `url`; latency percentiles, throughput, errors (and the CPU time the
+    process `pid` spent per request)."""
+    script = Path(tempfile.mkstemp(suffix=".lua")[1])
+    lua = ['wrk.headers["Content-Type"] = "application/json"']
+    lua += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()]
+    if body is not None:
+        lua += ['wrk.method = "POST"', f"wrk.body = {json.dumps(body)}"]
+    lua.append("""done = function(summary, latency, requests)
+  io.write(string.format("JSON {\\"p50_ms\\": %f, \\"p99_ms\\": %f, \\"mean_ms\\": %f, ",
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000, latency.mean / 1000))
+  io.write(string.format("\\"requests\\": %d, \\"non_2xx\\": %d, \\"errors\\": %d}\\n",
+    summary.requests, summary.errors.status, summary.errors.connect + summary.errors.read +
+    summary.errors.write + summary.errors.timeout))
+end""")
+    script.write_text("\n".join(lua) + "\n")
+    args = ["wrk", "-t", str(threads), "-c", str(clients), "-d", f"{seconds:g}s", "--timeout",
+            "30s", "-s", str(script), url]  # fmt: skip
+    cpu0 = cpu_seconds(pid) if pid else 0.0
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    cpu = cpu_seconds(pid) - cpu0 if pid else 0.0
+    script.unlink()
+    res = json.loads(out.split("JSON ", 1)[1])
+    res["throughput_rps"] = round(res["requests"] / seconds, 1)
+    if pid:
+        res["server_cpu_ms_per_request"] = round(1000 * cpu / max(1, res["requests"]), 3)
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in res.items()}
 
 
 async def sse_phase(
@@ -133,6 +174,7 @@ async def sse_phase(
         connect_s = time.perf_counter() - t_connect
 
         redis = connect(url)
+        blocked = [c for c in await redis.client_list() if c.get("cmd") == "xread"]
         store = Store(redis, prefix)
         owner = "bench-writer"
         await store.transition(pid, "running", event="status", data={"status": "running"},
@@ -169,6 +211,7 @@ async def sse_phase(
         "duplicate_events": dup,
         "out_of_order_streams": out_of_order,
         "streams_ended_on_terminal": sum(r["terminal"] for r in results),
+        "redis_readers_blocked_in_xread": len(blocked),
         "connect_all_s": round(connect_s, 2),
         "write_s": round(write_s, 2),
         "all_drained_s": round(drain_s, 2),
@@ -178,59 +221,77 @@ async def sse_phase(
     }
 
 
-async def run(args: argparse.Namespace, base: str, headers: dict, url: str, prefix: str) -> dict:
-    async def submit(c: httpx.AsyncClient, i: int, j: int) -> httpx.Response:
-        return await c.post("/v1/problems", json={**PROBLEM, "metadata": {"c": i, "j": j}})
-
-    lat, wall, err, created = await hammer(base, headers, args.clients, args.requests, submit)
-    ids = [r.json()["id"] for r in created]
-    res = {"submit": summary(lat, wall, err)}
-    print("submit", res["submit"], flush=True)
-
-    async def status(c: httpx.AsyncClient, i: int, j: int) -> httpx.Response:
-        return await c.get(f"/v1/problems/{random.choice(ids)}")
-
-    lat, wall, err, _ = await hammer(base, headers, args.clients, args.requests * 2, status)
-    res["status"] = summary(lat, wall, err)
-    print("status", res["status"], flush=True)
-
-    res["sse"] = await sse_phase(
-        base, headers, url, prefix, args.subscribers, args.events, args.rate
-    )
-    print("sse", res["sse"], flush=True)
+def http_phases(args: argparse.Namespace, api_base: str, api_pid: int, baseline: str,
+                baseline_pid: int, headers: dict, pid: str) -> dict:  # fmt: skip
+    """Status, submit and the baseline, each `args.seconds` under `args.clients` connections."""
+    kw = {"clients": args.clients, "seconds": args.seconds}
+    res = {
+        "baseline": wrk(f"{baseline}/baseline", headers={}, pid=baseline_pid, **kw),
+        "status": wrk(f"{api_base}/v1/problems/{pid}", headers=headers, pid=api_pid, **kw),
+        "submit": wrk(
+            f"{api_base}/v1/problems", headers=headers, pid=api_pid, body=json.dumps(PROBLEM), **kw
+        ),
+    }
+    for name, r in res.items():
+        print(name, r, flush=True)
+    b = res["baseline"]
+    res["ratios"] = {
+        "status_p99_over_baseline_p99": round(res["status"]["p99_ms"] / b["p99_ms"], 2),
+        "submit_p99_over_baseline_p99": round(res["submit"]["p99_ms"] / b["p99_ms"], 2),
+        "status_rps_over_baseline_rps": round(
+            res["status"]["throughput_rps"] / b["throughput_rps"], 2
+        ),
+        "status_server_cpu_ms_per_request": res["status"]["server_cpu_ms_per_request"],
+        "baseline_server_cpu_ms_per_request": b["server_cpu_ms_per_request"],
+    }
+    print("ratios", res["ratios"], flush=True)
     return res
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--clients", type=int, default=50)
-    p.add_argument("--requests", type=int, default=40, help="submits per client (status: 2x)")
+    p.add_argument("--seconds", type=float, default=10.0, help="per HTTP phase")
     p.add_argument("--subscribers", type=int, default=500)
     p.add_argument("--events", type=int, default=200)
     p.add_argument("--rate", type=float, default=50.0, help="events written per second")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/api_load.json"))
     args = p.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("api_load.py needs wrk (a compiled load generator): apt-get install wrk")
 
     tmp = Path(tempfile.mkdtemp(prefix="sdpo-load-"))
     server = RedisServer(tmp / "redis").start()
     prefix = "load"
     env = service_env(server.url, prefix, tmp / "ck", SDPO_MAX_ACTIVE_PER_TENANT=10**7,
-                      SDPO_MAX_QUEUED=10**7, SDPO_SSE_HEARTBEAT_SECONDS=15)  # fmt: skip
+                      SDPO_MAX_QUEUED=10**7, SDPO_SSE_HEARTBEAT_SECONDS=15,
+                      SDPO_MAX_STREAMS_PER_TENANT=args.subscribers + 10)  # fmt: skip
     api, base = start_api(env, tmp / "api.log")
     headers = {"Authorization": f"Bearer {create_api_key(server.url, prefix, 'load')}"}
+    pid = httpx.post(f"{base}/v1/problems", json=PROBLEM, headers=headers).json()["id"]
+    baseline, baseline_url = start_baseline(tmp, server.url, f"{prefix}:problem:{pid}")
     try:
-        res = asyncio.run(run(args, base, headers, server.url, prefix))
+        res = http_phases(args, base, api.popen.pid, baseline_url, baseline.pid, headers, pid)
+        res["sse"] = asyncio.run(
+            sse_phase(base, headers, server.url, prefix, args.subscribers, args.events, args.rate)
+        )
+        print("sse", res["sse"], flush=True)
     finally:
+        baseline.terminate()
+        baseline.wait()
         api.stop()
         server.stop()
     res["setup"] = {
         "clients": args.clients,
-        "api": "1 uvicorn process (python -m service serve)",
+        "seconds_per_phase": args.seconds,
+        "load_generator": "wrk, 2 threads, keep-alive connections",
+        "api": "1 uvicorn process (python -m service serve): uvloop, httptools, no access log",
+        "baseline": "bare FastAPI endpoint, one HGETALL of the same problem hash, same uvicorn",
         "redis": "private redis-server on loopback, appendonly everysec",
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "machine": platform.machine(),
-        "note": "clients, API and Redis share the same CPUs",
+        "note": "load generator, API and Redis share the same CPUs: read the ratios",
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")

@@ -13,6 +13,7 @@ from service.sse import EventHub
 from service.store import Store
 
 LOCAL_TENANT = "local"
+
 _bearer = HTTPBearer(auto_error=False, description="An API key from `sdpo keys create`.")
 
 
@@ -32,13 +33,14 @@ async def get_hub(request: Request) -> EventHub:
 async def get_tenant(
     request: Request,
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    settings: Annotated[Settings, Depends(get_settings)],
-    store: Annotated[Store, Depends(get_store)],
 ) -> str:
     """The tenant that owns the presented API key (401 otherwise).
 
     With SDPO_API_KEYS_REQUIRED=false on a loopback bind, a request without a key that
-    arrived on a loopback socket belongs to the tenant `local`."""
+    arrived on a loopback socket belongs to the tenant `local`. (Settings and store come
+    from app.state, not sub-dependencies: each dependency costs CPU on every request.)"""
+    settings: Settings = request.app.state.settings
+    store: Store = request.app.state.store
     if creds is None:
         server = request.scope.get("server") or ("", 0)
         if not settings.auth_enabled and is_loopback(str(server[0])):
