@@ -8,7 +8,7 @@ Shapes: B batch, T response positions, V vocabulary, K top-K.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -103,6 +103,66 @@ def divergence(s_logp: torch.Tensor, t_logp: torch.Tensor, alpha: float) -> torc
     return (1 - alpha) * _kl(s_logp, m_logp) + alpha * _kl(t_logp, m_logp)
 
 
+def _token_terms(
+    s_logits: torch.Tensor,
+    t_logits: torch.Tensor,
+    ids: torch.Tensor,
+    *,
+    top_k: int | None,
+    alpha: float,
+    add_tail: bool,
+    temperature: float,
+) -> tuple[torch.Tensor, ...]:
+    """Per-position terms of the SDPO loss on [B, T, V] logits (teacher already detached).
+
+    Returns per_tok (divergence, differentiable w.r.t. s_logits), s_tok, t_tok (log-probs of
+    ids at temperature; s_tok detached), s_mass, t_mass (top-K mass; 1 for the full vocabulary),
+    all [B, T].
+    """
+    B, T, V = s_logits.shape
+    ids = ids.long().unsqueeze(-1)  # [B, T, 1]
+    if top_k is None:
+        s_logp = F.log_softmax(s_logits.float() / temperature, dim=-1)  # [B, T, V]
+        t_logp = F.log_softmax(t_logits.float() / temperature, dim=-1)  # [B, T, V]
+        s_tok = s_logp.detach().gather(-1, ids).squeeze(-1)  # [B, T]
+        t_tok = t_logp.gather(-1, ids).squeeze(-1)  # [B, T]
+        s_mass = t_mass = torch.ones(B, T, device=s_logits.device)
+    else:
+        s_lse = _logsumexp(s_logits.detach(), temperature)  # [B, T]
+        t_lse = _logsumexp(t_logits, temperature)  # [B, T]
+        idx = s_logits.detach().topk(min(top_k, V), dim=-1).indices  # [B, T, K]
+        s_logp = _GatherLogProbs.apply(s_logits, s_lse, idx, temperature)  # [B, T, K]
+        t_logp = t_logits.gather(-1, idx).float() / temperature - t_lse.unsqueeze(-1)
+        s_tok = s_logits.detach().gather(-1, ids).squeeze(-1).float() / temperature - s_lse
+        t_tok = t_logits.gather(-1, ids).squeeze(-1).float() / temperature - t_lse
+        s_mass = s_logp.detach().logsumexp(-1).exp()  # [B, T]
+        t_mass = t_logp.logsumexp(-1).exp()  # [B, T]
+        if add_tail:
+            s_logp, t_logp = _add_tail(s_logp), _add_tail(t_logp)  # [B, T, K+1]
+        else:
+            s_logp = s_logp - s_logp.logsumexp(-1, keepdim=True)
+            t_logp = t_logp - t_logp.logsumexp(-1, keepdim=True)
+    return divergence(s_logp, t_logp, alpha), s_tok, t_tok, s_mass, t_mass
+
+
+def _ratio(
+    s_tok: torch.Tensor, old_logprobs: torch.Tensor | None, is_clip: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The detached importance ratio exp(s_tok - old), clamped above at is_clip, and where it
+    was clamped (ones / all False without old_logprobs)."""
+    if old_logprobs is None:
+        return torch.ones_like(s_tok), torch.zeros_like(s_tok, dtype=torch.bool)
+    ratio = (s_tok - old_logprobs.float()).clamp(max=LOG_RATIO_MAX).exp()
+    if is_clip is None:
+        return ratio, torch.zeros_like(ratio, dtype=torch.bool)
+    return ratio.clamp(max=is_clip), ratio > is_clip
+
+
+def _check_alpha(alpha: float) -> None:
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+
+
 def sdpo_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -133,48 +193,26 @@ def sdpo_loss(
     Metrics (floats): loss, kl (mean divergence, no ratio), num_tokens, is_ratio_mean,
     is_clipped_fraction (1.0 / 0.0 without old_logprobs), student_topk_mass, teacher_topk_mass
     (1.0 for the full vocabulary), student_teacher_logp_diff (mean log pi_S(y_t) - log pi_T(y_t)).
+
+    This takes whole [B, T, V] logits; the trainer uses sdpo_loss_chunked (same loss, from
+    hidden states, one chunk of positions at a time).
     """
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    _check_alpha(alpha)
     if student_logits.shape != teacher_logits.shape or student_logits.dim() != 3:
         raise ValueError(f"logits shapes {student_logits.shape} / {teacher_logits.shape}")
-    B, T, V = student_logits.shape
-    teacher_logits = teacher_logits.detach()
-    ids = response_ids.long().unsqueeze(-1)  # [B, T, 1]
     mask = response_mask.bool()  # [B, T]
-
-    if top_k is None:
-        s_logp = F.log_softmax(student_logits.float() / temperature, dim=-1)  # [B, T, V]
-        t_logp = F.log_softmax(teacher_logits.float() / temperature, dim=-1)  # [B, T, V]
-        s_tok = s_logp.detach().gather(-1, ids).squeeze(-1)  # [B, T]
-        t_tok = t_logp.gather(-1, ids).squeeze(-1)  # [B, T]
-        s_mass = t_mass = torch.ones(B, T, device=student_logits.device)
-    else:
-        s_lse = _logsumexp(student_logits.detach(), temperature)  # [B, T]
-        t_lse = _logsumexp(teacher_logits, temperature)  # [B, T]
-        idx = student_logits.detach().topk(min(top_k, V), dim=-1).indices  # [B, T, K]
-        s_logp = _GatherLogProbs.apply(student_logits, s_lse, idx, temperature)  # [B, T, K]
-        t_logp = teacher_logits.gather(-1, idx).float() / temperature - t_lse.unsqueeze(-1)
-        s_tok = student_logits.detach().gather(-1, ids).squeeze(-1).float() / temperature - s_lse
-        t_tok = teacher_logits.gather(-1, ids).squeeze(-1).float() / temperature - t_lse
-        s_mass = s_logp.detach().logsumexp(-1).exp()  # [B, T]
-        t_mass = t_logp.logsumexp(-1).exp()  # [B, T]
-        if add_tail:
-            s_logp, t_logp = _add_tail(s_logp), _add_tail(t_logp)  # [B, T, K+1]
-        else:
-            s_logp = s_logp - s_logp.logsumexp(-1, keepdim=True)
-            t_logp = t_logp - t_logp.logsumexp(-1, keepdim=True)
-
-    per_tok = divergence(s_logp, t_logp, alpha)  # [B, T]
+    per_tok, s_tok, t_tok, s_mass, t_mass = _token_terms(
+        student_logits,
+        teacher_logits.detach(),
+        response_ids,
+        top_k=top_k,
+        alpha=alpha,
+        add_tail=add_tail,
+        temperature=temperature,
+    )
     kl = per_tok.detach()
-    ratio = torch.ones_like(kl)
-    clipped = torch.zeros_like(kl, dtype=torch.bool)
-    if old_logprobs is not None:
-        ratio = (s_tok - old_logprobs.float()).clamp(max=LOG_RATIO_MAX).exp()  # [B, T], detached
-        if is_clip is not None:
-            clipped = ratio > is_clip
-            ratio = ratio.clamp(max=is_clip)
-        per_tok = per_tok * ratio
+    ratio, clipped = _ratio(s_tok, old_logprobs, is_clip)
+    per_tok = per_tok * ratio
 
     n = mask.sum()
     denom = n.clamp(min=1).float()
@@ -194,3 +232,144 @@ def sdpo_loss(
         "student_teacher_logp_diff": mean(s_tok - t_tok),
     }
     return loss, metrics
+
+
+# ---------------------------------------------------------------------------- from hidden states
+Head = Callable[[torch.Tensor], torch.Tensor]  # hidden [..., H] -> logits [..., V]
+
+
+def chunk_rows(vocab: int) -> int:
+    """Positions per chunk of the hidden-state loss: about CHUNK_ELEMS logits per chunk."""
+    return max(1, CHUNK_ELEMS // vocab)
+
+
+class _Precomputed(torch.autograd.Function):
+    """`value`, whose gradient w.r.t. x was already computed as `grad`: d/dx = g * grad."""
+
+    @staticmethod
+    def forward(ctx, x, value, grad):
+        ctx.save_for_backward(grad)
+        return value.clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        (grad,) = ctx.saved_tensors
+        return grad * g.to(grad.dtype), None, None
+
+
+def sdpo_loss_chunked(
+    student_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    head: Head,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    *,
+    teacher_ref: tuple[torch.Tensor, float] | None = None,
+    top_k: int | None = 20,
+    alpha: float = 1.0,
+    add_tail: bool = True,
+    temperature: float = 1.0,
+    old_logprobs: torch.Tensor | None = None,
+    is_clip: float | None = 2.0,
+    rows: int | None = None,
+) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+    """sdpo_loss(head(student_hidden), teacher logits, ...) without any [B, T, V] tensor.
+
+    student_hidden, teacher_hidden: [B, T, H] final hidden states at the positions predicting
+    each response token; head maps them to logits (frozen: it gets no gradient). The teacher's
+    logits are head(teacher_hidden), or with teacher_ref = (ref_hidden [B, T, H], a) the
+    trust-region teacher lerp(head(ref_hidden), head(teacher_hidden), a). All other arguments,
+    the loss and the metrics are those of sdpo_loss.
+
+    The masked positions are taken `rows` at a time (default chunk_rows(V)): logits of both
+    sides for that chunk, the loss terms, and the chunk's backward to its hidden states, so only
+    chunk-sized [rows, V] tensors ever exist. The returned loss carries the gradient to
+    student_hidden that was computed this way. Also returns the student's log-probs of
+    response_ids at temperature, [B, T] (0 where masked; the old log-probs of a later update).
+    """
+    _check_alpha(alpha)
+    if student_hidden.dim() != 3 or student_hidden.shape != teacher_hidden.shape:
+        raise ValueError(f"hidden shapes {student_hidden.shape} / {teacher_hidden.shape}")
+    mask = response_mask.bool()  # [B, T]
+    s_h = student_hidden[mask]  # [N, H], differentiable gather
+    t_h = teacher_hidden.detach()[mask]  # [N, H]
+    r_h = teacher_ref[0].detach()[mask] if teacher_ref is not None else None
+    ids = response_ids[mask].long()  # [N]
+    old = old_logprobs[mask] if old_logprobs is not None else None
+    N = ids.shape[0]
+    denom = float(max(N, 1))
+    need_grad = s_h.requires_grad and torch.is_grad_enabled()
+
+    zero = torch.zeros((), dtype=torch.float64, device=s_h.device)
+    sums = dict.fromkeys(("loss", "kl", "ratio", "clipped", "s_mass", "t_mass", "diff"), zero)
+    grad = torch.zeros_like(s_h) if need_grad else None
+    s_tok_all = torch.zeros(N, dtype=torch.float32, device=s_h.device)
+    if rows is None and N:
+        with torch.no_grad():
+            rows = chunk_rows(head(t_h[:1]).shape[-1])
+    for a in range(0, N, rows or 1):
+        b = min(a + rows, N)
+        with torch.no_grad():
+            t_logits = head(t_h[a:b])  # [c, V]
+            if r_h is not None:
+                t_logits = torch.lerp(head(r_h[a:b]), t_logits, teacher_ref[1])
+        h = s_h[a:b].detach().requires_grad_(need_grad)
+        with torch.set_grad_enabled(need_grad):
+            s_logits = head(h)  # [c, V]
+            per_tok, s_tok, t_tok, s_mass, t_mass = _token_terms(
+                s_logits[None],
+                t_logits[None],
+                ids[None, a:b],
+                top_k=top_k,
+                alpha=alpha,
+                add_tail=add_tail,
+                temperature=temperature,
+            )
+            ratio, clipped = _ratio(s_tok, old[None, a:b] if old is not None else None, is_clip)
+            chunk_loss = (per_tok * ratio).sum() / denom
+        if need_grad:
+            (grad[a:b],) = torch.autograd.grad(chunk_loss, h)
+        del s_logits, t_logits
+        s_tok_all[a:b] = s_tok[0]
+        for key, x in (
+            ("loss", chunk_loss),
+            ("kl", per_tok),
+            ("ratio", ratio),
+            ("clipped", clipped),
+            ("s_mass", s_mass),
+            ("t_mass", t_mass),
+            ("diff", s_tok - t_tok),
+        ):
+            sums[key] = sums[key] + x.detach().double().sum()  # summed on the device, one sync
+
+    value = sums["loss"].float()
+    sums = {k: v.item() for k, v in sums.items()}
+    loss = _Precomputed.apply(s_h, value, grad) if need_grad else value
+    metrics = {
+        "loss": sums["loss"],
+        "kl": sums["kl"] / denom,
+        "num_tokens": float(N),
+        "is_ratio_mean": sums["ratio"] / denom,
+        "is_clipped_fraction": sums["clipped"] / denom,
+        "student_topk_mass": sums["s_mass"] / denom,
+        "teacher_topk_mass": sums["t_mass"] / denom,
+        "student_teacher_logp_diff": sums["diff"] / denom,
+    }
+    token_logprobs = torch.zeros(mask.shape, dtype=torch.float32, device=s_h.device)
+    token_logprobs[mask] = s_tok_all
+    return loss, metrics, token_logprobs
+
+
+@torch.no_grad()
+def token_logprobs(
+    hidden: torch.Tensor, head: Head, ids: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """log_softmax(head(hidden) / temperature) at ids, chunked over positions: [..., H] -> [...]."""
+    flat, flat_ids = hidden.reshape(-1, hidden.shape[-1]), ids.reshape(-1).long()
+    out = torch.empty(flat_ids.shape, dtype=torch.float32, device=hidden.device)
+    rows = chunk_rows(head(flat[:1]).shape[-1]) if flat.shape[0] else 1
+    for a in range(0, flat.shape[0], rows):
+        x = head(flat[a : a + rows]).float() / temperature  # [c, V]
+        out[a : a + rows] = x.gather(-1, flat_ids[a : a + rows, None])[:, 0] - x.logsumexp(-1)
+    return out.reshape(ids.shape)
