@@ -27,7 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from sdpo_core.chat import encode_chat
 from sdpo_core.config import SDPOConfig
-from sdpo_core.loss import sdpo_loss
+from sdpo_core.loss import sdpo_loss, sdpo_loss_chunked, token_logprobs
 
 STUDENT = "student"
 TEACHER = "teacher"
@@ -84,6 +84,8 @@ class SDPOTrainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.cfg = SDPOConfig()
         self.updates = 0
+        self.chunked_loss = True  # False: the unchunked reference loss (tests, benchmarks)
+        self._check_head()
 
     # ------------------------------------------------------------------ setup
     def encode_chat(self, user_message: str) -> list[int]:
@@ -141,12 +143,13 @@ class SDPOTrainer:
             self.model.set_adapter(STUDENT)  # also restores requires_grad on the student only
 
     # ------------------------------------------------------------------ forward passes
-    def _response_logits(
+    def _response_hidden(
         self, prompts: list[list[int]], responses: list[list[int]]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Logits predicting each response token.
+        """Final hidden states at the positions predicting each response token (no logits: the
+        loss applies the head one chunk of positions at a time).
 
-        Returns logits [B, T, V], response ids [B, T], mask [B, T] (T = longest response).
+        Returns hidden [B, T, H], response ids [B, T], mask [B, T] (T = longest response).
         """
         seqs = [p + r for p, r in zip(prompts, responses, strict=True)]
         width = max(len(s) for s in seqs)
@@ -156,37 +159,117 @@ class SDPOTrainer:
         for i, s in enumerate(seqs):  # right padding keeps position ids = arange
             ids[i, : len(s)] = torch.tensor(s)
             attn[i, : len(s)] = 1
-        logits = self.model(
-            input_ids=ids.to(self.device), attention_mask=attn.to(self.device)
-        ).logits  # [B, width, V]
+        model = self.model.get_base_model() if self.model is not None else self.base
+        hidden = model.get_decoder()(
+            input_ids=ids.to(self.device), attention_mask=attn.to(self.device), use_cache=False
+        ).last_hidden_state  # [B, width, H]
         t_max = max(len(r) for r in responses)
-        out = logits.new_zeros((len(seqs), t_max, logits.shape[-1]))
+        out = hidden.new_zeros((len(seqs), t_max, hidden.shape[-1]))
         resp = torch.full((len(seqs), t_max), pad, dtype=torch.long, device=self.device)
         mask = torch.zeros((len(seqs), t_max), dtype=torch.bool, device=self.device)
         for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
-            start = len(p) - 1  # the logit at position j predicts token j + 1
-            out[i, : len(r)] = logits[i, start : start + len(r)]
+            start = len(p) - 1  # the state at position j predicts token j + 1
+            out[i, : len(r)] = hidden[i, start : start + len(r)]
             resp[i, : len(r)] = torch.tensor(r, device=self.device)
             mask[i, : len(r)] = True
         return out, resp, mask
 
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The model's logits from final hidden states: [..., H] -> [..., V]."""
+        logits = self.base.get_output_embeddings()(hidden)
+        cap = getattr(self.base.config, "final_logit_softcapping", None)  # Gemma 2
+        return logits if cap is None else torch.tanh(logits / cap) * cap
+
+    def _check_head(self) -> None:
+        """head(decoder(x)) must be the model's own logits (a family that scales them another
+        way would otherwise be trained on the wrong distribution)."""
+        ids = torch.arange(1, 5, device=self.device)[None] % self.base.config.vocab_size
+        with torch.no_grad():
+            want = self.base(input_ids=ids, use_cache=False).logits
+            got = self.head(self.base.get_decoder()(input_ids=ids, use_cache=False)[0])
+        if not torch.allclose(got.float(), want.float(), atol=1e-3, rtol=1e-3):
+            raise ValueError(
+                f"{self.model_path}: {type(self.base).__name__}'s logits are not its output "
+                "embedding applied to the decoder's last hidden state; the trainer's loss "
+                "(sdpo_core/trainer.py, SDPOTrainer.head) does not support this family yet"
+            )
+
+    def _response_logits(
+        self, prompts: list[list[int]], responses: list[list[int]]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Full logits [B, T, V] predicting each response token, ids, mask (the unchunked
+        reference; the step never builds this)."""
+        hidden, resp, mask = self._response_hidden(prompts, responses)
+        return self.head(hidden), resp, mask
+
     @torch.no_grad()
-    def _teacher_logits(self, prompts: list[list[int]], responses: list[list[int]]) -> torch.Tensor:
+    def _teacher_hidden(
+        self, prompts: list[list[int]], responses: list[list[int]]
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, float] | None]:
+        """The teacher's hidden states and, for the trust-region teacher, (reference hidden
+        states, alpha): its logits are lerp(head(ref), head(hidden), alpha)."""
         if self.cfg.teacher_regularization == "ema":
             with self._adapter(TEACHER):
-                return self._response_logits(prompts, responses)[0]
+                return self._response_hidden(prompts, responses)[0], None
         with self._adapter(None):
-            ref = self._response_logits(prompts, responses)[0]
-        cur = self._response_logits(prompts, responses)[0]
-        return torch.lerp(ref, cur, self.cfg.trust_region_alpha)
+            ref = self._response_hidden(prompts, responses)[0]
+        cur = self._response_hidden(prompts, responses)[0]
+        return cur, (ref, self.cfg.trust_region_alpha)
+
+    @torch.no_grad()
+    def _teacher_logits(self, prompts: list[list[int]], responses: list[list[int]]) -> torch.Tensor:
+        """The teacher's full logits [B, T, V] (the unchunked reference)."""
+        hidden, ref = self._teacher_hidden(prompts, responses)
+        if ref is None:
+            return self.head(hidden)
+        return torch.lerp(self.head(ref[0]), self.head(hidden), ref[1])
 
     @torch.no_grad()
     def sequence_logprobs(self, prompt_ids: list[int], response_ids: list[int]) -> list[float]:
         """The student's log-prob of each response token (for checks against an engine)."""
         self.model.eval()
-        logits, resp, _ = self._response_logits([prompt_ids], [response_ids])
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        return logp[0].gather(-1, resp[0][:, None])[:, 0].tolist()
+        hidden, resp, _ = self._response_hidden([prompt_ids], [response_ids])
+        return token_logprobs(hidden[0], self.head, resp[0]).tolist()
+
+    def _micro_batch_loss(
+        self,
+        batch: RolloutBatch,
+        chunk: list[int],
+        old_logprobs: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor, float]:
+        """The SDPO loss of one micro-batch (samples `chunk`), from hidden states in chunks of
+        positions (`self.chunked_loss`, the default) or from full logits (the reference).
+        Returns loss, metrics, the student's token log-probs [B, T], teacher seconds."""
+        cfg = self.cfg
+        responses = [batch.response_ids[i] for i in chunk]
+        t0 = _clock(self.device)
+        t_hidden, ref = self._teacher_hidden(
+            [batch.teacher_prompt_ids[i] for i in chunk], responses
+        )
+        t_teacher = _clock(self.device) - t0
+        s_hidden, resp, mask = self._response_hidden([batch.prompt_ids] * len(chunk), responses)
+        kw = dict(
+            top_k=cfg.top_k,
+            alpha=cfg.alpha,
+            add_tail=cfg.add_tail,
+            temperature=cfg.temperature,
+            old_logprobs=old_logprobs,
+            is_clip=cfg.is_clip,
+        )
+        if self.chunked_loss:
+            loss, m, lp = sdpo_loss_chunked(
+                s_hidden, t_hidden, self.head, resp, mask, teacher_ref=ref, **kw
+            )
+            return loss, m, lp, t_teacher
+        s_logits = self.head(s_hidden)  # [B, T, V]
+        with torch.no_grad():
+            t_logits = self.head(t_hidden)
+            if ref is not None:
+                t_logits = torch.lerp(self.head(ref[0]), t_logits, ref[1])
+            lp = torch.log_softmax(s_logits.float() / cfg.temperature, dim=-1)
+            lp = lp.gather(-1, resp[..., None])[..., 0]
+        loss, m = sdpo_loss(s_logits, t_logits, resp, mask, **kw)
+        return loss, m, lp, t_teacher
 
     # ------------------------------------------------------------------ the update
     def step(self, batch: RolloutBatch) -> dict[str, float]:
@@ -212,40 +295,19 @@ class SDPOTrainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss_sum = kl_sum = 0.0
             for c, chunk in enumerate(chunks):
-                responses = [batch.response_ids[i] for i in chunk]
                 t0 = _clock(self.device)
-                # computed per micro-batch (not cached) so only one chunk's logits live at once
-                teacher = self._teacher_logits(
-                    [batch.teacher_prompt_ids[i] for i in chunk], responses
-                )
-                t1 = _clock(self.device)
-                t_teacher += t1 - t0
-                s_logits, resp, mask = self._response_logits(
-                    [batch.prompt_ids] * len(chunk), responses
-                )
+                # computed per micro-batch (not cached) so only one micro-batch's states live
+                loss, m, lp, t_t = self._micro_batch_loss(batch, chunk, old_logprobs[c])
                 if cfg.updates_per_batch > 1 and update == 0:
-                    # old log-probs from the trainer itself, so the ratio is exactly 1 at first
-                    with torch.no_grad():
-                        lp = torch.log_softmax(s_logits.float() / cfg.temperature, dim=-1)
-                        old_logprobs[c] = lp.gather(-1, resp[..., None])[..., 0]
-                loss, m = sdpo_loss(
-                    s_logits,
-                    teacher,
-                    resp,
-                    mask,
-                    top_k=cfg.top_k,
-                    alpha=cfg.alpha,
-                    add_tail=cfg.add_tail,
-                    temperature=cfg.temperature,
-                    old_logprobs=old_logprobs[c],
-                    is_clip=cfg.is_clip,
-                )
+                    # old log-probs from the trainer itself: the ratio is 1 at the first update
+                    old_logprobs[c] = lp
                 weight = m["num_tokens"] / total_tokens  # token mean over the whole batch
                 (loss * weight).backward()
                 loss_sum += m["loss"] * weight
                 kl_sum += m["kl"] * weight
-                del teacher, s_logits, loss
-                t_student += _clock(self.device) - t1
+                del loss, lp
+                t_teacher += t_t
+                t_student += _clock(self.device) - t0 - t_t
             t2 = _clock(self.device)
             params = [p for p in self.model.parameters() if p.requires_grad]
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
