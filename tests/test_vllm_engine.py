@@ -7,6 +7,8 @@ per token, to LOGPROB_TOL.
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -166,13 +168,43 @@ def test_adapter_load_failure_keeps_previous(
 
 
 def test_unreachable_server_is_a_typed_error(prompt_ids: list[int]) -> None:
-    eng = VLLMEngine(f"http://127.0.0.1:{free_port()}", "x", timeout=5, retries=1)
-    with pytest.raises(VLLMUnavailableError, match="unreachable"):
+    eng = VLLMEngine(
+        f"http://127.0.0.1:{free_port()}",
+        "x",
+        timeout=5,
+        retries=1,
+        server_report=lambda: "managed vLLM server exited with code 1",
+    )
+    with pytest.raises(VLLMUnavailableError, match="unreachable") as exc:
         eng.generate(prompt_ids, SamplingParams(n=1, max_new_tokens=4))
+    assert str(exc.value).endswith("\nmanaged vLLM server exited with code 1")
     with pytest.raises(VLLMUnavailableError):
         eng.wait_ready(timeout=1.0)
     assert not eng.health()
     eng.close()
+
+
+def test_server_failure_report_names_the_root_cause(tmp_path: Path) -> None:
+    """A server that died: the report says so and lifts the errors out of its log (vLLM puts
+    the cause of an HTTP 500 there, far above the tail)."""
+    log = tmp_path / "server.log"
+    lines = [
+        "(APIServer pid=1) WARNING [x.py:1] fd limits can cause `OSError: [Errno 24] ...`",
+        "(Worker pid=2) ERROR [y.py:2] AttributeError: module 'triton.language' has no attr",
+        *[f"(APIServer pid=1) ERROR [z.py:{i}] traceback line {i}" for i in range(40)],
+        "(APIServer pid=1) ERROR [z.py:9] EngineDeadError: EngineCore encountered an issue.",
+    ]
+    log.write_text("\n".join(lines) + "\n")
+    proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    proc.wait()
+    report = VLLMServer(proc, "http://127.0.0.1:1", "m", log).failure_report(n_lines=5)
+    assert f"(pid {proc.pid}) exited with code 3; log {log}" in report
+    causes = report.split("errors in its log:\n")[1].split("\nits last")[0].splitlines()
+    assert causes == [
+        "AttributeError: module 'triton.language' has no attr",
+        "EngineDeadError: EngineCore encountered an issue.",
+    ]  # the WARNING line is not an error
+    assert report.endswith("\n".join(lines[-5:]))
 
 
 def test_trainer_step_adapter_served_matches_trainer(

@@ -105,8 +105,7 @@ class VLLMServer:
             while True:
                 if not self.alive():
                     raise VLLMServerError(
-                        f"vLLM server exited with code {self.process.returncode} during "
-                        f"startup; log {self.log_path}:\n{self.log_tail()}"
+                        f"vLLM server died during startup: {self.failure_report()}"
                     )
                 try:
                     if client.get(f"{self.url}/health").status_code == 200:
@@ -114,11 +113,9 @@ class VLLMServer:
                 except httpx.TransportError:
                     pass
                 if time.monotonic() > deadline:
+                    report = self.failure_report()
                     self.stop()
-                    raise VLLMServerError(
-                        f"vLLM server not ready after {timeout:.0f} s; log {self.log_path}:\n"
-                        f"{self.log_tail()}"
-                    )
+                    raise VLLMServerError(f"vLLM server not ready after {timeout:.0f} s; {report}")
                 time.sleep(0.5)
 
     def stop(self, timeout: float = 30.0) -> None:
