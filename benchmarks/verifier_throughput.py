@@ -5,7 +5,10 @@ For each small LiveCodeBench-style problem (stdin and call-based, `--tests` test
   in a freshly forked process as LiveCodeBench's `check_correctness` does (run_test disables
   os functions, so a process serves one call); the time of the call itself ("bare"), / tests;
 - sandbox: one `Sandbox.run` per test on one slot, sequentially (fresh isolated process each);
-- verifier: `build_verifier(spec).verify(response)` / tests (sandbox plus grading).
+- verifier: `build_verifier(spec).verify(response)` / tests (sandbox plus grading);
+- per_attempt: one sandboxed process per attempt running all its tests in turn, as
+  LiveCodeBench's grader does in its one process (stdin problems, through the `verify` harness:
+  what a per-attempt child would cost, not how our verifier grades today).
 Per-test medians, their ratio to lcb, and throughput: isolated test executions per second
 for a batch (`--attempts` responses x problems x tests) through `verify_batch` on `--slots`
 slots. Prints the figures and writes benchmarks/results/verifier_throughput.json.
@@ -126,6 +129,33 @@ def sandbox_per_test(sb: Sandbox, problem: dict) -> float:
     return (time.perf_counter() - start) / len(problem["inputs"])
 
 
+PER_ATTEMPT = """
+import io, json, sys
+def verify(data):
+    d = json.loads(data)
+    code = compile(d["code"], "solution.py", "exec")
+    for inp, expected in zip(d["inputs"], d["outputs"]):
+        sys.stdin, out, real = io.StringIO(inp), io.StringIO(), sys.stdout
+        sys.stdout = out
+        try:
+            exec(code, {"__name__": "__main__"})
+        finally:
+            sys.stdout = real
+        if out.getvalue().split() != expected.split():
+            return False
+    return True
+"""
+
+
+def per_attempt_per_test(sb: Sandbox, problem: dict) -> float:
+    data = json.dumps({k: problem[k] for k in ("code", "inputs", "outputs")})
+    start = time.perf_counter()
+    result = sb.run(Job(code=PER_ATTEMPT, harness="verify", data=data))
+    elapsed = time.perf_counter() - start
+    assert result.status == "ok" and result.result.get("value") is True, result
+    return elapsed / len(problem["inputs"])
+
+
 def verifier_per_test(problem: dict) -> float:
     v = build_verifier(spec(problem))
     start = time.perf_counter()
@@ -158,7 +188,7 @@ def main() -> None:
     os.environ.setdefault("SDPO_SANDBOX_SLOTS", str(args.slots))
     probs = problems(args.tests)
 
-    lcb, sandbox, verifier = [], [], []
+    lcb, sandbox, verifier, per_attempt, lcb_stdin = [], [], [], [], []
     settings = SandboxSettings.from_env()
     with Sandbox(SandboxSettings(**{**settings.__dict__, "slots": 1})) as sb:
         sb.run(Job(code="pass"))
@@ -169,10 +199,14 @@ def main() -> None:
                 lcb.append(lcb_per_test(p))
                 sandbox.append(sandbox_per_test(sb, p))
                 verifier.append(verifier_per_test(p))
+                if not p["fn_name"]:
+                    lcb_stdin.append(lcb[-1])
+                    per_attempt.append(per_attempt_per_test(sb, p))
         cgroup = sb._slots[0].cgroup is not None
     eps, total = throughput(probs, args.attempts)
     med = {k: statistics.median(v) * 1000 for k, v in
-           (("lcb", lcb), ("sandbox", sandbox), ("verifier", verifier))}  # fmt: skip
+           (("lcb", lcb), ("sandbox", sandbox), ("verifier", verifier),
+            ("per_attempt", per_attempt), ("lcb_stdin", lcb_stdin))}  # fmt: skip
     figures = {
         "problems": [p["name"] for p in probs],
         "tests_per_problem": args.tests,
@@ -182,6 +216,9 @@ def main() -> None:
         "verifier_ms_per_test": round(med["verifier"], 3),
         "sandbox_ratio_to_lcb": round(med["sandbox"] / med["lcb"], 2),
         "verifier_ratio_to_lcb": round(med["verifier"] / med["lcb"], 2),
+        "lcb_stdin_ms_per_test": round(med["lcb_stdin"], 3),
+        "per_attempt_child_ms_per_test": round(med["per_attempt"], 3),
+        "per_attempt_ratio_to_lcb": round(med["per_attempt"] / med["lcb_stdin"], 2),
         "throughput_executions": total,
         "throughput_slots": args.slots,
         "isolated_executions_per_s": round(eps, 1),
