@@ -202,7 +202,7 @@ def main() -> None:
                 if not p["fn_name"]:
                     lcb_stdin.append(lcb[-1])
                     per_attempt.append(per_attempt_per_test(sb, p))
-        cgroup = sb._slots[0].cgroup is not None
+        cgroup = getattr(sb._slots[0], "cgroup", None) is not None
     eps, total = throughput(probs, args.attempts)
     med = {k: statistics.median(v) * 1000 for k, v in
            (("lcb", lcb), ("sandbox", sandbox), ("verifier", verifier),
