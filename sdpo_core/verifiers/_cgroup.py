@@ -11,6 +11,7 @@ limit, moves the run into the cgroup and reads the OOM-kill counter afterwards.
 from __future__ import annotations
 
 import errno
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,11 +35,23 @@ class SlotCgroup:
         return {"procs": self.procs, "memory": self.memory, "oom": self.oom}
 
     def remove(self) -> None:
+        """Remove the slot's directories (the slot's uid lock makes them ours), then the parents
+        we created if no other slot uses them. A killed server takes a moment to leave."""
+        for d in self.dirs:
+            for _ in range(100):
+                try:
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.02)
         for d in reversed(self.made):
-            try:
-                d.rmdir()
-            except OSError:
-                pass  # a parent still holding another slot, or a straggler
+            if d not in self.dirs:
+                try:
+                    d.rmdir()
+                except OSError:
+                    pass  # another slot's cgroup is still in it
 
 
 def _write(path: Path, text: str) -> None:
