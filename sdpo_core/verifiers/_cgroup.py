@@ -29,10 +29,11 @@ class SlotCgroup:
     procs: list[str]  # cgroup.procs files the run joins
     memory: str  # memory limit file
     oom: str  # the file with the oom_kill counter
+    stat: str  # memory.stat: the server's own anonymous memory, added to each run's limit
     made: list[Path] = field(default_factory=list)  # directories we created (to remove)
 
     def config(self) -> dict:
-        return {"procs": self.procs, "memory": self.memory, "oom": self.oom}
+        return {"procs": self.procs, "memory": self.memory, "oom": self.oom, "stat": self.stat}
 
     def remove(self) -> None:
         """Remove the slot's directories (the slot's uid lock makes them ours), then the parents
@@ -104,7 +105,7 @@ def slot_cgroup(uid: int, nproc: int, root: str | None = None) -> SlotCgroup:
                 _write(slot / "memory.swap.max", "0")
             return SlotCgroup(
                 2, [slot], [str(slot / "cgroup.procs")], str(slot / "memory.max"),
-                str(slot / "memory.events"), made,
+                str(slot / "memory.events"), str(slot / "memory.stat"), made,
             )  # fmt: skip
         mem_fs, pids_fs = CGROUP_FS / "memory", CGROUP_FS / "pids"
         if (
@@ -124,13 +125,14 @@ def slot_cgroup(uid: int, nproc: int, root: str | None = None) -> SlotCgroup:
         _write(dirs[1] / "pids.max", str(nproc + 2))  # + the server and the run's init
         return SlotCgroup(
             1, dirs, [str(d / "cgroup.procs") for d in dirs],
-            str(dirs[0] / "memory.limit_in_bytes"), str(dirs[0] / "memory.oom_control"), made,
+            str(dirs[0] / "memory.limit_in_bytes"), str(dirs[0] / "memory.oom_control"),
+            str(dirs[0] / "memory.stat"), made,
         )  # fmt: skip
     except CgroupUnavailable:
-        SlotCgroup(0, [], [], "", "", made).remove()
+        SlotCgroup(0, [], [], "", "", "", made).remove()
         raise
     except OSError as exc:
-        SlotCgroup(0, [], [], "", "", made).remove()
+        SlotCgroup(0, [], [], "", "", "", made).remove()
         if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
             raise CgroupUnavailable(f"cgroup file system not writable: {exc}") from None
         raise CgroupUnavailable(f"cgroup setup failed: {exc}") from None

@@ -173,8 +173,10 @@ def _drop(req: dict, cfg: dict, fds: list[int], workdir: str) -> None:
         resource.RLIMIT_NOFILE: int(cfg["nofile"]),
         resource.RLIMIT_CORE: 0,
     }
-    if WORLD.memory_fd is None:  # no cgroup: memory_mb of address space above our own
-        limits[resource.RLIMIT_AS] = int(req["memory_mb"]) * 1024 * 1024 + WORLD.base_vm
+    # Each process: memory_mb of address space above the server's own (a single-process
+    # bomb gets a MemoryError at once; at a cgroup's limit the kernel may first thrash page
+    # cache for a while). The cgroup, where there is one, bounds all processes together.
+    limits[resource.RLIMIT_AS] = int(req["memory_mb"]) * 1024 * 1024 + WORLD.base_vm
     if uid is not None:  # NPROC counts per real uid: only meaningful on the slot's own uid
         limits[resource.RLIMIT_NPROC] = int(cfg["nproc"])
     for which, value in limits.items():
@@ -312,6 +314,7 @@ class World:
         self.cgroup_procs: list[int] = []  # cgroup.procs of the slot (one per v1 hierarchy)
         self.memory_fd: int | None = None  # memory.max (v2) or memory.limit_in_bytes (v1)
         self.oom_fd: int | None = None  # memory.events (v2) or memory.oom_control (v1)
+        self.stat_fd: int | None = None  # memory.stat
         self.seccomp: bytes | None = None
         self.install_seccomp = None
         self.base_vm = 0  # our address space, bytes (the RLIMIT_AS fallback sits above it)
@@ -432,6 +435,7 @@ def _prepare_slot(cfg: dict) -> None:
         WORLD.cgroup_procs = [os.open(p, os.O_WRONLY | os.O_CLOEXEC) for p in cg["procs"]]
         WORLD.memory_fd = os.open(cg["memory"], os.O_WRONLY | os.O_CLOEXEC)
         WORLD.oom_fd = os.open(cg["oom"], os.O_RDONLY | os.O_CLOEXEC)
+        WORLD.stat_fd = os.open(cg["stat"], os.O_RDONLY | os.O_CLOEXEC)
     os.environ.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     for name in cfg.get("preload", ()):  # before the namespaces: they need one thread
         try:
@@ -453,6 +457,28 @@ def _prepare_slot(cfg: dict) -> None:
         os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     _build_root(cfg)
+
+
+def _cgroup_value(fd: int | None, key: str) -> int:
+    if fd is None:
+        return 0
+    for line in os.pread(fd, 1 << 16, 0).decode().splitlines():
+        name, _, value = line.partition(" ")
+        if name == key:
+            return int(value)
+    return 0
+
+
+def _set_memory_limit(memory_mb: int) -> bool:
+    """The slot's limit: the run's memory_mb on top of the server's own anonymous memory (rss
+    in v1, anon in v2; page cache is left to reclaim). False if the kernel refuses it."""
+    assert WORLD.memory_fd is not None
+    own = max(_cgroup_value(WORLD.stat_fd, "rss"), _cgroup_value(WORLD.stat_fd, "anon"))
+    try:
+        os.pwrite(WORLD.memory_fd, str(memory_mb * 1024 * 1024 + own).encode(), 0)
+        return True
+    except OSError:  # EBUSY: more than that is in use and cannot be reclaimed
+        return False
 
 
 def _oom_kills() -> int:
@@ -508,8 +534,12 @@ def _kill_children() -> None:
 def _supervise(req: dict, cfg: dict, fds: list[int]) -> dict:
     """Run one request in a fresh process, enforce the wall-clock limit, describe the end."""
     workdir = None
-    if WORLD.memory_fd is not None:
-        os.pwrite(WORLD.memory_fd, str(int(req["memory_mb"]) * 1024 * 1024).encode(), 0)
+    if WORLD.memory_fd is not None and not _set_memory_limit(int(req["memory_mb"])):
+        for fd in fds:
+            os.close(fd)
+        fds.clear()  # the limit is below what is already in use: as if killed at it
+        return {"exit": None, "signal": None, "timed_out": False, "oom": True, "wall_s": 0.0,
+                "cpu_s": 0.0, "maxrss_kb": 0}  # fmt: skip
     oom_before = _oom_kills()
     if not cfg["namespaces"]:
         workdir = tempfile.mkdtemp(prefix="sdpo-sandbox-")
