@@ -159,6 +159,8 @@ class _Slot:
         self.sock: socket.socket | None = None
         self._buf = b""
         self.cgroup: SlotCgroup | None = None
+        if uid is None and settings.cgroup == "required":
+            raise SandboxError("SDPO_SANDBOX_CGROUP=required: a cgroup per slot needs root")
         if uid is not None and settings.cgroup != "off":
             try:
                 self.cgroup = slot_cgroup(uid, settings.nproc, settings.cgroup_root)
@@ -467,13 +469,18 @@ class Sandbox:
                     "sandbox unavailable: namespaces and per-slot uids need root; refusing to "
                     "run untrusted code (set SDPO_SANDBOX=unsafe-local to accept weaker isolation)"
                 )
+            claimed = self._claim_uids(s.slots) if root else [(None, None)] * s.slots
             try:
-                for uid, lock_fd in self._claim_uids(s.slots) if root else [(None, None)] * s.slots:
+                for uid, lock_fd in claimed:
                     slot = _Slot(s, uid, lock_fd)
                     self._slots.append(slot)
                     slot.start()
                     self._free.put(slot)
             except SandboxError as exc:
+                held = {slot.lock_fd for slot in self._slots}
+                for _, lock_fd in claimed:  # the uids no slot got as far as holding
+                    if lock_fd is not None and lock_fd not in held:
+                        os.close(lock_fd)
                 self._close_slots()
                 if s.mode == "namespaces":
                     raise SandboxError(
