@@ -1,19 +1,19 @@
 """The one sandbox for untrusted code (model-written solutions and users' verifiers).
 
-Each of `slots` concurrent slots owns an unprivileged uid and a pre-started fork server
-(`_sandbox_child.py`, run by the system python with an empty environment). Per run the server
-forks, unshares fresh network, IPC, UTS, mount and PID namespaces, mounts private tmpfs over
-/tmp and the other world-writable dirs, sets rlimits (address space, CPU, file size, open
-files, processes), drops to the slot uid with no_new_privs in its own session, and runs the
-code; on timeout the run's PID-namespace init is killed, which takes every process it
-started with it. Output is capped. Forking a warm server instead of spawning an interpreter
-is what keeps the sandbox cheaper than a plain `subprocess.run` (see
-benchmarks/verifier_throughput.py).
+Each of `slots` concurrent slots owns an unprivileged uid, a cgroup (_cgroup.py) and a warm
+fork server (`_sandbox_child.py`, run by the sandbox python with an empty environment) that
+lives in the slot's own namespaces and minimal read-only root. Per run the server forks one
+process, which gets a private /tmp, rlimits, the slot uid with no_new_privs, and the seccomp
+filter (_seccomp.py) before the code runs; afterwards the server kills whatever the run left
+in the slot's PID namespace. Output is capped. Forking a warm server instead of spawning an
+interpreter is most of the sandbox's speed (benchmarks/verifier_throughput.py compares it with
+LiveCodeBench's own grader). docs/verifiers.md describes the whole world a run sees.
 
 Without namespaces (not root, or a container without CAP_SYS_ADMIN) it refuses to run
 anything unless the operator sets SDPO_SANDBOX=unsafe-local: then runs get rlimits, a session
-that is killed as a group, a scrubbed environment and a temporary directory, but no
-namespaces. Verdicts say which mode ran them ("sandbox" in details) and it is logged.
+that is killed as a group, the seccomp filter, a scrubbed environment and a temporary
+directory, but no namespaces and no minimal root. Verdicts say which mode ran them
+("sandbox" in details) and it is logged.
 """
 
 from __future__ import annotations
