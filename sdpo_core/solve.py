@@ -1,14 +1,18 @@
 """The test-time SDPO loop: sample, verify, build self-teachers, update the LoRA, swap, repeat.
 
 Checkpoints (in `checkpoint_dir`) make a run resumable with every attempt counted once:
-- state.pt        the loop's counters; after generation, also the pending rollout batch.
-- trainer/        adapters, optimizer, RNG and the counters as of the last finished update.
+- ckpt/NNNNNN/    one complete checkpoint per save: state.pt (the loop's counters, RNG and,
+                  after generation, the pending rollout batch) and trainer/ (adapters,
+                  optimizer, RNG as of the last update; hard links to the previous save's
+                  files when no update happened in between).
+- CURRENT         the name of the checkpoint to resume from, replaced atomically: a crash
+                  leaves either the old or the new checkpoint current, never a mix.
 - adapters/vN/    each adapter version the engine loads (the last two are kept).
 - adapter/        the latest student adapter in PEFT format (what users download).
-Per step: generate + verify -> state.pt (pending) -> attempt events -> update -> trainer/
--> adapter/ -> state.pt (no pending) -> step event. After a crash the newer of state.pt and
-trainer/ wins; a pending batch is trained on rather than sampled again, and its attempt
-events are emitted again with the same indices and content (consumers drop indices they have).
+Per step: generate + verify -> save (pending) -> attempt events -> update -> adapter/ ->
+save (trainer, no pending) -> step event. After a crash, a pending batch is trained on
+rather than sampled again, and its attempt events are emitted again with the same indices
+and content (consumers drop indices they have).
 """
 
 from __future__ import annotations
@@ -102,47 +106,71 @@ def latest_adapter_dir(checkpoint_dir: str | Path) -> Path | None:
 
 
 class _Checkpoints:
+    """One checkpoint directory per save, and a pointer (CURRENT) swapped atomically."""
+
     def __init__(self, root: Path | None) -> None:
         self.root = root
         if root is not None:
-            root.mkdir(parents=True, exist_ok=True)
+            (root / "ckpt").mkdir(parents=True, exist_ok=True)
 
-    def save_state(self, state: LoopState) -> None:
+    def _current(self) -> Path | None:
+        assert self.root is not None
+        try:
+            name = (self.root / "CURRENT").read_text().strip()
+        except FileNotFoundError:
+            return None
+        return self.root / "ckpt" / name
+
+    def save(self, state: LoopState, runtime: Runtime | None = None) -> None:
+        """Write a complete checkpoint of `state`; with `runtime`, the trainer as it is now,
+        else the trainer files of the current checkpoint (hard links), then point at it."""
         if self.root is None:
             return
-        tmp = self.root / "state.pt.tmp"
-        torch.save(state.to_blob(), tmp)
-        os.replace(tmp, self.root / "state.pt")
+        current = self._current()
+        number = int(current.name) + 1 if current is not None else 1
+        final = self.root / "ckpt" / f"{number:06d}"
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        torch.save(state.to_blob(), tmp / "state.pt")
+        if runtime is not None:
+            runtime.trainer.save_checkpoint(tmp / "trainer", state.to_blob())
+        elif current is not None and (current / "trainer").is_dir():
+            (tmp / "trainer").mkdir()
+            for f in (current / "trainer").iterdir():
+                try:
+                    os.link(f, tmp / "trainer" / f.name)
+                except OSError:  # a file system without hard links
+                    shutil.copy2(f, tmp / "trainer" / f.name)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        pointer = self.root / "CURRENT.tmp"
+        pointer.write_text(final.name + "\n")
+        os.replace(pointer, self.root / "CURRENT")
+        for old in (self.root / "ckpt").iterdir():
+            if old.name != final.name:
+                shutil.rmtree(old, ignore_errors=True)
 
     def load(self, runtime: Runtime) -> LoopState | None:
-        """Restore the newest consistent state, or None when there is no checkpoint."""
+        """Restore the current checkpoint, or None when there is none."""
         if self.root is None:
             return None
-        state_file = self.root / "state.pt"
-        trainer_dir = self.root / "trainer"
-        if not (trainer_dir / "trainer.pt").exists() and (self.root / "trainer.old").exists():
-            trainer_dir = self.root / "trainer.old"  # crashed between the two renames
+        current = self._current()
+        if current is None:
+            return None
+        state_file, trainer_dir = current / "state.pt", current / "trainer"
         try:
-            blob = torch.load(state_file, weights_only=False) if state_file.exists() else None
+            blob = torch.load(state_file, weights_only=False)
         except Exception as exc:
             raise RuntimeError(f"checkpoint {state_file} is unreadable: {exc}") from exc
-        trained = None
         if (trainer_dir / "trainer.pt").exists():
             try:
-                trained = runtime.trainer.load_checkpoint(trainer_dir)  # sets the RNG too
+                runtime.trainer.load_checkpoint(trainer_dir)
             except Exception as exc:
                 raise RuntimeError(f"checkpoint {trainer_dir} is unreadable: {exc}") from exc
-        if blob is None and trained is None:
-            return None
-        if blob is None or (trained is not None and trained["steps"] > blob["steps"]):
-            blob = trained  # the update finished after state.pt was last written
         state = LoopState.from_blob(blob)
-        set_rng_state(blob["rng"])
+        set_rng_state(blob["rng"])  # the RNG as of this save (after the trainer's)
         return state
-
-    def save_trainer(self, runtime: Runtime, state: LoopState) -> None:
-        if self.root is not None:
-            runtime.trainer.save_checkpoint(self.root / "trainer", state.to_blob())
 
 
 def solve(
@@ -196,7 +224,7 @@ def solve(
                 )
                 state.attempts += len(state.pending.completions)
                 state.seconds = elapsed()
-                ckpt.save_state(state)
+                ckpt.save(state)
             pending = state.pending
             for i, (c, v) in enumerate(zip(pending.completions, pending.verdicts, strict=True)):
                 emit(
@@ -217,8 +245,7 @@ def solve(
             )
             state.pending = None
             state.seconds = elapsed()
-            ckpt.save_trainer(runtime, state)
-            ckpt.save_state(state)
+            ckpt.save(state, runtime)
             emit(StepEvent(state.steps, state.attempts, state.adapter_version, metrics))
     except Exception as exc:  # reported as a failed run, never swallowed silently
         error = f"{type(exc).__name__}: {exc}"
@@ -343,7 +370,7 @@ def _solved(
         solution=pending.completions[winner].text,
     )
     state.pending, state.seconds, state.result = None, seconds, result.to_dict()
-    ckpt.save_state(state)
+    ckpt.save(state)
     return _finish(state, emit, result)
 
 
@@ -352,7 +379,7 @@ def _exhausted(
 ) -> SolveResult:
     result = _result(state, "exhausted", seconds, error=reason)
     state.seconds, state.result = seconds, result.to_dict()
-    ckpt.save_state(state)
+    ckpt.save(state)
     return _finish(state, emit, result)
 
 

@@ -111,7 +111,22 @@ def test_a_finished_run_resumed_reports_its_result_again(runtime, tmp_path) -> N
 
 def test_errors_become_a_failed_result(runtime, tmp_path) -> None:
     problem = hard(8)
-    (tmp_path / "state.pt").write_text("not a checkpoint")
+    (tmp_path / "ckpt" / "000001").mkdir(parents=True)
+    (tmp_path / "ckpt" / "000001" / "state.pt").write_text("not a checkpoint")
+    (tmp_path / "CURRENT").write_text("000001\n")
     result, events = run(problem, runtime, checkpoint_dir=tmp_path)
     assert result.status == "failed" and "state.pt" in result.error
     assert events[-1].kind == "failed"
+
+
+def test_one_checkpoint_directory_and_a_pointer(runtime, tmp_path) -> None:
+    """Resume state is one directory per save; CURRENT names the one to resume from, and a
+    save interrupted before the pointer moved (a leftover .tmp) changes nothing."""
+    first, _ = run(hard(8), runtime, checkpoint_dir=tmp_path)
+    current = (tmp_path / "CURRENT").read_text().strip()
+    assert [p.name for p in (tmp_path / "ckpt").iterdir()] == [current]
+    assert (tmp_path / "ckpt" / current / "state.pt").is_file()
+    (tmp_path / "ckpt" / "999999.tmp").mkdir()
+    (tmp_path / "ckpt" / "999999.tmp" / "state.pt").write_text("half written")
+    again, events = run(hard(8), runtime, checkpoint_dir=tmp_path)
+    assert again == first and [type(e) for e in events] == [ExhaustedEvent]
