@@ -18,6 +18,7 @@ from pydantic.json_schema import models_json_schema
 from sdpo_core.problem import ProblemSpec
 from service import errors
 from service.api import health, metrics, problems, ui
+from service.keycache import KeyCache
 from service.models import STORED_SPEC_MARK
 from service.queue import Queue
 from service.settings import Settings, get_settings
@@ -49,12 +50,15 @@ def create_app(settings: Settings | None = None, *, redis_url: str | None = None
             events_maxlen=settings.events_maxlen,
         )
         app.state.hub = EventHub(store, settings.sse_heartbeat_seconds)
+        app.state.keys = keys = KeyCache(store)
+        keys.start()
         for model in settings.models:
             try:
                 await Queue(redis, settings.key_prefix, model).ensure_group()
             except OSError:  # Redis not up yet: workers create the group too
                 pass
         yield
+        await keys.stop()
         await redis.aclose()
 
     app = FastAPI(

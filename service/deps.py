@@ -40,7 +40,6 @@ async def get_tenant(
     arrived on a loopback socket belongs to the tenant `local`. (Settings and store come
     from app.state, not sub-dependencies: each dependency costs CPU on every request.)"""
     settings: Settings = request.app.state.settings
-    store: Store = request.app.state.store
     if creds is None:
         server = request.scope.get("server") or ("", 0)
         if not settings.auth_enabled and is_loopback(str(server[0])):
@@ -50,7 +49,7 @@ async def get_tenant(
             "missing API key: send `Authorization: Bearer <key>`",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    tenant = await store.tenant_for_key(creds.credentials)
+    tenant = await request.app.state.keys.tenant(creds.credentials)
     if tenant is None:
         raise ApiError(401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
     return tenant

@@ -13,6 +13,7 @@ Keys (P = SDPO_KEY_PREFIX):
     P:idem:{t}:{sha256(key)}  string  "{problem id} {sha256(body)}" for 24 h (at most retention)
     P:apikey:{sha256(key)}    hash    tenant, key_id, created_at
     P:apikey_id:{key_id}      string  sha256(key), to revoke by id
+    P:keys:revoked            channel sha256(key) of each revoked key (API key caches listen)
     P:workers                 zset    worker name -> last heartbeat (unix seconds)
     P:worker:{name}           hash    model, host, pid, current problem
     P:stats                   hash    counters and histogram buckets for /metrics
@@ -552,6 +553,7 @@ class Store:
         if digest is None:
             return False
         await self.redis.delete(self.key("apikey", digest), self.key("apikey_id", key_or_id))
+        await self.redis.publish(self.key("keys", "revoked"), digest)  # API processes' caches
         return True
 
     async def list_keys(self) -> list[dict[str, str]]:
