@@ -5,11 +5,20 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
 
 from sdpo_core.config import SDPOConfig
+from sdpo_core.verifiers.models import VERIFIER_JSON_SCHEMA, inline_schema
+
+# Kept as plain dicts at run time (the verifiers take dicts); typed in the schema and checked
+# against the typed models on validation.
+VerifierField = Annotated[dict[str, Any], WithJsonSchema(VERIFIER_JSON_SCHEMA)]
+SDPOOverrides = Annotated[
+    dict[str, Any],
+    WithJsonSchema({**inline_schema(SDPOConfig.model_json_schema()), "title": "SDPOOverrides"}),
+]
 
 
 class ProblemError(ValueError):
@@ -34,11 +43,9 @@ class ProblemSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     prompt: str = Field(..., min_length=1, description="The question, as the user message.")
-    verifier: dict[str, Any] = Field(..., description="Verifier spec; see docs/problem-format.md.")
+    verifier: VerifierField = Field(..., description="Verifier spec, by `kind`.")
     budget: Budget = Field(default_factory=Budget)
-    sdpo: dict[str, Any] = Field(
-        default_factory=dict, description="Overrides of SDPOConfig fields."
-    )
+    sdpo: SDPOOverrides = Field(default_factory=dict, description="Overrides of SDPO settings.")
     model: str | None = Field(None, description="Model name; null = the worker's model.")
     metadata: dict[str, Any] = Field(default_factory=dict)
 
@@ -51,10 +58,11 @@ class ProblemSpec(BaseModel):
     @field_validator("verifier")
     @classmethod
     def _check_verifier(cls, value: dict[str, Any]) -> dict[str, Any]:
-        from sdpo_core.verifiers import VerifierSpecError, validate_spec
+        from sdpo_core.verifiers import VerifierSpecError
+        from sdpo_core.verifiers.models import check_verifier_spec
 
         try:
-            validate_spec(value)
+            check_verifier_spec(value)
         except VerifierSpecError as exc:
             raise ValueError(str(exc)) from exc
         return value

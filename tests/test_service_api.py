@@ -75,6 +75,9 @@ def test_validation_errors_name_the_field(api_server: Service) -> None:
         assert_error(c.post("/v1/problems", json={**PROBLEM, "prompt": ""}), 422, field="prompt")
         bad = {**PROBLEM, "verifier": {"kind": "table", "cases": {"a b": "1"}}}
         assert_error(c.post("/v1/problems", json=bad), 422, field="verifier.cases")
+        typo = {"kind": "table", "cases": {"a": "1"}, "max_feedback_chars": "abc"}
+        bad = {**PROBLEM, "verifier": typo}
+        assert_error(c.post("/v1/problems", json=bad), 422, field="verifier.max_feedback_chars")
         bad = {**PROBLEM, "budget": {"max_attempts": 0}}
         assert_error(c.post("/v1/problems", json=bad), 422, field="budget.max_attempts")
         bad = {**PROBLEM, "sdpo": {"lr": -1}}
@@ -269,3 +272,16 @@ def test_readyz_needs_workers_and_auth_off_on_loopback_only(
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert out.returncode == 2 and "loopback" in out.stderr
+
+
+def test_openapi_types_the_verifier_and_sdpo_fields(api_server: Service) -> None:
+    with tenant(api_server) as c:
+        spec = c.get("/openapi.json").json()["components"]["schemas"]["ProblemSpec"]
+    verifier = spec["properties"]["verifier"]
+    kinds = set()
+    for option in verifier["oneOf"]:
+        for sub in option.get("oneOf", [option]):  # `tests` is itself a union by mode
+            kinds.add(sub["properties"]["kind"]["const"])
+            assert sub["additionalProperties"] is False
+    assert kinds == {"table", "tests", "answer", "python"}
+    assert "lr" in spec["properties"]["sdpo"]["properties"]

@@ -12,6 +12,7 @@ from typing import Any
 
 from sdpo_core.types import Verdict
 from sdpo_core.verifiers.base import VerifierBase, VerifierSpecError, truncate
+from sdpo_core.verifiers.spec import get_int
 
 _PAIR = re.compile(r"(\S+?)=(\S+)")
 
@@ -60,9 +61,8 @@ def validate_table_spec(spec: dict[str, Any]) -> None:
             raise VerifierSpecError(f"key {key!r} must be non-empty without spaces or '='", "cases")
         if not isinstance(value, (str, int)) or re.search(r"\s", str(value)) or str(value) == "":
             raise VerifierSpecError(f"value for {key!r} must be a word without spaces", "cases")
-    mf = spec.get("max_failures", 2)
-    if not isinstance(mf, int) or isinstance(mf, bool) or mf < 1:
-        raise VerifierSpecError("must be a positive integer", "max_failures")
+    get_int(spec, "max_failures", 2, 1, 10_000)
+    get_int(spec, "max_feedback_chars", 2000, 200, 100_000)
     unknown = set(spec) - {"kind", "cases", "max_failures", "max_feedback_chars"}
     if unknown:
         raise VerifierSpecError("unknown field", sorted(unknown)[0])

@@ -1,0 +1,96 @@
+"""Every verifier field with a wrong type is rejected at parse (= at submit), naming the field;
+whatever passes parse builds a verifier (what the worker does), so nothing fails later."""
+
+from __future__ import annotations
+
+import pytest
+
+from sdpo_core.problem import ProblemError, parse_problem
+from sdpo_core.verifiers import build_verifier
+from sdpo_core.verifiers.models import (
+    AnswerSpec,
+    AssertTestsSpec,
+    FunctionalTestsSpec,
+    PythonSpec,
+    StdinTestsSpec,
+    TableSpec,
+)
+
+VALID = [
+    (TableSpec, {"kind": "table", "cases": {"a": "1"}}),
+    (StdinTestsSpec, {"kind": "tests", "tests": [{"input": "1", "output": "1"}]}),
+    (
+        FunctionalTestsSpec,
+        {
+            "kind": "tests",
+            "mode": "functional",
+            "fn_name": "f",
+            "tests": [{"input": "1", "output": "2"}],
+        },
+    ),
+    (AssertTestsSpec, {"kind": "tests", "mode": "assert", "test": "assert True"}),
+    (AnswerSpec, {"kind": "answer", "expected": "4"}),
+    (PythonSpec, {"kind": "python", "source": "def verify(response):\n    return True\n"}),
+]
+# One value of each JSON type, plus out-of-range and awkward ones.
+POOL = [
+    "abc",
+    "",
+    " ",
+    0,
+    -1,
+    7,
+    10**9,
+    1.5,
+    float("inf"),
+    True,
+    False,
+    None,
+    [],
+    [1],
+    {},
+    {"x": 1},
+    ["assert True"],
+    [{"input": "1", "output": "1"}],
+    "assert True",
+]
+
+
+def _cases():
+    for model, base in VALID:
+        for field in model.model_fields:
+            if field in ("kind", "mode"):
+                continue
+            for value in POOL:
+                yield pytest.param(
+                    base, field, value, id=f"{base['kind']}-{model.__name__}-{field}-{value!r}"[:80]
+                )
+
+
+@pytest.mark.parametrize(("base", "field", "value"), list(_cases()))
+def test_wrong_field_rejected_at_parse_or_builds(base: dict, field: str, value: object) -> None:
+    spec = {**base, field: value}
+    if field == "tests" and "test" in spec and spec.get("mode") == "assert":
+        del spec["test"]  # assert mode takes test or tests, not both
+    try:
+        parse_problem({"prompt": "p", "verifier": spec})
+    except ProblemError as exc:
+        assert exc.field and exc.field.startswith("verifier"), exc
+        return
+    build_verifier(spec)  # passes submit -> the worker accepts it too
+
+
+@pytest.mark.parametrize(("model", "base"), VALID)
+def test_string_where_a_number_or_bool_is_named(model: type, base: dict) -> None:
+    for name, info in model.model_fields.items():
+        if info.annotation in (int, float, bool):
+            with pytest.raises(ProblemError) as err:
+                parse_problem({"prompt": "p", "verifier": {**base, name: "abc"}})
+            assert err.value.field == f"verifier.{name}"
+
+
+def test_the_reported_table_typo() -> None:
+    spec = {"kind": "table", "cases": {"a": "1"}, "max_feedback_chars": "abc"}
+    with pytest.raises(ProblemError) as err:
+        parse_problem({"prompt": "p", "verifier": spec})
+    assert err.value.field == "verifier.max_feedback_chars"
