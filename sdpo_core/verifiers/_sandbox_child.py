@@ -24,6 +24,7 @@ Protocol on the socket whose fd is argv[1] (the JSON config is $SDPO_SANDBOX_SLO
   reply:   server -> parent: one JSON line {"exit": .., "signal": .., "timed_out": .., ...}
 """
 
+import ast
 import bisect
 import collections
 import copy
@@ -197,10 +198,11 @@ def _drop(req: dict, cfg: dict, fds: list[int], workdir: str) -> None:
         WORLD.install_seccomp(WORLD.seccomp)
 
 
-def _report(obj: dict) -> None:
+def _report(obj: dict, nonce: str) -> None:
+    """One line on the result channel; the parent ignores every line without the nonce."""
     try:
-        _write_all(3, (json.dumps(obj) + "\n").encode())
-    except OSError:
+        _write_all(3, (json.dumps({**obj, "nonce": nonce}) + "\n").encode())
+    except (OSError, ValueError, TypeError):
         pass
 
 
@@ -220,12 +222,31 @@ def _source(name: str, text: str) -> types.CodeType:
     return compile(text, name, "exec", dont_inherit=True)
 
 
-def _jsonable(value: object) -> object:
-    if isinstance(value, tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
+def _plain(value: object, depth: int = 0) -> object:
+    """numpy scalars and arrays as Python values (so their repr is a literal); else as is."""
+    if depth < 50 and type(value).__module__ == "numpy" and hasattr(value, "tolist"):
+        return value.tolist()
+    if depth < 50 and type(value) in (list, tuple):
+        return type(value)(_plain(v, depth + 1) for v in value)
     return value
+
+
+def _call_all(g: dict, calls: list) -> list:
+    """Each [name, args as a Python literal] called in order; values come back as repr."""
+    out = []
+    for name, args_src in calls:
+        try:
+            fn = g.get(name)
+            if fn is None:
+                raise NameError(f"name {name!r} is not defined")
+            value = fn(*ast.literal_eval(args_src))
+            out.append(["value", repr(_plain(value))[:MAX_REPR]])
+        except Exception as exc:
+            out.append(["raise", f"{type(exc).__name__}: {exc}"[:1000]])
+    return out
+
+
+MAX_REPR = 1_000_000
 
 
 def _run_user(req: dict) -> None:
@@ -240,9 +261,13 @@ def _run_user(req: dict) -> None:
     sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
     sys.argv = ["solution.py"]
     sys.path.insert(0, os.getcwd())
-    module = types.ModuleType("__main__")
+    # LiveCodeBench imports call-based programs as a module: an `if __name__ == "__main__":`
+    # driver does not run there, so not here either
+    module = types.ModuleType("__main__" if harness == "stdin" else "solution")
     module.__file__ = "solution.py"
-    sys.modules["__main__"] = module
+    sys.modules[module.__name__] = module
+    if hasattr(sys, "set_int_max_str_digits"):  # as LiveCodeBench: big ints print
+        sys.set_int_max_str_digits(50000)
     g = module.__dict__
     code = 0
     try:
@@ -251,7 +276,7 @@ def _run_user(req: dict) -> None:
         compiled = _source("solution.py", req["code"])
     except (SyntaxError, ValueError, OverflowError, MemoryError, RecursionError) as exc:
         text = "".join(traceback.format_exception_only(type(exc), exc))
-        _report({"compile_error": text})
+        _report({"compile_error": text}, nonce)
         sys.stderr.write(text)
         sys.stderr.flush()
         os._exit(1)
@@ -265,17 +290,18 @@ def _run_user(req: dict) -> None:
             fn = getattr(cls(), name) if isinstance(cls, type) else g.get(name)
             if fn is None:
                 raise NameError(f"name {name!r} is not defined")
-            result = _jsonable(fn(*json.loads(req["args"])))
-            try:
-                _report({"nonce": nonce, "result": json.dumps(result)})
-            except (TypeError, ValueError):
-                _report({"nonce": nonce, "result": None, "repr": repr(result)[:10000]})
+            result = _plain(fn(*json.loads(req["args"])))
+            if isinstance(result, tuple):  # as LiveCodeBench: only a top-level tuple is a list
+                result = list(result)
+            _report({"repr": repr(result)[:MAX_REPR]}, nonce)
+        elif harness == "calls":
+            _report({"calls": _call_all(g, json.loads(req["args"]))}, nonce)
         elif harness == "assert":
             exec(_source("test.py", req["test"]), g)
             entry = req.get("entry_point")
             if entry and callable(g.get("check")):
                 g["check"](g[entry])
-            _report({"nonce": nonce, "ok": True})
+            _report({"ok": True}, nonce)
         elif harness == "verify":
             value = g["verify"](req["data"])
             if isinstance(value, tuple | list) and len(value) == 2:
@@ -283,7 +309,7 @@ def _run_user(req: dict) -> None:
                 value = [passed, feedback if isinstance(feedback, str) else repr(feedback)]
             elif not isinstance(value, bool):
                 value = repr(value)[:1000]
-            _report({"nonce": nonce, "value": value})
+            _report({"value": value}, nonce)
     except SystemExit as exc:
         if exc.code is None or isinstance(exc.code, int):
             code = exc.code or 0
@@ -291,9 +317,9 @@ def _run_user(req: dict) -> None:
             sys.stderr.write(f"{exc.code}\n")
             code = 1
         if harness != "stdin":
-            _report({"exit_called": code})
+            _report({"exit_called": code}, nonce)
     except BaseException as exc:
-        _report({"exception": type(exc).__name__})
+        _report({"exception": type(exc).__name__}, nonce)
         _print_exc(exc)
         code = 1
     for stream in (sys.stdout, sys.stderr):
@@ -552,7 +578,8 @@ def _supervise(req: dict, cfg: dict, fds: list[int]) -> dict:
             _run_user(req)
         except BaseException as exc:
             try:
-                _write_all(fds[3], (json.dumps({"setup_error": repr(exc)}) + "\n").encode())
+                line = {"setup_error": repr(exc), "nonce": req.get("nonce")}
+                _write_all(fds[3], (json.dumps(line) + "\n").encode())
             finally:
                 os._exit(111)
     for fd in fds:

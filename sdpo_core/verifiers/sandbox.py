@@ -116,18 +116,20 @@ class SandboxSettings:
 
 @dataclass(frozen=True)
 class Job:
-    """One run. `harness`: stdin (a program), call (fn_name(*args)), assert, verify.
+    """One run. `harness`: stdin (a program), call (fn_name(*args)), calls (each
+    [name, Python-literal args] of the JSON list `args`, values returned as repr), assert,
+    verify.
 
     `group` ties runs of one attempt together for `Sandbox.run_many`'s early stop.
     """
 
     code: str
-    harness: Literal["stdin", "call", "assert", "verify"] = "stdin"
+    harness: Literal["stdin", "call", "calls", "assert", "verify"] = "stdin"
     stdin: str = ""
     timeout_s: float = 6.0
     memory_mb: int = 512
     fn_name: str | None = None
-    args: str | None = None  # JSON list of positional arguments (call)
+    args: str | None = None  # JSON list of positional arguments (call), of calls (calls)
     test: str | None = None  # test code (assert)
     entry_point: str | None = None
     prefix: str | None = None  # code run before the solution (assert), e.g. HumanEval's prompt
@@ -371,6 +373,46 @@ class _Slot:
         return _classify(job, nonce, reply, bufs[out_r], bufs[err_r], bufs[res_r], over, self)
 
 
+# What the harness may report, and the type of each field. Anything else is ignored.
+REPORT_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "compile_error": str,
+    "exception": str,
+    "setup_error": str,
+    "exit_called": int,
+    "repr": str,
+    "calls": list,
+    "ok": bool,
+    "value": (bool, str, list),
+}
+
+
+def _reported(res: bytes, nonce: str) -> dict[str, Any]:
+    """The result channel's authenticated lines, fields type-checked; the first value wins.
+
+    The channel is written by untrusted code, so it is only data: lines without the run's
+    nonce are ignored, and no verdict rests on it alone (the parent compares values itself).
+    """
+    reported: dict[str, Any] = {}
+    for line in res.split(b"\n", 64)[:64]:  # the harness writes a handful of lines
+        if nonce.encode() not in line:
+            continue
+        try:
+            obj = json.loads(line)
+        except (ValueError, RecursionError):
+            continue
+        if not isinstance(obj, dict) or obj.get("nonce") != nonce:
+            continue
+        if any(k in obj for k in ("repr", "calls", "ok", "value")):
+            reported["done"] = True  # the harness got to its end
+        for key, typ in REPORT_FIELDS.items():
+            value = obj.get(key)
+            if key not in reported and isinstance(value, typ) and value is not None:
+                if key == "exit_called" and isinstance(value, bool):
+                    continue
+                reported[key] = value
+    return reported
+
+
 def _classify(
     job: Job,
     nonce: str,
@@ -381,22 +423,7 @@ def _classify(
     over: bool,
     slot: _Slot,
 ) -> RunResult:
-    reported: dict[str, Any] = {}
-    for line in res.decode("utf-8", "replace").splitlines():
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(obj, dict):
-            continue
-        if "nonce" in obj:  # only the harness knows the nonce: ignore forged results
-            if obj.pop("nonce") != nonce:
-                continue
-            reported["done"] = True
-        for key in ("compile_error", "exception", "setup_error", "exit_called"):
-            if key in obj and key not in reported:
-                reported[key] = obj.pop(key)
-        reported.update({k: v for k, v in obj.items() if k not in reported})
+    reported = _reported(res, nonce)
     if "setup_error" in reported:
         raise SandboxError(f"sandbox setup failed: {reported['setup_error']}")
     sig = reply.get("signal")

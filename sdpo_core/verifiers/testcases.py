@@ -9,6 +9,8 @@ Modes:
 
 from __future__ import annotations
 
+import ast
+import builtins
 import json
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -74,15 +76,124 @@ def stdout_matches(actual: str, expected: str, float_tol: float = 0.0) -> bool:
     return True
 
 
-def call_matches(reported: dict[str, Any], expected: str) -> tuple[bool, str]:
-    """LiveCodeBench call-based rule: the JSON-decoded result == the JSON-decoded output."""
-    if reported.get("result") is None:
-        return False, reported.get("repr", "(no value)")
-    actual = reported["result"]
+MAX_VALUE_CHARS = 1_000_000
+MAX_DEPTH = 100
+
+
+def literal_value(text: str) -> tuple[bool, Any]:
+    """(True, value) for a Python literal of bounded size, else (False, None). Never raises."""
+    if len(text) > MAX_VALUE_CHARS:
+        return False, None
     try:
-        return json.loads(actual) == json.loads(expected), actual
-    except ValueError:
-        return False, actual
+        return True, ast.literal_eval(text)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return False, None
+
+
+def call_matches(reported: dict[str, Any], expected: Any) -> tuple[bool, str]:
+    """LiveCodeBench call-based rule: the returned value (a top-level tuple as a list) equals
+    the JSON-decoded output. The child returns the value's repr; the parent compares."""
+    shown = reported.get("repr")
+    if not isinstance(shown, str):
+        return False, "(no value)"
+    ok, value = literal_value(shown)
+    if not ok:
+        return False, shown
+    try:
+        return bool(value == expected), shown
+    except RecursionError:
+        return False, shown
+
+
+def _depth(value: Any, limit: int = MAX_DEPTH) -> int:
+    stack, deepest = [(value, 1)], 0
+    while stack:
+        v, d = stack.pop()
+        deepest = max(deepest, d)
+        if deepest > limit:
+            return deepest
+        if isinstance(v, list):
+            stack.extend((x, d + 1) for x in v)
+        elif isinstance(v, dict):
+            stack.extend((x, d + 1) for x in v.values())
+    return deepest
+
+
+def assert_calls(test: str, entry: str | None) -> list[tuple[str, str]]:
+    """The solution's calls in assert-style test code whose arguments are literals, as
+    (function name, repr of the argument tuple), in order, without repeats. `candidate` is
+    `entry`; without an entry point, any top-level name the test neither defines nor gets
+    from builtins is the solution's."""
+    tree = ast.parse(test)
+    defined = {"check"} | {
+        n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+    }
+    defined |= {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.ClassDef)}
+    defined |= {a.arg for n in ast.walk(tree) if isinstance(n, ast.arguments) for a in n.args}
+    out: list[tuple[str, str]] = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
+            continue
+        name = node.func.id
+        if name == "candidate" and entry:
+            target = entry
+        elif name == entry or (
+            entry is None and name not in defined and not hasattr(builtins, name)
+        ):
+            target = name
+        else:
+            continue
+        if node.keywords or any(isinstance(a, ast.Starred) for a in node.args):
+            continue
+        try:
+            args = tuple(ast.literal_eval(a) for a in node.args)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            continue
+        key = (target, repr(args))
+        if key not in out:
+            out.append(key)
+    return out
+
+
+# The trusted half of an assert-style test: the test code runs against these stubs, which
+# answer each call with the value the solution returned for it in its own process.
+STUB = """import ast as _ast
+_RECORDED = {recorded!r}
+def _stub(_name, _table):
+    def call(*args):
+        hit = _table.get(repr(args))
+        if hit is None:
+            raise RuntimeError(
+                f"the test calls {{_name}}{{args!r}}, which was not run on the solution "
+                "(only calls whose arguments are literals are)"
+            )
+        kind, payload = hit
+        if kind == "raise":
+            raise RuntimeError(f"{{_name}}{{args!r}} raised {{payload}}")
+        try:
+            return _ast.literal_eval(payload)
+        except Exception:
+            raise TypeError(
+                f"{{_name}}{{args!r}} returned {{payload[:200]}}, not a plain Python value"
+            ) from None
+    call.__name__ = _name
+    return call
+for _n, _t in _RECORDED.items():
+    globals()[_n] = _stub(_n, _t)
+"""
+
+
+def stub_code(calls: list[tuple[str, str]], results: list[Any]) -> str | None:
+    """The stubs' source, or None when the solution's report is malformed."""
+    if not isinstance(results, list) or len(results) != len(calls):
+        return None
+    recorded: dict[str, dict[str, list[str]]] = {}
+    for (name, args), r in zip(calls, results, strict=True):
+        ok = isinstance(r, list) and len(r) == 2 and r[0] in ("value", "raise")
+        if not ok or not isinstance(r[1], str):
+            return None
+        recorded.setdefault(name, {})[args] = [r[0], r[1]]
+    return STUB.format(recorded=recorded)
 
 
 # ---------------------------------------------------------------------------- the spec
@@ -99,15 +210,25 @@ def _check_tests(spec: dict[str, Any]) -> list[dict[str, str]]:
         for key in ("input", "output"):
             if not isinstance(test.get(key), str):
                 raise VerifierSpecError("must be a string", f"tests.{i}.{key}")
+    for i, test in enumerate(tests):
+        for key in ("input", "output"):
+            try:
+                test[key].encode("utf-8")
+            except UnicodeEncodeError:
+                raise VerifierSpecError("is not valid UTF-8 text", f"tests.{i}.{key}") from None
     if spec.get("mode") == "functional":
         for i, test in enumerate(tests):
             for key in ("input", "output"):
                 lines = test[key].split("\n") if key == "input" else [test[key]]
+                what = "each line must be" if key == "input" else "must be"
                 try:
-                    [json.loads(line) for line in lines]
-                except ValueError:
-                    what = "each line must be" if key == "input" else "must be"
+                    values = [json.loads(line) for line in lines]
+                except (ValueError, RecursionError):
                     raise VerifierSpecError(f"{what} JSON", f"tests.{i}.{key}") from None
+                if any(_depth(v) > MAX_DEPTH for v in values):
+                    raise VerifierSpecError(
+                        f"{what} JSON nested at most {MAX_DEPTH} deep", f"tests.{i}.{key}"
+                    )
     return tests
 
 
@@ -166,8 +287,14 @@ class TestsVerifier(VerifierBase):
         if self.mode == "assert":
             tests = [spec["test"]] if "test" in spec else list(spec["tests"])
             self.tests = [{"input": t, "output": None} for t in tests]
+            entry = spec.get("entry_point")
+            self.calls = [assert_calls(t, entry) for t in tests]
         else:
             self.tests = [{"input": t["input"], "output": t["output"]} for t in spec["tests"]]
+        for i, test in enumerate(self.tests):
+            test["index"] = i
+        if self.mode == "functional":
+            self.expected = [json.loads(t["output"]) for t in self.tests]
 
     @property
     def sandbox(self) -> Sandbox:
@@ -180,13 +307,28 @@ class TestsVerifier(VerifierBase):
         if self.mode == "functional":
             args = json.dumps([json.loads(line) for line in test["input"].split("\n")])
             return Job(code=code, harness="call", fn_name=self.spec["fn_name"], args=args, **common)
+        # assert: the solution only answers the test's calls; the test runs apart (_judge)
+        calls = json.dumps(self.calls[test["index"]])
+        prefix = self.spec.get("prefix")
+        return Job(code=code, harness="calls", args=calls, prefix=prefix, **common)
+
+    def _judge(self, run: RunResult, test_index: int, group: int) -> Job | RunResult:
+        """The trusted half of an assert test: the test code against the solution's answers,
+        in a process the solution never ran in. Its verdict is the test's."""
+        if run.status != "ok":
+            return run
+        stubs = stub_code(self.calls[test_index], run.result.get("calls"))
+        if stubs is None:
+            return RunResult(status="error", stderr="the solution's process reported no results")
         return Job(
-            code=code,
+            code=stubs,
             harness="assert",
-            test=test["input"],
+            test=self.tests[test_index]["input"],
             entry_point=self.spec.get("entry_point"),
             prefix=self.spec.get("prefix"),
-            **common,
+            timeout_s=self.timeout_s,
+            memory_mb=self.memory_mb,
+            group=group,
         )
 
     def verify(self, response: str) -> Verdict:
@@ -198,6 +340,11 @@ class TestsVerifier(VerifierBase):
         stop_on = {"compile_error"} | ({"timeout"} if self.stop_after_timeout else set())
         results = self.sandbox.run_many(jobs, stop=lambda r: r.status in stop_on)
         n = len(self.tests)
+        if self.mode == "assert":
+            judged = [self._judge(r, k % n, k // n) for k, r in enumerate(results)]
+            second = [j for j in judged if isinstance(j, Job)]
+            answers = iter(self.sandbox.run_many(second) if second else [])
+            results = [next(answers) if isinstance(j, Job) else j for j in judged]
         return [self._verdict(results[g * n : (g + 1) * n]) for g in range(len(codes))]
 
     def _outcome(self, i: int, test: dict[str, Any], run: RunResult) -> dict[str, Any]:
@@ -213,7 +360,7 @@ class TestsVerifier(VerifierBase):
             if self.mode == "stdin":
                 ok, actual = stdout_matches(run.stdout, expected, self.float_tol), run.stdout
             elif self.mode == "functional":
-                ok, actual = call_matches(run.result, expected)
+                ok, actual = call_matches(run.result, self.expected[i])
             else:
                 ok, actual = True, None
             if not ok:

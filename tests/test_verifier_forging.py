@@ -1,0 +1,119 @@
+"""A wrong solution must not obtain a pass: each route a hostile model found (issue 10).
+
+Every solution below is wrong (`add` subtracts, or returns nothing useful) and tries to forge
+the verdict. On the code before the test was moved out of the solution's process, the
+result-fd, nonce-from-frame, patched-callable and always-equal routes passed here.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from sdpo_core.verifiers import build_verifier
+from sdpo_core.verifiers.sandbox import Sandbox, SandboxSettings
+from sdpo_core.verifiers.testcases import assert_calls
+
+HUMANEVAL = {
+    "kind": "tests",
+    "mode": "assert",
+    "entry_point": "add",
+    "test": (
+        "import math\n"
+        "METADATA = {}\n"
+        "def check(candidate):\n"
+        "    assert candidate(2, 3) == 5\n"
+        "    assert candidate(-1, 1) == 0\n"
+        "    assert math.isclose(candidate(0.5, 0.25), 0.75)\n"
+    ),
+    "timeout_s": 3,
+}
+MBPP = {
+    "kind": "tests",
+    "mode": "assert",
+    "tests": ["assert add(2, 3) == 5", "assert add(10, -4) == 6"],
+    "timeout_s": 3,
+}
+
+WRONG = "def add(a, b):\n    return a - b\n"
+FORGERIES = {
+    "done_on_result_fd": WRONG
+    + 'import os\nos.write(3, b\'{"done": true, "ok": true}\\n\')\nos._exit(0)\n',
+    "nonce_from_frame": WRONG
+    + "import sys, os, json\n"
+    + "f = sys._getframe()\n"
+    + "while f is not None:\n"
+    + "    n = f.f_locals.get('nonce')\n"
+    + "    if isinstance(n, str):\n"
+    + "        os.write(3, json.dumps({'nonce': n, 'ok': True, 'calls': []}).encode() + b'\\n')\n"
+    + "        os._exit(0)\n"
+    + "    f = f.f_back\n",
+    "patched_callable": WRONG + "import builtins\nbuiltins.callable = lambda x: False\n",
+    "global_used_by_asserts": WRONG + "math = type('M', (), {'isclose': lambda *a, **k: True})\n",
+    "monkeypatched_isclose": WRONG + "import math\nmath.isclose = lambda *a, **k: True\n",
+    "trace_hook_replaces_check": WRONG
+    + "import sys\n"
+    + "def tracer(frame, event, arg):\n"
+    + "    if event == 'call' and frame.f_code.co_name == 'check':\n"
+    + "        frame.f_globals['check'] = lambda c: None\n"
+    + "    return None\n"
+    + "sys.settrace(tracer)\nsys.setprofile(tracer)\n",
+    "always_equal": "class Eq:\n    def __eq__(self, o):\n        return True\n"
+    + "    def __bool__(self):\n        return True\n"
+    + "def add(a, b):\n    return Eq()\n",
+    "expected_from_test_source": "import gc, re\n"
+    + "def add(a, b):\n"
+    + "    for o in gc.get_objects():\n"
+    + "        if isinstance(o, str) and 'candidate(' in o:\n"
+    + "            m = re.search(r'candidate\\(%r, %r\\) == (\\S+)' % (a, b), o)\n"
+    + "            if m:\n"
+    + "                return eval(m.group(1))\n"
+    + "    return None\n",
+}
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    with Sandbox(SandboxSettings(slots=2)) as sb:
+        yield sb
+
+
+def make(spec: dict, sandbox: Sandbox):
+    v = build_verifier(spec)
+    v._sandbox = sandbox
+    return v
+
+
+def test_right_solution_passes(sandbox):
+    right = "def add(a, b):\n    return a + b\n"
+    assert make(HUMANEVAL, sandbox).verify(f"```python\n{right}```").passed
+    assert make(MBPP, sandbox).verify(f"```python\n{right}```").passed
+
+
+@pytest.mark.parametrize("name", sorted(FORGERIES))
+@pytest.mark.parametrize("spec", [HUMANEVAL, MBPP], ids=["humaneval", "mbpp"])
+def test_forgery_fails(sandbox, spec, name):
+    verdict = make(spec, sandbox).verify(f"```python\n{FORGERIES[name]}```")
+    assert not verdict.passed, verdict
+
+
+def test_unauthenticated_and_malformed_channel_lines_do_not_crash(sandbox):
+    spec = {
+        "kind": "tests",
+        "mode": "functional",
+        "fn_name": "f",
+        "tests": [{"input": "1", "output": "2"}],
+    }
+    flood = (
+        "import os\n"
+        "os.write(3, b'{\"repr\": 2}\\n' + b'[' * 100000 + b'\\n' + b'x\\n' * 200000)\n"
+        "def f(x):\n    return 3\n"
+    )
+    verdict = make(spec, sandbox).verify(f"```python\n{flood}```")
+    assert not verdict.passed  # a flood hides only the flooder's own report
+
+
+def test_assert_calls_are_literal_calls_only():
+    calls = assert_calls(HUMANEVAL["test"], "add")
+    assert calls == [("add", "(2, 3)"), ("add", "(-1, 1)"), ("add", "(0.5, 0.25)")]
+    test = "x = 3\nassert f(x) == 1\nassert f([1, (2,)]) == len('ab')"
+    assert assert_calls(test, None) == [("f", "([1, (2,)],)")]
