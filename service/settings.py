@@ -15,6 +15,7 @@ Variable (default): meaning
     SDPO_MAX_TEST_BYTES (65536): JSON size of one test (422)
     SDPO_MAX_BUDGET_ATTEMPTS (100000): cap on budget.max_attempts (422)
     SDPO_MAX_BUDGET_SECONDS (86400): cap on budget.max_seconds (422)
+    SDPO_MAX_LORA_RANK (64): cap on sdpo.lora_rank (422); the vLLM server's --max-lora-rank
     SDPO_MAX_ACTIVE_PER_TENANT (16): queued + running problems per tenant (429)
     SDPO_MAX_QUEUED (1000): queued problems in all (503)
     SDPO_RETRY_AFTER_SECONDS (30): Retry-After on 429 / 503
@@ -32,20 +33,12 @@ Variable (default): meaning
 from __future__ import annotations
 
 import ipaddress
-import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, Field
-
-
-def _env(name: str, default: str | None) -> str | None:
-    value = os.environ.get(name)
-    return value if value not in (None, "") else default
-
-
-def _bool(value: str | None) -> bool:
-    return str(value).strip().lower() in {"1", "true", "yes", "on"}
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def is_loopback(host: str) -> bool:
@@ -58,23 +51,38 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class Settings(BaseModel):
-    """Everything the API, the workers and local mode read from the environment."""
+class Settings(BaseSettings):
+    """Everything the API, the workers and local mode read from the environment.
 
-    redis_url: str | None = None
+    One declaration per variable: `SDPO_<FIELD>` unless an alias says otherwise; a `.env`
+    file in the working directory is read too (the environment wins).
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="SDPO_",
+        env_file=".env",
+        env_ignore_empty=True,
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    redis_url: str | None = Field(None, validation_alias=AliasChoices("redis_url", "REDIS_URL"))
     key_prefix: str = "sdpo"
     host: str = "127.0.0.1"
     port: int = 8000
     api_keys_required: bool = True
-    models: list[str] = Field(default_factory=lambda: ["toy"])
+    models: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["toy"])
     data_dir: Path = Path("sdpo-data")
-    checkpoint_dir: Path = Path("sdpo-data/checkpoints")
+    checkpoint_dir: Path | None = Field(
+        None, validation_alias=AliasChoices("checkpoint_dir", "CHECKPOINT_DIR")
+    )
     max_body_bytes: int = 1 << 20
     max_prompt_chars: int = 32768
     max_tests: int = 256
     max_test_bytes: int = 65536
     max_budget_attempts: int = 100_000
     max_budget_seconds: float = 86400.0
+    max_lora_rank: int = 64
     max_active_per_tenant: int = 16
     max_queued: int = 1000
     retry_after_seconds: int = 30
@@ -86,6 +94,19 @@ class Settings(BaseModel):
     max_streams_per_tenant: int = 64
     retention_seconds: float = 7 * 86400.0
     events_maxlen: int = 10_000
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [m.strip() for m in value.split(",") if m.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _checkpoints_under_data(self) -> Settings:
+        if self.checkpoint_dir is None:
+            self.checkpoint_dir = self.data_dir / "checkpoints"
+        return self
 
     @property
     def default_model(self) -> str:
@@ -105,35 +126,8 @@ class Settings(BaseModel):
 
     @classmethod
     def from_env(cls) -> Settings:
-        data_dir = Path(_env("SDPO_DATA_DIR", "sdpo-data"))
-        e = _env
-        return cls(
-            redis_url=e("REDIS_URL", None),
-            key_prefix=e("SDPO_KEY_PREFIX", "sdpo"),
-            host=e("SDPO_HOST", "127.0.0.1"),
-            port=int(e("SDPO_PORT", "8000")),
-            api_keys_required=_bool(e("SDPO_API_KEYS_REQUIRED", "true")),
-            models=[m.strip() for m in e("SDPO_MODELS", "toy").split(",") if m.strip()],
-            data_dir=data_dir,
-            checkpoint_dir=Path(e("CHECKPOINT_DIR", str(data_dir / "checkpoints"))),
-            max_body_bytes=int(e("SDPO_MAX_BODY_BYTES", str(1 << 20))),
-            max_prompt_chars=int(e("SDPO_MAX_PROMPT_CHARS", "32768")),
-            max_tests=int(e("SDPO_MAX_TESTS", "256")),
-            max_test_bytes=int(e("SDPO_MAX_TEST_BYTES", "65536")),
-            max_budget_attempts=int(e("SDPO_MAX_BUDGET_ATTEMPTS", "100000")),
-            max_budget_seconds=float(e("SDPO_MAX_BUDGET_SECONDS", "86400")),
-            max_active_per_tenant=int(e("SDPO_MAX_ACTIVE_PER_TENANT", "16")),
-            max_queued=int(e("SDPO_MAX_QUEUED", "1000")),
-            retry_after_seconds=int(e("SDPO_RETRY_AFTER_SECONDS", "30")),
-            heartbeat_seconds=float(e("SDPO_HEARTBEAT_SECONDS", "2")),
-            heartbeat_timeout=float(e("SDPO_HEARTBEAT_TIMEOUT", "30")),
-            max_deliveries=int(e("SDPO_MAX_DELIVERIES", "5")),
-            sse_heartbeat_seconds=float(e("SDPO_SSE_HEARTBEAT_SECONDS", "15")),
-            ready_requires_workers=_bool(e("SDPO_READY_REQUIRES_WORKERS", "true")),
-            max_streams_per_tenant=int(e("SDPO_MAX_STREAMS_PER_TENANT", "64")),
-            retention_seconds=float(e("SDPO_RETENTION_SECONDS", str(7 * 86400))),
-            events_maxlen=int(e("SDPO_EVENTS_MAXLEN", "10000")),
-        )
+        """The environment's (and `.env`'s) settings."""
+        return cls()
 
 
 @lru_cache

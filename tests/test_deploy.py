@@ -291,3 +291,26 @@ def test_compose_commands_solve_a_problem(redis_url: str, tmp_path: Path) -> Non
         for p in procs:
             p.stop()
         drop_prefix(SHARED_REDIS_URL, prefix)
+
+
+def test_every_documented_setting_reaches_the_containers() -> None:
+    """Each variable of docs/api.md's settings table is a Settings field, and reaches the API
+    and the workers: set in x-sdpo-env, or listed in the env_file (deploy/sdpo.env)."""
+    from service.settings import Settings
+
+    table = (ROOT / "docs" / "api.md").read_text().split("## Limits and settings")[1]
+    documented = set(re.findall(r"^\| `(\w+)`(?:, `(\w+)`)? \|", table, re.M))
+    names = {n for pair in documented for n in pair if n}
+    fields = {f.upper() for f in Settings.model_fields}
+    for name in names:
+        assert name.removeprefix("SDPO_") in fields or name in {"REDIS_URL", "CHECKPOINT_DIR"}
+    env_file = (ROOT / "deploy" / "sdpo.env").read_text()
+    every = compose()["services"]
+    for service in ("api", "worker", "worker-cpu"):
+        svc = every[service]
+        assert interpolate(svc["env_file"]) == "deploy/sdpo.env", service
+        set_here = set(svc.get("environment", {}))
+        for name in names - set_here - {"SDPO_DATA_DIR", "SDPO_HOST", "SDPO_PORT"}:
+            assert re.search(rf"^# {name}[=:]", env_file, re.M), f"{service}: {name} unset"
+    documented_fields = {n.removeprefix("SDPO_").lower() for n in names}
+    assert set(Settings.model_fields) <= documented_fields | {"redis_url", "checkpoint_dir"}

@@ -82,6 +82,10 @@ def test_validation_errors_name_the_field(api_server: Service) -> None:
         assert_error(c.post("/v1/problems", json=bad), 422, field="budget.max_attempts")
         bad = {**PROBLEM, "sdpo": {"lr": -1}}
         assert_error(c.post("/v1/problems", json=bad), 422, field="sdpo.lr")
+        bad = {**PROBLEM, "sdpo": {"lora_rank": 128}}  # above SDPO_MAX_LORA_RANK (64)
+        assert_error(c.post("/v1/problems", json=bad), 422, field="sdpo.lora_rank")
+        bad = {**PROBLEM, "sdpo": {"lr": "abc"}}
+        assert_error(c.post("/v1/problems", json=bad), 422, field="sdpo.lr")
         assert_error(c.post("/v1/problems", json={**PROBLEM, "extra": 1}), 422, field="extra")
         assert_error(c.post("/v1/problems", json={**PROBLEM, "model": "gpt"}), 422, field="model")
         assert_error(c.get("/v1/problems?limit=0"), 422, field="limit")

@@ -128,6 +128,9 @@ def _check_limits(spec: ProblemSpec, s: Settings) -> None:
         raise too_big("budget.max_attempts", f"at most {s.max_budget_attempts} attempts")
     if spec.budget.max_seconds > s.max_budget_seconds:
         raise too_big("budget.max_seconds", f"at most {s.max_budget_seconds:g} seconds")
+    rank = spec.sdpo.get("lora_rank")
+    if isinstance(rank, int) and rank > s.max_lora_rank:  # the vLLM server could not load it
+        raise too_big("sdpo.lora_rank", f"at most {s.max_lora_rank} (the server's max LoRA rank)")
     for name in ("tests", "cases"):
         tests = spec.verifier.get(name)
         if not isinstance(tests, (list, dict)):

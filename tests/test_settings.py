@@ -1,0 +1,35 @@
+"""Settings come from the environment and a `.env` file, one declaration per variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.settings import Settings
+
+
+def test_environment_and_dotenv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("REDIS_URL", "CHECKPOINT_DIR", "SDPO_MODELS", "SDPO_MAX_QUEUED", "SDPO_DATA_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text(
+        "REDIS_URL=redis://r:6379/1\nSDPO_MODELS=toy, qwen3-8b\nSDPO_MAX_QUEUED=7\n"
+        "SDPO_DATA_DIR=/d\n"
+    )
+    monkeypatch.setenv("SDPO_MAX_QUEUED", "9")  # the environment wins over .env
+    s = Settings.from_env()
+    assert s.redis_url == "redis://r:6379/1"
+    assert s.models == ["toy", "qwen3-8b"] and s.default_model == "toy"
+    assert s.max_queued == 9
+    assert s.checkpoint_dir == Path("/d/checkpoints")  # under the data dir unless set
+    monkeypatch.setenv("CHECKPOINT_DIR", "/c")
+    monkeypatch.setenv("SDPO_HEARTBEAT_SECONDS", "")  # empty = unset
+    s = Settings.from_env()
+    assert s.checkpoint_dir == Path("/c") and s.heartbeat_seconds == 2.0
+
+
+def test_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SDPO_MAX_QUEUED", "lots")
+    with pytest.raises(ValueError, match="max_queued"):
+        Settings.from_env()
