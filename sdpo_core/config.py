@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# Teacher-context templates of the public SDPO code (DESIGN.md).
+# Teacher-context templates of the public SDPO code (docs/design.md).
 REPROMPT_TEMPLATE = "{prompt}{solution}{feedback}\n\nCorrectly solve the original question."
 SOLUTION_TEMPLATE = "\nCorrect solution:\n\n{successful_previous_attempt}\n\n"
 FEEDBACK_TEMPLATE = (

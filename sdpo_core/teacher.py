@@ -1,6 +1,6 @@
 """The self-teacher: which context each sample's teacher sees, and how the teacher is regularised.
 
-Rules (DESIGN.md, from the SDPO paper and its public code):
+Rules (docs/design.md, from the SDPO paper and its public code):
 - The teacher is the same model conditioned on feedback: pi(. | x, f). The student's own
   attempt is scored as the continuation; it is never put into the teacher prompt.
 - solution = a successful sibling from the same rollout group (never the sample itself);

@@ -59,3 +59,23 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_docs_name_only_files_in_the_repository() -> None:
+    """Relative links in README.md and docs/ resolve, and nothing cites a design file
+    outside the repository (what the code needs is in docs/design.md)."""
+    texts = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    for path in texts:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text()):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            assert (path.parent / target).exists(), f"{path.name}: link to missing {target}"
+    sources = [
+        *REPO.glob("sdpo_core/**/*.py"),
+        *REPO.glob("service/**/*.py"),
+        *REPO.glob("sdpo_cli/*.py"),
+        *REPO.glob("tests/*.py"),
+        *texts,
+    ]
+    for path in sources:
+        assert "DESIGN" + ".md" not in path.read_text(), path

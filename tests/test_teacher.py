@@ -1,4 +1,4 @@
-"""The self-teacher's context rules (DESIGN.md, from the SDPO paper and its public code)."""
+"""The self-teacher's context rules (docs/design.md, from the SDPO paper and its public code)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The toy world: a bundled tiny model and a table-lookup problem family (DESIGN.md).
+"""The toy world: a bundled tiny model and a table-lookup problem family (docs/design.md).
 
 DEFAULT_MODEL_DIR   the committed checkpoint (Llama config + HF tokenizer, float32)
 make_problem        (seed, n_keys) -> problem JSON
