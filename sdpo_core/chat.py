@@ -2,8 +2,8 @@
 
 Options (SDPOConfig fields, so a problem's "sdpo" object or the model's defaults set them):
 - system_prompt: a system message before the user's. Templates that refuse a system role
-  (Gemma 2, Mistral v0.1) get it prepended to the user message instead, as Gemma 3's own
-  template does.
+  (Gemma 2, Mistral v0.1) or drop it get it prepended to the user message instead, as
+  Gemma 3's own template does.
 - enable_thinking: the switch of Qwen3-style templates (`enable_thinking`); None leaves the
   template's default. Setting it for a template without that switch is an error, not a no-op.
 
@@ -66,14 +66,18 @@ def render_chat(
     if not system_prompt:
         return tokenizer.apply_chat_template([user], **kwargs)
     try:
-        return tokenizer.apply_chat_template(
+        text = tokenizer.apply_chat_template(
             [{"role": "system", "content": system_prompt}, user], **kwargs
         )
+        if system_prompt.strip() in text:
+            return text
+        # the template dropped the system message without a word: fold it in as below
     except (UndefinedError, TemplateSyntaxError):
         raise
-    except TemplateError:  # raise_exception("System role not supported"): fold it in the user turn
-        merged = {"role": "user", "content": f"{system_prompt}\n\n{user_message}"}
-        return tokenizer.apply_chat_template([merged], **kwargs)
+    except TemplateError:  # raise_exception("System role not supported")
+        pass
+    merged = {"role": "user", "content": f"{system_prompt}\n\n{user_message}"}
+    return tokenizer.apply_chat_template([merged], **kwargs)
 
 
 def encode_chat(

@@ -82,6 +82,19 @@ def test_templates_without_a_system_role_get_it_in_the_user_turn(
     assert render_chat(tok, Q, system_prompt=SYS) == expected
 
 
+def test_a_template_that_drops_the_system_message_gets_it_in_the_user_turn(
+    base_tokenizer,
+) -> None:
+    tok = copy.deepcopy(base_tokenizer)
+    tok.chat_template = (  # user and assistant turns only; anything else vanishes
+        "{% for m in messages %}{% if m['role'] == 'user' %}<|user|>\n{{ m['content'] }}<|end|>\n"
+        "{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+    )
+    assert (
+        render_chat(tok, Q, system_prompt=SYS) == f"<|user|>\n{SYS}\n\n{Q}<|end|>\n<|assistant|>\n"
+    )
+
+
 @pytest.mark.parametrize("family", ["qwen2_5", "llama3", "mistral", "gemma2", "phi3"])
 def test_a_thinking_switch_the_template_lacks_is_an_error(base_tokenizer, family: str) -> None:
     tok = with_template(base_tokenizer, family)
