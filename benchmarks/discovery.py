@@ -1,23 +1,37 @@
-"""Discovery time, SDPO vs best-of-k vs multi-turn at the same attempt budget, on the toy
-discovery suite (N = 4 keys, base pass@64 = 0.006).
+"""Discovery time, SDPO vs best-of-k vs multi-turn at the same attempt budget, on a toy suite.
 
-- sdpo:       the solve loop (hf engine, bundled model), 16 rollouts per step.
-- best_of_k:  the same sampler with no updates, 16 at a time, until a pass or the budget.
-- multi_turn: 16 parallel chains; each attempt sees all its chain's past feedback in the
-              context (the teacher's reprompt format), oldest dropped to fit the window.
+Suites (sdpo_core/toy/world.py): `discovery` (8 problems, N = 4 keys, base pass@64 = 6e-3),
+`very_hard` (8 problems, N = 6..7, base pass@64 = 3e-5), and `fresh_discovery` /
+`fresh_very_hard`: the same kinds drawn with seeds no tuning saw.
+
+- sdpo:           the solve loop (hf engine, bundled model) with the model's defaults file
+                  (sdpo_core/toy/model/sdpo_defaults.json), the problem's block and --sdpo.
+- best_of_k:      the same sampler with no updates, 16 at a time, until a pass or the budget.
+- best_of_k_exact: best-of-k's expectation from the model's own probability p of the correct
+                  answer (as benchmarks/toy_passk.py computes it): discovery@k = 1-(1-p)^k,
+                  mean attempts capped at the budget B = (1-(1-p)^B)/p. Not sampled.
+- multi_turn:     16 parallel chains; each attempt sees all its chain's past feedback in the
+                  context (the teacher's reprompt format), oldest dropped to fit the model's
+                  window (max_position_embeddings minus the response length).
 
 Discovery time = index of the first passing attempt, counting every generation; an unsolved
-run counts at the budget. Prints discovery@k, mean attempts, and last the line
-`ratio best_of_k/sdpo = X`. Writes benchmarks/results/discovery.{json,png}.
+run counts at the budget. Prints discovery@k, mean attempts and the ratio lines
+`ratio METHOD/sdpo = X`; writes benchmarks/results/discovery_SUITE[TAG].{json,png}, the json
+with every run's first pass and, for SDPO, per-step diagnostics (mean score and per-key
+accuracy of the student's samples).
 
-    python benchmarks/discovery.py [--problems 8] [--seeds 2] [--budget 1024]
+    python benchmarks/discovery.py --suite very_hard --seeds 3 --budget 3000 --jobs 2
+    python benchmarks/discovery.py --suite very_hard --methods sdpo \
+        --sdpo '{"feedback_memory": 0, "ema_target": "factors"}' --tag _paper   # an ablation
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -27,24 +41,64 @@ from sdpo_core.problem import parse_problem
 from sdpo_core.runtime import Runtime, load_runtime
 from sdpo_core.solve import solve
 from sdpo_core.teacher import render_reprompt
-from sdpo_core.toy import DISCOVERY_SUITE
-from sdpo_core.types import SamplingParams
+from sdpo_core.toy import DISCOVERY_SUITE, HARD_SUITE, make_problem
+from sdpo_core.types import AttemptEvent, SamplingParams, StepEvent
 from sdpo_core.verifiers import build_verifier
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from toy_passk import answer_prob
+
 RESULTS = Path(__file__).resolve().parent / "results"
-KS = [16, 32, 64, 128, 256, 512, 1024]
+KS = [16, 32, 64, 128, 256, 512, 1024, 2048, 3000]
+# Fresh problems: seeds no tuning run saw (tuning used the fixed suites only).
+FRESH_SEED = 31001
+SUITES = {
+    "discovery": DISCOVERY_SUITE,
+    "very_hard": HARD_SUITE,
+    "fresh_discovery": [make_problem(FRESH_SEED + i, 4) for i in range(8)],
+    "fresh_very_hard": [make_problem(FRESH_SEED + 100 + i, 6 + i % 2) for i in range(8)],
+}
 
 
-def run_sdpo(runtime: Runtime, problem_json: dict, seed: int, budget: int) -> int | None:
-    data = {**problem_json, "budget": {"max_attempts": budget, "max_seconds": 3600}}
-    data["sdpo"] = {**data["sdpo"], "seed": seed}
-    result = solve(parse_problem(data), runtime)
-    return result.first_pass_attempt
+def _with_budget(problem_json: dict, budget: int, sdpo: dict) -> dict:
+    data = {**problem_json, "budget": {"max_attempts": budget, "max_seconds": 7200}}
+    data["sdpo"] = {**data.get("sdpo", {}), **sdpo}
+    return data
 
 
-def run_best_of_k(runtime: Runtime, problem_json: dict, seed: int, budget: int) -> int | None:
-    problem = parse_problem(problem_json)
-    cfg = problem.sdpo_config().merged({"seed": seed})
+def run_sdpo(runtime: Runtime, problem_json: dict, seed: int, budget: int, sdpo: dict) -> dict:
+    problem = parse_problem(_with_budget(problem_json, budget, {**sdpo, "seed": seed}))
+    keys = list(problem.verifier["cases"])
+    trace: list[dict] = []
+    hits: dict[str, int] = dict.fromkeys(keys, 0)
+    scores: list[float] = []
+
+    def on_event(event) -> None:
+        if isinstance(event, AttemptEvent):
+            scores.append(event.verdict.score)
+            for case in event.verdict.details.get("tests", []):
+                hits[case["input"]] += bool(case["passed"])
+        elif isinstance(event, StepEvent):
+            n = max(len(scores), 1)
+            trace.append(
+                {
+                    "step": event.step,
+                    "score": round(sum(scores) / n, 3),
+                    "key_acc": [round(hits[k] / n, 3) for k in keys],
+                    "kl": round(event.metrics.get("kl", 0.0), 4),
+                    "teacher_delta_ratio": round(event.metrics.get("teacher_delta_ratio", 0.0), 4),
+                }
+            )
+            scores.clear()
+            hits.update(dict.fromkeys(keys, 0))
+
+    result = solve(problem, runtime, on_event=on_event)
+    return {"first_pass": result.first_pass_attempt, "trace": trace}
+
+
+def run_best_of_k(runtime: Runtime, problem_json: dict, seed: int, budget: int, sdpo: dict) -> dict:
+    problem = parse_problem(_with_budget(problem_json, budget, sdpo))
+    cfg = problem.sdpo_config(runtime.defaults).merged({"seed": seed})
     runtime.trainer.reset(cfg)  # a fresh adapter is the base model; sets the seed
     verifier = build_verifier(problem.verifier)
     prompt_ids = runtime.trainer.encode_chat(problem.prompt)
@@ -55,9 +109,9 @@ def run_best_of_k(runtime: Runtime, problem_json: dict, seed: int, budget: int) 
         completions = runtime.engine.generate(prompt_ids, sampling)
         for i, v in enumerate(verifier.verify_batch([c.text for c in completions])):
             if v.passed:
-                return made + i + 1
+                return {"first_pass": made + i + 1}
         made += n
-    return None
+    return {"first_pass": None}
 
 
 @torch.no_grad()
@@ -84,15 +138,17 @@ def _sample_batch(runtime: Runtime, prompts: list[list[int]], max_new_tokens: in
     return tok.batch_decode(out[:, width:], skip_special_tokens=True)
 
 
-def run_multi_turn(runtime: Runtime, problem_json: dict, seed: int, budget: int) -> int | None:
-    problem = parse_problem(problem_json)
-    cfg = problem.sdpo_config().merged({"seed": seed})
+def run_multi_turn(
+    runtime: Runtime, problem_json: dict, seed: int, budget: int, sdpo: dict
+) -> dict:
+    problem = parse_problem(_with_budget(problem_json, budget, sdpo))
+    cfg = problem.sdpo_config(runtime.defaults).merged({"seed": seed})
     trainer = runtime.trainer
     trainer.reset(cfg)
     verifier = build_verifier(problem.verifier)
     window = trainer.base.config.max_position_embeddings - cfg.max_new_tokens
     chains: list[list[str]] = [[] for _ in range(cfg.samples_per_step)]
-    made = 0
+    made = longest = 0
     while made < budget:
         n = min(len(chains), budget - made)
         prompts = []
@@ -107,16 +163,55 @@ def run_multi_turn(runtime: Runtime, problem_json: dict, seed: int, budget: int)
                     break
                 kept.pop(0)
             prompts.append(ids)
+            longest = max(longest, len(ids))
         texts = _sample_batch(runtime, prompts, cfg.max_new_tokens)
         for i, v in enumerate(verifier.verify_batch(texts)):
             if v.passed:
-                return made + i + 1
+                return {"first_pass": made + i + 1, "longest_context": longest}
             chains[i].append(v.feedback)
         made += n
-    return None
+    return {"first_pass": None, "longest_context": longest}
 
 
 METHODS = {"sdpo": run_sdpo, "best_of_k": run_best_of_k, "multi_turn": run_multi_turn}
+
+_RUNTIME: Runtime | None = None
+
+
+def _init_worker(model: str | None, threads: int) -> None:
+    global _RUNTIME
+    torch.set_num_threads(threads)
+    _RUNTIME = load_runtime(model, engine="hf", device="cpu")
+
+
+def _run_task(task: tuple) -> tuple:
+    method, p_index, problem, seed, budget, sdpo = task
+    t0 = time.perf_counter()
+    out = METHODS[method](_RUNTIME, problem, seed, budget, sdpo)
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    print(f"{method:>10} problem {p_index} seed {seed}: first pass {out['first_pass']}", flush=True)
+    return method, p_index, seed, out
+
+
+def exact_best_of_k(runtime: Runtime, problems: list[dict], budget: int) -> dict:
+    """Best-of-k's expected discovery from the base model's p(correct answer), per problem."""
+    trainer = runtime.trainer
+    trainer.reset(runtime.defaults)
+    with trainer.model.disable_adapter():
+        ps = []
+        for problem in problems:
+            cases = problem["verifier"]["cases"]
+            answer = " ".join(f"{k}={v}" for k, v in cases.items())
+            ps.append(answer_prob(trainer.model, trainer.tokenizer, problem["prompt"], answer))
+    return {
+        "discovery_at_k": {
+            k: statistics.fmean(1 - (1 - p) ** k for p in ps) for k in KS if k <= budget
+        },
+        "mean_attempts": statistics.fmean((1 - (1 - p) ** budget) / p for p in ps),
+        "mean_attempts_uncapped": statistics.fmean(1 / p for p in ps),
+        "solved_fraction": statistics.fmean(1 - (1 - p) ** budget for p in ps),
+        "p_correct": ps,
+    }
 
 
 def summarise(found: list[int | None], budget: int) -> dict:
@@ -126,26 +221,30 @@ def summarise(found: list[int | None], budget: int) -> dict:
         },
         "mean_attempts": statistics.fmean(budget if f is None else f for f in found),
         "solved_fraction": sum(f is not None for f in found) / len(found),
-        "first_pass": found,
     }
 
 
-def plot(summary: dict, budget: int, path: Path) -> None:
+def plot(summary: dict, budget: int, title: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    xs = list(range(1, budget + 1))
     for method, s in summary.items():
-        found = sorted(f for f in s["first_pass"] if f is not None)
-        xs = list(range(1, budget + 1))
-        ys = [sum(f <= x for f in found) / len(s["first_pass"]) for x in xs]
+        if method == "best_of_k_exact":
+            ps = s["p_correct"]
+            ys = [statistics.fmean(1 - (1 - p) ** x for p in ps) for x in xs]
+            ax.plot(xs, ys, "--", label=f"best-of-k exact (mean {s['mean_attempts']:.0f})")
+            continue
+        found = [r["first_pass"] for r in s["runs"]]
+        ys = [sum(f is not None and f <= x for f in found) / len(found) for x in xs]
         ax.plot(xs, ys, label=f"{method} (mean {s['mean_attempts']:.0f})")
     ax.set_xscale("log")
     ax.set_xlabel("attempts k")
-    ax.set_ylabel("discovery@k (fraction solved)")
-    ax.set_title("Toy hard suite: discovery curves")
+    ax.set_ylabel("discovery@k (fraction of runs solved)")
+    ax.set_title(title)
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -154,57 +253,81 @@ def plot(summary: dict, budget: int, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--problems", type=int, default=len(DISCOVERY_SUITE))
-    parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--budget", type=int, default=1024)
-    parser.add_argument("--methods", default="sdpo,best_of_k,multi_turn")
+    parser.add_argument("--suite", choices=sorted(SUITES), default="discovery")
+    parser.add_argument("--problems", type=int, default=8)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--budget", type=int, default=3000)
+    parser.add_argument("--methods", default="sdpo,best_of_k,multi_turn,best_of_k_exact")
     parser.add_argument("--model", default=None)
-    parser.add_argument(
-        "--sdpo", default="{}", help="JSON overrides of the problems' sdpo settings"
-    )
+    parser.add_argument("--sdpo", default="{}", help="JSON overrides of the SDPO settings")
     parser.add_argument("--tag", default="", help="suffix of the results files")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on a busy box)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--jobs", type=int, default=1, help="processes (each loads the model)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    runtime = load_runtime(args.model, engine="hf", device="cpu")
-    overrides = json.loads(args.sdpo)
-    problems = [{**p, "sdpo": {**p["sdpo"], **overrides}} for p in DISCOVERY_SUITE[: args.problems]]
+    problems = SUITES[args.suite][: args.problems]
+    sdpo = json.loads(args.sdpo)
+    methods = args.methods.split(",")
+    tasks = [
+        (m, i, p, seed, args.budget, sdpo)
+        for m in methods
+        if m != "best_of_k_exact"
+        for i, p in enumerate(problems)
+        for seed in range(args.seeds)
+    ]
+    t0 = time.perf_counter()
+    if args.jobs > 1:
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(args.jobs, _init_worker, (args.model, args.threads)) as pool:
+            done = pool.map(_run_task, tasks, chunksize=1)
+    else:
+        _init_worker(args.model, args.threads)
+        done = [_run_task(t) for t in tasks]
+    if _RUNTIME is None:
+        _init_worker(args.model, args.threads)
     summary: dict[str, dict] = {}
-    for method in args.methods.split(","):
-        found: list[int | None] = []
-        t0 = time.perf_counter()
-        for p_index, problem in enumerate(problems):
-            for seed in range(args.seeds):
-                f = METHODS[method](runtime, problem, seed, args.budget)
-                found.append(f)
-                print(f"{method:>10} problem {p_index} seed {seed}: first pass {f}", flush=True)
-        summary[method] = summarise(found, args.budget)
-        summary[method]["seconds"] = time.perf_counter() - t0
-    print(f"\nhard suite: {len(problems)} problems x {args.seeds} seeds, budget {args.budget}")
-    print(
-        f"{'method':>10} {'mean att.':>9} {'solved':>7}  "
-        + " ".join(f"d@{k:<5}" for k in KS if k <= args.budget)
-    )
+    for method in methods:
+        if method == "best_of_k_exact":
+            summary[method] = exact_best_of_k(_RUNTIME, problems, args.budget)
+            continue
+        runs = [{"problem": i, "seed": s, **out} for m, i, s, out in done if m == method]
+        summary[method] = {
+            **summarise([r["first_pass"] for r in runs], args.budget),
+            "seconds": sum(r["seconds"] for r in runs),
+            "runs": runs,
+        }
+    title = f"{args.suite}: {len(problems)} problems x {args.seeds} seeds, budget {args.budget}"
+    print(f"\n{title}")
+    ks = [k for k in KS if k <= args.budget]
+    print(f"{'method':>15} {'mean att.':>9} {'solved':>7}  " + " ".join(f"d@{k:<5}" for k in ks))
     for method, s in summary.items():
         cells = " ".join(f"{v:<7.2f}" for v in s["discovery_at_k"].values())
-        print(f"{method:>10} {s['mean_attempts']:>9.1f} {s['solved_fraction']:>7.2f}  {cells}")
-    RESULTS.mkdir(exist_ok=True)
+        print(f"{method:>15} {s['mean_attempts']:>9.1f} {s['solved_fraction']:>7.2f}  {cells}")
     out = {
+        "suite": args.suite,
         "budget": args.budget,
         "problems": len(problems),
         "seeds": args.seeds,
+        "sdpo_overrides": sdpo,
+        "sdpo_settings": _RUNTIME.defaults.merged(
+            {**problems[0].get("sdpo", {}), **sdpo}
+        ).model_dump(exclude={"reprompt_template", "solution_template", "feedback_template"}),
+        "wall_seconds": round(time.perf_counter() - t0, 1),
         "methods": summary,
     }
-    if "sdpo" in summary and "best_of_k" in summary:
-        out["ratio_best_of_k_over_sdpo"] = (
-            summary["best_of_k"]["mean_attempts"] / summary["sdpo"]["mean_attempts"]
-        )
-    stem = f"discovery{args.tag}"
-    (RESULTS / f"{stem}.json").write_text(json.dumps(out, indent=2) + "\n")
-    plot(summary, args.budget, RESULTS / f"{stem}.png")
+    if "sdpo" in summary:
+        for method in summary:
+            if method != "sdpo":
+                ratio = summary[method]["mean_attempts"] / summary["sdpo"]["mean_attempts"]
+                out[f"ratio_{method}_over_sdpo"] = ratio
+    RESULTS.mkdir(exist_ok=True)
+    stem = f"discovery_{args.suite}{args.tag}"
+    (RESULTS / f"{stem}.json").write_text(json.dumps(out, indent=1) + "\n")
+    plot(summary, args.budget, title, RESULTS / f"{stem}.png")
     print(f"wrote {RESULTS / stem}.json and {stem}.png")
-    if "ratio_best_of_k_over_sdpo" in out:
-        print(f"ratio best_of_k/sdpo = {out['ratio_best_of_k_over_sdpo']:.2f}")
+    for key, value in out.items():
+        if key.startswith("ratio_"):
+            name = key.removeprefix("ratio_").replace("_over_", "/")
+            print(f"ratio {name} = {value:.2f}")
 
 
 if __name__ == "__main__":

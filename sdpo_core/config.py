@@ -57,11 +57,24 @@ class SDPOConfig(BaseModel):
     # teacher
     teacher_regularization: Literal["ema", "trust_region"] = "ema"
     ema_rate: float = Field(0.01, gt=0.0, le=1.0)
+    ema_target: Literal["delta", "factors"] = Field(
+        "factors",
+        description="EMA of the student's weight delta B·A (exact), or of the LoRA factors A "
+        "and B separately (the public code's rule; its delta lags). docs/algorithm-options.md",
+    )
     trust_region_alpha: float = Field(0.01, gt=0.0, le=1.0)
     reprompt_template: str = REPROMPT_TEMPLATE
     solution_template: str = SOLUTION_TEMPLATE
     feedback_template: str = FEEDBACK_TEMPLATE
     max_feedback_chars: int = Field(2000, ge=0)
+    feedback_memory: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="Extra distinct feedback texts of earlier attempts in a failing sample's "
+        "teacher context; 0 = the paper's rule (its own feedback only). "
+        "docs/algorithm-options.md",
+    )
 
     def merged(self, overrides: dict | None) -> SDPOConfig:
         """A copy with `overrides` applied and validated."""

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import ValidationError
+
 from sdpo_core.config import SDPOConfig
 from sdpo_core.engines.base import Engine
 from sdpo_core.trainer import SDPOTrainer
@@ -47,6 +49,32 @@ def family_defaults(model_path: str | Path) -> dict[str, Any]:
     return {"target_modules": list(modules)} if modules else {}
 
 
+# A JSON object beside the model's config.json: SDPOConfig fields whose best value depends on
+# the model (learning rate, LoRA rank, ...). A problem's "sdpo" block overrides them.
+MODEL_DEFAULTS_FILE = "sdpo_defaults.json"
+
+
+def load_model_defaults(model_path: str | Path, base: SDPOConfig | None = None) -> SDPOConfig:
+    """`base` (default SDPOConfig()) with the model's defaults file applied, if it has one.
+    Keys starting with "_" are comments."""
+    base = base or SDPOConfig()
+    path = Path(model_path) / MODEL_DEFAULTS_FILE
+    if not path.is_file():
+        return base
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must be a JSON object of SDPOConfig fields")
+    try:
+        return base.merged({k: v for k, v in data.items() if not k.startswith("_")})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise ValueError(f"{path}: {loc}: {err['msg']}") from None
+
+
 def default_model_dir() -> Path:
     from sdpo_core.toy import DEFAULT_MODEL_DIR
 
@@ -59,7 +87,7 @@ class Runtime:
     trainer: SDPOTrainer
     engine: Engine
     vllm_server: Any = None  # the VLLMServer this runtime started (stopped on close), if any
-    # SDPO settings for this model before a problem's own "sdpo" overrides (family defaults)
+    # SDPO settings for this model before a problem's own "sdpo" overrides (family + file)
     defaults: SDPOConfig = field(default_factory=SDPOConfig)
 
     def close(self) -> None:
@@ -89,7 +117,8 @@ def load_runtime(
             "models are not downloaded at run time"
         )
     trainer = SDPOTrainer(path, device=device, dtype=dtype)
-    defaults = SDPOConfig().merged(family_defaults(path))
+    # the family's needs, then the model's own file (more specific), then each problem's block
+    defaults = load_model_defaults(path, SDPOConfig().merged(family_defaults(path)))
     if engine == "hf":
         from sdpo_core.engines.hf import HFEngine
 

@@ -32,7 +32,7 @@ from sdpo_core.config import SDPOConfig
 from sdpo_core.engines.base import Engine
 from sdpo_core.problem import ProblemSpec
 from sdpo_core.runtime import Runtime
-from sdpo_core.teacher import build_teacher_contexts
+from sdpo_core.teacher import build_teacher_contexts, remember_feedback
 from sdpo_core.trainer import (
     RolloutBatch,
     SDPOTrainer,
@@ -77,6 +77,7 @@ class LoopState:
     best_score: float = 0.0
     seconds: float = 0.0  # wall time spent before this run (resumed runs)
     pending: Pending | None = None
+    feedback_pool: list[str] = dataclasses.field(default_factory=list)  # distinct, oldest first
     result: dict[str, Any] | None = None  # set once the problem is finished
 
     def to_blob(self) -> dict[str, Any]:
@@ -96,7 +97,7 @@ class LoopState:
                 }
             )
         fields = {f.name for f in dataclasses.fields(cls)} - {"pending"}
-        return cls(pending=pending, **{k: blob[k] for k in fields})
+        return cls(pending=pending, **{k: blob[k] for k in fields if k in blob})
 
 
 def latest_adapter_dir(checkpoint_dir: str | Path) -> Path | None:
@@ -190,7 +191,7 @@ def solve(
     """
     emit = on_event or (lambda _e: None)
     stop = should_stop or (lambda: False)
-    cfg = problem.sdpo_config(runtime.defaults)
+    cfg = problem.sdpo_config(runtime.defaults)  # the model's defaults, then the problem's
     budget = problem.budget
     trainer, engine = runtime.trainer, runtime.engine
     ckpt = _Checkpoints(Path(checkpoint_dir) if checkpoint_dir else None)
@@ -284,7 +285,9 @@ def _update(
     """One SDPO update on the pending batch, then export and swap the adapter."""
     trainer, engine = runtime.trainer, runtime.engine
     texts = [strip_thinking(c.text) for c in pending.completions]  # a solution is its answer
-    contexts = build_teacher_contexts(prompt, texts, pending.verdicts, cfg)
+    if cfg.feedback_memory:
+        state.feedback_pool = remember_feedback(state.feedback_pool, pending.verdicts)
+    contexts = build_teacher_contexts(prompt, texts, pending.verdicts, cfg, state.feedback_pool)
     batch = RolloutBatch(
         prompt_ids=prompt_ids,
         response_ids=[c.token_ids for c in pending.completions],

@@ -6,6 +6,13 @@ Rules (docs/design.md, from the SDPO paper and its public code):
 - solution = a successful sibling from the same rollout group (never the sample itself);
   feedback = the verifier's text for this sample. Neither: the sample is masked out.
 - Feedback is not accumulated across steps: each teacher sees only its own sample's feedback.
+
+Beyond the paper (off with feedback_memory = 0, docs/algorithm-options.md): with
+feedback_memory = m > 0 a failing sample's teacher also sees m distinct feedback texts the
+problem got so far (this step's and earlier ones), chosen to cover the most distinct feedback
+lines, so the teacher knows every failing case that feedback has named, not only this
+sample's two. Without it, at cases this feedback does not name the teacher is near the base
+model and reverse KL pulls what the student already learned back towards it.
 """
 
 from __future__ import annotations
@@ -45,11 +52,47 @@ class TeacherContext:
         return self.message is None
 
 
+MAX_FEEDBACK_POOL = 4096  # distinct feedback texts a run remembers (the oldest are dropped)
+
+
+def remember_feedback(pool: list[str], verdicts: list[Verdict]) -> list[str]:
+    """The pool of distinct feedback texts, most recently seen last, with `verdicts` added."""
+    fresh = [v.feedback for v in verdicts if v.feedback and not v.passed]
+    seen = set(fresh)
+    kept = [f for f in pool if f not in seen]
+    return (kept + list(dict.fromkeys(fresh)))[-MAX_FEEDBACK_POOL:]
+
+
+def select_feedback(pool: list[str], m: int) -> list[str]:
+    """Up to m texts of `pool` that greedily cover the most distinct lines (ties: the most
+    recent)."""
+    covered: set[str] = set()
+    chosen: list[str] = []
+    lines = [set(f.splitlines()) - {""} for f in pool]
+    for _ in range(m):
+        best, gain = None, 0
+        for i in range(len(pool) - 1, -1, -1):
+            g = len(lines[i] - covered)
+            if g > gain:
+                best, gain = i, g
+        if best is None:
+            break
+        chosen.append(pool[best])
+        covered |= lines[best]
+    return chosen
+
+
 def build_teacher_contexts(
-    prompt: str, responses: list[str], verdicts: list[Verdict], cfg: SDPOConfig
+    prompt: str,
+    responses: list[str],
+    verdicts: list[Verdict],
+    cfg: SDPOConfig,
+    feedback_pool: list[str] = (),
 ) -> list[TeacherContext]:
-    """One teacher context per sample of a rollout group (all samples answer `prompt`)."""
+    """One teacher context per sample of a rollout group (all samples answer `prompt`).
+    `feedback_pool`: the run's distinct feedback so far (used when cfg.feedback_memory > 0)."""
     assert len(responses) == len(verdicts)
+    memory = select_feedback(list(feedback_pool), cfg.feedback_memory)
     passing = [i for i, v in enumerate(verdicts) if v.passed]
     contexts = []
     for i, verdict in enumerate(verdicts):
@@ -59,6 +102,8 @@ def build_teacher_contexts(
         if solution is None and not feedback:
             contexts.append(TeacherContext(None, False, False))
             continue
-        message = render_reprompt(prompt, cfg, solution=solution, feedbacks=[feedback])
+        feedbacks = [feedback] + [f for f in memory if f != feedback] if feedback else []
+        feedbacks = feedbacks[: 1 + cfg.feedback_memory]
+        message = render_reprompt(prompt, cfg, solution=solution, feedbacks=feedbacks)
         contexts.append(TeacherContext(message, solution is not None, bool(feedback)))
     return contexts

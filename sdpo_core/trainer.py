@@ -1,7 +1,11 @@
 """The SDPO trainer: a LoRA student on a frozen base model, distilled towards a self-teacher.
 
 One base model is loaded once and serves many problems: `reset(cfg)` puts a fresh LoRA
-student (adapter "student") and its teacher (adapter "teacher", an EMA of the student) on it.
+student (adapter "student") and its teacher on it. The EMA teacher is either
+- ema_target="delta": an EMA of the student's weight delta B·A per adapted layer (a dense
+  matrix per layer, applied to the base by a forward hook when the teacher runs), or
+- ema_target="factors": adapter "teacher", an EMA of the factors A and B separately (its delta
+  is the product of two averages, which lags the student's delta far more than the rate).
 The trust-region teacher needs no second adapter: its logits are
 lerp(ref_logits, student_logits, alpha) on the teacher context, ref = the base (adapter off).
 """
@@ -20,7 +24,9 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from peft.tuners.lora import LoraLayer
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
@@ -86,6 +92,7 @@ class SDPOTrainer:
         self.updates = 0
         self.chunked_loss = True  # False: the unchunked reference loss (tests, benchmarks)
         self._check_head()
+        self.teacher_delta: dict[str, torch.Tensor] = {}  # ema_target="delta": layer -> EMA(B·A)
 
     # ------------------------------------------------------------------ setup
     def encode_chat(self, user_message: str) -> list[int]:
@@ -111,11 +118,16 @@ class SDPOTrainer:
             task_type="CAUSAL_LM",
         )
         self.model = get_peft_model(base, lora, adapter_name=STUDENT)
-        if cfg.teacher_regularization == "ema":
+        self.teacher_delta = {}
+        if cfg.teacher_regularization == "ema" and cfg.ema_target == "factors":
             self.model.add_adapter(TEACHER, lora)
             with torch.no_grad():
                 for s, t in self._adapter_pairs():
                     t.copy_(s)
+        elif cfg.teacher_regularization == "ema":
+            self.teacher_delta = {
+                name: self._student_delta(layer) for name, layer in self._lora_layers()
+            }
         self.model.set_adapter(STUDENT)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -128,6 +140,53 @@ class SDPOTrainer:
             if f".{STUDENT}." in name:
                 pairs.append((p, named[name.replace(f".{STUDENT}.", f".{TEACHER}.")]))
         return pairs
+
+    def _lora_layers(self) -> list[tuple[str, LoraLayer]]:
+        return [
+            (name, m)
+            for name, m in self.model.named_modules()
+            if isinstance(m, LoraLayer) and STUDENT in m.lora_A
+        ]
+
+    @torch.no_grad()
+    def _student_delta(self, layer: LoraLayer) -> torch.Tensor:
+        """The student's weight delta of one layer: scaling · B·A, shaped like the base weight."""
+        a, b = layer.lora_A[STUDENT].weight, layer.lora_B[STUDENT].weight  # [r, in], [out, r]
+        return (b.float() @ a.float() * layer.scaling[STUDENT]).to(a.dtype)
+
+    @torch.no_grad()
+    def _update_teacher(self) -> None:
+        """Move the EMA teacher towards the student by `ema_rate` (after each optimizer step)."""
+        rate = self.cfg.ema_rate
+        if self.teacher_delta:
+            for name, layer in self._lora_layers():
+                self.teacher_delta[name].lerp_(self._student_delta(layer), rate)
+        else:
+            for s, t in self._adapter_pairs():
+                t.lerp_(s, rate)
+
+    @contextmanager
+    def _teacher_weights(self):
+        """Run with the EMA teacher's weights: the teacher adapter, or (ema_target="delta")
+        the bare base plus each layer's EMA delta, added by a forward hook."""
+        if not self.teacher_delta:
+            with self._adapter(TEACHER):
+                yield
+            return
+        hooks = []
+        for name, layer in self._lora_layers():
+            delta = self.teacher_delta[name]
+            hooks.append(
+                layer.base_layer.register_forward_hook(
+                    lambda _m, args, out, d=delta: out + F.linear(args[0].to(d.dtype), d)
+                )
+            )
+        try:
+            with self._adapter(None):
+                yield
+        finally:
+            for h in hooks:
+                h.remove()
 
     @contextmanager
     def _adapter(self, name: str | None):
@@ -209,7 +268,7 @@ class SDPOTrainer:
         """The teacher's hidden states and, for the trust-region teacher, (reference hidden
         states, alpha): its logits are lerp(head(ref), head(hidden), alpha)."""
         if self.cfg.teacher_regularization == "ema":
-            with self._adapter(TEACHER):
+            with self._teacher_weights():
                 return self._response_hidden(prompts, responses)[0], None
         with self._adapter(None):
             ref = self._response_hidden(prompts, responses)[0]
@@ -314,9 +373,7 @@ class SDPOTrainer:
             self.optimizer.step()
             self.updates += 1
             if cfg.teacher_regularization == "ema":
-                with torch.no_grad():
-                    for s, t in self._adapter_pairs():
-                        t.lerp_(s, cfg.ema_rate)
+                self._update_teacher()
             t_student += _clock(self.device) - t2
         self.model.eval()
         gn = float(grad_norm)
@@ -327,7 +384,25 @@ class SDPOTrainer:
             time_teacher=t_teacher,
             time_student=t_student,
         )
+        if cfg.teacher_regularization == "ema":
+            metrics["teacher_delta_ratio"] = self.teacher_delta_ratio()
         return metrics
+
+    @torch.no_grad()
+    def teacher_delta_ratio(self) -> float:
+        """||teacher delta|| / ||student delta|| over all adapted layers (a diagnostic of how far
+        the EMA teacher lags: an EMA of the delta gives the rate's lag, one of the factors more)."""
+        student = teacher = 0.0
+        for name, layer in self._lora_layers():
+            d = self._student_delta(layer).float()
+            if self.teacher_delta:
+                t = self.teacher_delta[name].float()
+            else:
+                a, b = layer.lora_A[TEACHER].weight, layer.lora_B[TEACHER].weight
+                t = b.float() @ a.float() * layer.scaling[TEACHER]
+            student += float(d.square().sum())
+            teacher += float(t.square().sum())
+        return math.sqrt(teacher / student) if student > 0 else 0.0
 
     # ------------------------------------------------------------------ persistence
     def save_adapter(self, path: str | Path) -> None:
@@ -356,6 +431,11 @@ class SDPOTrainer:
         for name in self.model.peft_config:
             state = get_peft_model_state_dict(self.model, adapter_name=name)
             save_file({k: v.contiguous() for k, v in state.items()}, tmp / f"{name}.safetensors")
+        if self.teacher_delta:
+            save_file(
+                {k: v.contiguous() for k, v in self.teacher_delta.items()},
+                tmp / "teacher_delta.safetensors",
+            )
         torch.save(
             {
                 "optimizer": self.optimizer.state_dict(),
@@ -376,6 +456,10 @@ class SDPOTrainer:
         for name in list(self.model.peft_config):
             state = load_file(path / f"{name}.safetensors", device=str(self.device))
             set_peft_model_state_dict(self.model, state, adapter_name=name)
+        if self.teacher_delta:
+            saved = load_file(path / "teacher_delta.safetensors", device=str(self.device))
+            for name in self.teacher_delta:
+                self.teacher_delta[name].copy_(saved[name])
         self.model.set_adapter(STUDENT)
         self.optimizer.load_state_dict(blob["optimizer"])
         self.updates = blob["updates"]

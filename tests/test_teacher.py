@@ -63,3 +63,30 @@ def test_feedback_is_truncated_to_the_configured_length() -> None:
     cfg = CFG.merged({"max_feedback_chars": 10})
     ctx = build_teacher_contexts("Q", ["a"], [fail("x" * 50)], cfg)
     assert "x" * 10 in ctx[0].message and "x" * 11 not in ctx[0].message
+
+
+def block(key: str, expected: str, got: str) -> str:
+    return f"Wrong Answer\nInput: {key}\nExpected Output: {expected}\nYour Output: {got}"
+
+
+def test_feedback_memory_off_is_the_papers_rule() -> None:
+    pool = ["earlier feedback"]
+    ctx = build_teacher_contexts("Q", ["x"], [fail("own")], CFG, pool)
+    assert ctx[0].message == render_reprompt("Q", CFG, feedbacks=["own"])
+
+
+def test_feedback_memory_adds_the_distinct_feedback_that_covers_most() -> None:
+    from sdpo_core.teacher import remember_feedback, select_feedback
+
+    ab, ab2, cd = block("a", "3", "1"), block("a", "3", "2"), block("c", "8", "0")
+    pool = remember_feedback([], [fail(ab), fail(ab), PASS, fail(cd)])
+    assert pool == [ab, cd]  # distinct, passes ignored, most recent last
+    pool = remember_feedback(pool, [fail(ab)])
+    assert pool == [cd, ab]
+    assert select_feedback(pool, 0) == []
+    # the second pick adds the text with the most lines not yet covered, not a near-duplicate
+    assert select_feedback([ab, cd, ab2], 2) == [ab2, cd]
+    cfg = CFG.merged({"feedback_memory": 2})
+    ctx = build_teacher_contexts("Q", ["x", "y"], [fail(ab), PASS], cfg, [ab, cd, ab2])
+    assert ctx[0].message == render_reprompt("Q", cfg, solution="y", feedbacks=[ab, ab2, cd])
+    assert ctx[1].masked  # a passing sample with no passing sibling: no signal, as before

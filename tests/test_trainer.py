@@ -74,9 +74,9 @@ def test_masked_samples_give_no_update(runtime) -> None:
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_ema_teacher_tracks_the_student(runtime) -> None:
+def test_factors_ema_teacher_averages_a_and_b_separately(runtime) -> None:
     trainer = runtime.trainer
-    trainer.reset(CFG)
+    trainer.reset(CFG.merged({"ema_target": "factors"}))
     named = dict(trainer.model.named_parameters())
     pairs = [(n, n.replace(f".{STUDENT}.", f".{TEACHER}.")) for n in named if f".{STUDENT}." in n]
     teacher_before = {t: named[t].detach().clone() for _, t in pairs}
@@ -87,6 +87,54 @@ def test_ema_teacher_tracks_the_student(runtime) -> None:
         torch.testing.assert_close(named[t].detach(), expected)
         moved += not torch.equal(named[t], teacher_before[t])
     assert moved > 0
+
+
+def student_deltas(trainer) -> dict[str, torch.Tensor]:
+    """Each adapted layer's student delta scaling·B·A, computed here from the factors."""
+    out = {}
+    for name, m in trainer.model.named_modules():
+        if hasattr(m, "lora_A") and STUDENT in m.lora_A:
+            a, b = m.lora_A[STUDENT].weight.detach(), m.lora_B[STUDENT].weight.detach()
+            out[name] = b @ a * m.scaling[STUDENT]
+    return out
+
+
+def test_delta_ema_teacher_is_the_ema_of_the_students_weight_delta(runtime) -> None:
+    """ema_target="delta": after k updates the teacher's delta is exactly
+    sum_i rate (1-rate)^(k-i) delta_i, and its logits are those of base weights + that delta."""
+    cfg = CFG.merged({"ema_target": "delta", "ema_rate": 0.3})
+    trainer = runtime.trainer
+    trainer.reset(cfg)
+    assert TEACHER not in trainer.model.peft_config
+    batch = make_batch(trainer, n=2)
+    expected = {k: torch.zeros_like(v) for k, v in student_deltas(trainer).items()}
+    for _ in range(3):
+        trainer.step(batch)
+        for k, d in student_deltas(trainer).items():
+            expected[k] = (1 - 0.3) * expected[k] + 0.3 * d
+    assert expected and set(trainer.teacher_delta) == set(expected)
+    for k in expected:
+        torch.testing.assert_close(trainer.teacher_delta[k], expected[k])
+    assert any(float(d.abs().max()) > 0 for d in expected.values())
+    ratio = trainer.teacher_delta_ratio()
+    assert 0.0 < ratio < 1.0  # the teacher lags the student
+
+    # the teacher's logits = a plain model whose adapted weights are base + EMA delta
+    prompts, responses = batch.teacher_prompt_ids, batch.response_ids
+    got = trainer._teacher_logits(prompts, responses)
+    modules = dict(trainer.model.named_modules())
+    originals = {k: modules[k].base_layer.weight.detach().clone() for k in expected}
+    try:
+        with torch.no_grad():
+            for k, d in expected.items():
+                modules[k].base_layer.weight += d
+            with trainer.model.disable_adapter():
+                merged = trainer._response_logits(prompts, responses)[0]
+    finally:
+        with torch.no_grad():
+            for k, w in originals.items():
+                modules[k].base_layer.weight.copy_(w)
+    torch.testing.assert_close(got, merged, atol=1e-4, rtol=1e-4)
 
 
 def test_trust_region_teacher_interpolates_reference_and_student(runtime) -> None:
@@ -132,10 +180,12 @@ def test_adapter_loads_in_peft_with_the_same_logprobs(
     assert not torch.allclose(base_logits, logits)  # the adapter is not a no-op
 
 
-@pytest.mark.parametrize("regularization", ["ema", "trust_region"])
+@pytest.mark.parametrize("regularization", ["ema", "ema_factors", "trust_region"])
 def test_checkpoint_restores_an_exact_continuation(runtime, tmp_path, regularization) -> None:
     trainer = runtime.trainer
-    cfg = CFG.merged({"teacher_regularization": regularization})
+    cfg = CFG.merged({"teacher_regularization": regularization.removesuffix("_factors")})
+    if regularization == "ema_factors":
+        cfg = cfg.merged({"ema_target": "factors"})
     trainer.reset(cfg)
     batch = make_batch(trainer)
     trainer.step(batch)
@@ -151,6 +201,7 @@ def test_checkpoint_restores_an_exact_continuation(runtime, tmp_path, regulariza
     assert torch.equal(torch.rand(3), expected_noise)
     got = trainer.step(batch)
     assert got["loss"] == pytest.approx(expected["loss"], abs=1e-7)
+    assert got.get("teacher_delta_ratio") == expected.get("teacher_delta_ratio")
     params = student_params(trainer)
     assert all(torch.equal(params[k], expected_params[k]) for k in params)
 

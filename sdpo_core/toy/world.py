@@ -105,17 +105,13 @@ def make_problem(
 
 
 # Fixed hard problems (seeds outside anything pretraining draws; see training_example).
-# VERY_HARD: N = 6..7 (1e-6 .. 1e-7 per attempt); SDPO on the toy model does not solve these
-# within 1024 attempts (measured), so tests use them where a run must keep going.
+# N = 6..7 (1e-6 .. 1e-7 per attempt; exact base pass@64 3e-5): the very hard suite of
+# benchmarks/discovery.py; tests use them where a run must keep going for a few steps.
 HARD_SEEDS: list[tuple[int, int]] = [(9001 + i, 6 if i % 2 == 0 else 7) for i in range(8)]
 HARD_SUITE: list[dict[str, Any]] = [make_problem(s, n) for s, n in HARD_SEEDS]
-# The discovery suite: N = 4 (1e-4 per attempt, base pass@64 = 0.006 < 0.03), with the SDPO
-# settings measured best on the toy model (lr 1e-2, LoRA rank 8; lr 2e-2 and 4 updates per
-# batch collapsed the student).
-TOY_SDPO: dict[str, Any] = {"max_new_tokens": MAX_NEW_TOKENS, "lr": 1e-2, "lora_rank": 8}
-DISCOVERY_SUITE: list[dict[str, Any]] = [
-    {**make_problem(9101 + i, 4), "sdpo": dict(TOY_SDPO)} for i in range(8)
-]
+# The discovery suite: N = 4 (1e-4 per attempt, base pass@64 = 0.006). No problem carries
+# tuned SDPO settings: those that depend on the model are in model/sdpo_defaults.json.
+DISCOVERY_SUITE: list[dict[str, Any]] = [make_problem(9101 + i, 4) for i in range(8)]
 EASY_EXAMPLE: dict[str, Any] = make_problem(42, 2)
 
 _HARD_TABLES = {tuple(p["verifier"]["cases"].items()) for p in HARD_SUITE + DISCOVERY_SUITE}
