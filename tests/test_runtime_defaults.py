@@ -6,8 +6,9 @@ import json
 
 import pytest
 
+from sdpo_core.config import SDPOConfig
 from sdpo_core.problem import parse_problem
-from sdpo_core.runtime import MODEL_DEFAULTS_FILE, load_model_defaults
+from sdpo_core.runtime import MODEL_DEFAULTS_FILE, family_defaults, load_model_defaults
 from sdpo_core.toy import DEFAULT_MODEL_DIR, make_problem
 
 
@@ -47,7 +48,9 @@ def test_a_bad_file_names_itself_and_the_field(tmp_path, text, match) -> None:
 def test_the_bundled_model_ships_its_defaults_and_the_runtime_uses_them(runtime) -> None:
     shipped = load_model_defaults(DEFAULT_MODEL_DIR)
     assert shipped.lr != 1e-4  # measured for this model, not the generic default
-    assert runtime.defaults == shipped
+    family = SDPOConfig().merged(family_defaults(DEFAULT_MODEL_DIR))
+    assert runtime.defaults == load_model_defaults(DEFAULT_MODEL_DIR, family)
+    assert (runtime.defaults.lr, runtime.defaults.lora_rank) == (shipped.lr, shipped.lora_rank)
     for name in ("toy_hard.json", "toy_easy.json"):
         example = json.loads((DEFAULT_MODEL_DIR.parents[2] / "examples" / name).read_text())
         assert "lr" not in example["sdpo"]
