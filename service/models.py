@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, WithJsonSchema
 
+from sdpo_core.contract import ExhaustedReason, Status
+
 # A stored spec is served as stored: it was validated at submit and is never validated again
 # (that would compile a python verifier's source on every GET). In the OpenAPI document the
 # app replaces this marked schema by a reference to ProblemSpec.
@@ -15,8 +17,6 @@ STORED_SPEC_MARK = "x-sdpo-stored-spec"
 StoredSpec = Annotated[
     dict[str, Any], WithJsonSchema({"type": "object", "title": "Spec", STORED_SPEC_MARK: True})
 ]
-
-Status = Literal["queued", "running", "solved", "exhausted", "cancelled", "failed"]
 
 
 class ErrorBody(BaseModel):
@@ -41,7 +41,7 @@ class Problem(BaseModel):
     solved_attempt: int | None = Field(None, description="Index of the first passing attempt.")
     solution: str | None = Field(None, description="The passing attempt's text.")
     error: str | None = None
-    exhausted_reason: Literal["max_attempts", "max_seconds"] | None = None
+    exhausted_reason: ExhaustedReason | None = None
     adapter_version: int = Field(..., description="Version of the latest LoRA adapter (0: none).")
     cancel_requested: bool = False
     created_at: datetime

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-Status = Literal["queued", "running", "solved", "exhausted", "cancelled", "failed"]
-TERMINAL_STATUSES: frozenset[str] = frozenset({"solved", "exhausted", "cancelled", "failed"})
+from sdpo_client import contract
+from sdpo_client.contract import (
+    EVENT_KINDS,
+    TERMINAL_EVENTS,
+    TERMINAL_STATUSES,
+    ExhaustedReason,
+    Status,
+)
 
 
 class _Model(BaseModel):
@@ -45,7 +51,7 @@ class Problem(_Model):
     solved_attempt: int | None = None
     solution: str | None = None
     error: str | None = None
-    exhausted_reason: Literal["max_attempts", "max_seconds"] | None = None
+    exhausted_reason: ExhaustedReason | None = None
     adapter_version: int = 0
     cancel_requested: bool = False
     created_at: datetime
@@ -64,13 +70,7 @@ class Problem(_Model):
         return self.status == "solved"
 
 
-class Verdict(_Model):
-    """The verifier's judgement of one attempt."""
-
-    passed: bool
-    score: float
-    feedback: str = ""
-    details: dict[str, Any] = Field(default_factory=dict)
+Verdict = contract.VerdictPayload  # the verifier's judgement of one attempt
 
 
 class Attempt(_Model):
@@ -91,73 +91,46 @@ class Attempt(_Model):
 
 
 # ------------------------------------------------------------------------ events
+# Each event's fields are the wire contract's (sdpo_client/contract.py); `id` is added here.
 class _Event(_Model):
     id: str = Field(..., description="The SSE event id (a Redis stream id); resume after it.")
 
     @property
     def terminal(self) -> bool:
         """True for the event that ends the stream (solved, exhausted, cancelled, failed)."""
-        return getattr(self, "kind", "") in TERMINAL_STATUSES
+        return getattr(self, "kind", "") in TERMINAL_EVENTS
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict with `kind` (what `sdpo_cli.progress.ProgressDisplay` consumes)."""
         return self.model_dump(mode="json")
 
 
-class StatusEvent(_Event):
-    kind: Literal["status"] = "status"
-    status: Status
-    worker: str | None = None
-    resumed: bool | None = None
-    reason: str | None = None
+class StatusEvent(_Event, contract.StatusPayload):
+    pass
 
 
-class AttemptEvent(_Event):
-    kind: Literal["attempt"] = "attempt"
-    index: int
-    step: int
-    text: str
-    verdict: Verdict
-    num_tokens: int
+class AttemptEvent(_Event, contract.AttemptPayload):
+    pass
 
 
-class StepEvent(_Event):
-    kind: Literal["step"] = "step"
-    step: int
-    attempts: int
-    adapter_version: int
-    metrics: dict[str, Any] = Field(default_factory=dict)
+class StepEvent(_Event, contract.StepPayload):
+    pass
 
 
-class SolvedEvent(_Event):
-    kind: Literal["solved"] = "solved"
-    attempt_index: int
-    solution: str
-    attempts: int
-    steps: int
-    seconds: float
+class SolvedEvent(_Event, contract.SolvedPayload):
+    pass
 
 
-class ExhaustedEvent(_Event):
-    kind: Literal["exhausted"] = "exhausted"
-    reason: Literal["max_attempts", "max_seconds"]
-    attempts: int
-    steps: int
-    seconds: float
-    best_score: float
+class ExhaustedEvent(_Event, contract.ExhaustedPayload):
+    pass
 
 
-class CancelledEvent(_Event):
-    kind: Literal["cancelled"] = "cancelled"
-    attempts: int = 0
-    steps: int = 0
+class CancelledEvent(_Event, contract.CancelledPayload):
+    pass
 
 
-class FailedEvent(_Event):
-    kind: Literal["failed"] = "failed"
-    error: str | None = None
-    attempts: int = 0
-    steps: int = 0
+class FailedEvent(_Event, contract.FailedPayload):
+    pass
 
 
 class UnknownEvent(_Event):
@@ -181,12 +154,11 @@ Event = Annotated[
 ]
 AnyEvent = Union[Event, UnknownEvent]  # noqa: UP007
 _EVENT = TypeAdapter(Event)
-_KNOWN = {"status", "attempt", "step", "solved", "exhausted", "cancelled", "failed"}
 
 
 def parse_event(event_id: str, name: str, data: str) -> AnyEvent:
     """One SSE message (`id:`, `event:`, `data:`) as its typed event."""
     payload = json.loads(data) if data else {}
-    if name not in _KNOWN or not isinstance(payload, dict):
+    if name not in EVENT_KINDS or not isinstance(payload, dict):
         return UnknownEvent(id=event_id, kind=name, data=payload)
     return _EVENT.validate_python({**payload, "id": event_id, "kind": name})

@@ -1,0 +1,109 @@
+"""The wire contract: problem statuses and the SSE event kinds with their fields.
+
+Defined once, with no dependency but pydantic: the service and the worker import it as
+`sdpo_core.contract`; the SDK ships a byte-identical copy as `sdpo_client.contract`
+(tests/test_contract.py checks they are the same file, and that the dashboard agrees).
+Event models accept unknown fields, so an older client reads a newer service's events.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Status = Literal["queued", "running", "solved", "exhausted", "cancelled", "failed"]
+STATUSES: tuple[str, ...] = get_args(Status)
+TERMINAL_STATUSES: frozenset[str] = frozenset({"solved", "exhausted", "cancelled", "failed"})
+ExhaustedReason = Literal["max_attempts", "max_seconds"]
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class VerdictPayload(_Payload):
+    """The verifier's judgement of one attempt."""
+
+    passed: bool
+    score: float
+    feedback: str = ""
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class StatusPayload(_Payload):
+    """The problem changed status (a worker took it, resumed it, or handed it back)."""
+
+    kind: Literal["status"] = "status"
+    status: Status
+    worker: str | None = None
+    resumed: bool | None = None
+    reason: str | None = None
+
+
+class AttemptPayload(_Payload):
+    """One generated attempt and its verdict."""
+
+    kind: Literal["attempt"] = "attempt"
+    index: int
+    step: int
+    text: str
+    verdict: VerdictPayload
+    num_tokens: int
+
+
+class StepPayload(_Payload):
+    """One SDPO step finished: a new adapter version and the step's metrics."""
+
+    kind: Literal["step"] = "step"
+    step: int
+    attempts: int
+    adapter_version: int
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+
+class SolvedPayload(_Payload):
+    kind: Literal["solved"] = "solved"
+    attempt_index: int
+    solution: str
+    attempts: int
+    steps: int
+    seconds: float
+
+
+class ExhaustedPayload(_Payload):
+    kind: Literal["exhausted"] = "exhausted"
+    reason: ExhaustedReason
+    attempts: int
+    steps: int
+    seconds: float
+    best_score: float
+
+
+class CancelledPayload(_Payload):
+    kind: Literal["cancelled"] = "cancelled"
+    attempts: int = 0
+    steps: int = 0
+
+
+class FailedPayload(_Payload):
+    kind: Literal["failed"] = "failed"
+    error: str | None = None
+    attempts: int = 0
+    steps: int = 0
+
+
+PAYLOADS: dict[str, type[_Payload]] = {
+    m.model_fields["kind"].default: m
+    for m in (
+        StatusPayload,
+        AttemptPayload,
+        StepPayload,
+        SolvedPayload,
+        ExhaustedPayload,
+        CancelledPayload,
+        FailedPayload,
+    )
+}
+EVENT_KINDS: tuple[str, ...] = tuple(PAYLOADS)
+TERMINAL_EVENTS: frozenset[str] = TERMINAL_STATUSES  # the event that ends a stream
