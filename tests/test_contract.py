@@ -14,8 +14,23 @@ SERVER = REPO / "sdpo_core" / "contract.py"
 SDK = REPO / "clients" / "python" / "sdpo_client" / "contract.py"
 
 
-def test_sdk_copy_is_identical() -> None:
+def test_sdk_copies_are_identical() -> None:
+    """The contract and the benchmark-record converters: one file each, the SDK a copy."""
     assert SDK.read_bytes() == SERVER.read_bytes(), "cp sdpo_core/contract.py " + str(SDK)
+    records = REPO / "sdpo_core" / "records.py"
+    sdk_records = REPO / "clients" / "python" / "sdpo_client" / "records.py"
+    assert sdk_records.read_bytes() == records.read_bytes(), "cp sdpo_core/records.py ..."
+    imports = set(re.findall(r"^(?:from|import) ([\w.]+)", records.read_text(), re.M))
+    assert imports <= {
+        "__future__",
+        "base64",
+        "io",
+        "json",
+        "pickle",
+        "zlib",
+        "collections.abc",
+        "typing",
+    }, imports
 
 
 def test_contract_needs_only_pydantic() -> None:

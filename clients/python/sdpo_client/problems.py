@@ -1,8 +1,8 @@
 """Build problem specs (the JSON `POST /v1/problems` accepts) without writing JSON by hand.
 
 Every builder returns a plain dict: {"prompt", "verifier", "budget"?, "sdpo"?, "model"?,
-"metadata"?}. The LiveCodeBench and HumanEval converters produce exactly what the server's
-own converters (sdpo_core.verifiers.converters) produce for the same record.
+"metadata"?}. The LiveCodeBench and HumanEval converters are the server's own
+(sdpo_client/records.py is the same file as sdpo_core/records.py).
 
     from sdpo_client import problems
     p = problems.from_io_tests("Read two ints, print their sum.", [("1 2", "3"), ("5 5", "10")])
@@ -11,30 +11,13 @@ own converters (sdpo_core.verifiers.converters) produce for the same record.
 
 from __future__ import annotations
 
-import base64
 import inspect
-import io
 import json
-import pickle
 import textwrap
-import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
-LCB_STDIN_FORMAT = (
-    "Read the inputs from stdin solve the problem and write the answer to stdout (do not "
-    "directly test on the sample inputs). Enclose your code within delimiters as follows. "
-    "Ensure that when the python program runs, it reads the inputs, runs the algorithm and "
-    "writes output to STDOUT.\n```python\n# YOUR CODE HERE\n```"
-)
-LCB_FUNCTIONAL_FORMAT = (
-    "You will use the following starter code to write the solution to the problem and "
-    "enclose your code within delimiters.\n```python\n{starter_code}\n```"
-)
-HUMANEVAL_FORMAT = (
-    "Complete the following Python function. Give the whole function (with any imports it "
-    "needs) in one ```python code block.\n\n```python\n{prompt}```"
-)
+from sdpo_client import records
 
 
 def problem(
@@ -191,26 +174,6 @@ def from_verifier_function(
 
 
 # -------------------------------------------------------------------- benchmark records
-class _NoClassesUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-
-
-def _test_list(raw: Any) -> list[dict[str, Any]]:
-    """LiveCodeBench test lists: a list, a JSON string, or base64(zlib(pickle(JSON string)))
-    (read with an unpickler that admits no classes, so it cannot run code)."""
-    if isinstance(raw, list):
-        return raw
-    if not isinstance(raw, str) or not raw.strip():
-        return []
-    try:
-        return json.loads(raw)
-    except ValueError:
-        pass
-    data = _NoClassesUnpickler(io.BytesIO(zlib.decompress(base64.b64decode(raw)))).load()
-    return json.loads(data) if isinstance(data, str | bytes) else data
-
-
 def from_livecodebench(
     record: Mapping[str, Any],
     *,
@@ -219,32 +182,11 @@ def from_livecodebench(
     memory_mb: int = 512,
     **options: Any,
 ) -> dict[str, Any]:
-    """A LiveCodeBench `code_generation_lite` record, with LiveCodeBench's prompt wording."""
-    tests = _test_list(record.get("public_test_cases"))
-    if include_private:
-        tests += _test_list(record.get("private_test_cases"))
-    if not tests:
-        raise ValueError("the record has no test cases")
-    metadata = record.get("metadata") or {}
-    if isinstance(metadata, str):
-        metadata = json.loads(metadata) if metadata.strip() else {}
-    functional = tests[0].get("testtype") == "functional"
-    verifier: dict[str, Any] = {
-        "kind": "tests",
-        "mode": "functional" if functional else "stdin",
-        "tests": [{"input": t["input"], "output": t["output"]} for t in tests],
-        "timeout_s": timeout_s,
-        "memory_mb": memory_mb,
-    }
-    question = record.get("question_content", "").strip()
-    if functional:
-        verifier["fn_name"] = metadata["func_name"]
-        starter = record.get("starter_code", "").rstrip()
-        prompt = question + "\n\n" + LCB_FUNCTIONAL_FORMAT.format(starter_code=starter)
-    else:
-        prompt = question + "\n\n" + LCB_STDIN_FORMAT
-    meta = {k: record[k] for k in ("question_id", "question_title", "platform") if k in record}
-    base = {"prompt": prompt, "verifier": verifier, "metadata": {"source": "livecodebench", **meta}}
+    """A LiveCodeBench `code_generation_lite` record, with LiveCodeBench's prompt wording
+    (the service's own converter, sdpo_client/records.py)."""
+    base = records.livecodebench_problem(
+        record, include_private=include_private, timeout_s=timeout_s, memory_mb=memory_mb
+    )
     return _with_options(base, options) if options else base
 
 
@@ -252,20 +194,7 @@ def from_humaneval(
     record: Mapping[str, Any], *, timeout_s: float = 6.0, memory_mb: int = 512, **options: Any
 ) -> dict[str, Any]:
     """A HumanEval record (prompt, test, entry_point) as an `assert` verifier."""
-    verifier = {
-        "kind": "tests",
-        "mode": "assert",
-        "test": record["test"],
-        "entry_point": record["entry_point"],
-        "prefix": record["prompt"],
-        "timeout_s": timeout_s,
-        "memory_mb": memory_mb,
-    }
-    base = {
-        "prompt": HUMANEVAL_FORMAT.format(prompt=record["prompt"]),
-        "verifier": verifier,
-        "metadata": {"source": "humaneval", "task_id": record.get("task_id")},
-    }
+    base = records.humaneval_problem(record, timeout_s=timeout_s, memory_mb=memory_mb)
     return _with_options(base, options) if options else base
 
 
