@@ -10,6 +10,7 @@ in the main thread, so it runs in a helper process that is killed after `timeout
 from __future__ import annotations
 
 import json
+import math
 import re
 import select
 import subprocess
@@ -29,16 +30,20 @@ FIELDS = {
     "expected",
     "match",
     "tol",
+    "abs_tol",
     "case_sensitive",
     "reveal_expected",
     "timeout_s",
     "max_feedback_chars",
 }
+# Within one line only ([ \t], not \s): a run of blank lines must not make this quadratic.
 ANSWER_LINE = re.compile(
-    r"^[\s*#>_]*(?:final\s+)?answer\s*[*_]*\s*[:：][\s*_]*(.+?)[\s*_]*$", re.I | re.M
+    r"^[ \t*#>_]*(?:final[ \t]+)?answer[ \t]*[*_]*[ \t]*[:：][ \t*_]*(.+?)[ \t*_]*$", re.I | re.M
 )
-NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?(?:\s*/\s*\d+)?")
+NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?(?:[ \t]*/[ \t]*\d+)?")
+HUGE_EXPONENT = re.compile(r"[eE][-+]?\d{5}")  # 1e999999999: Fraction would expand it
 MAX_ANSWER_CHARS = 2000
+MAX_SCAN_CHARS = 100_000  # the final answer is looked for in the response's last 100k chars
 
 
 def last_boxed(text: str) -> str | None:
@@ -56,6 +61,7 @@ def last_boxed(text: str) -> str | None:
 
 def extract_answer(response: str) -> tuple[str | None, str]:
     """(answer, where it came from: boxed | answer_line | last_line | none)."""
+    response = response[-MAX_SCAN_CHARS:]
     boxed = last_boxed(response)
     if boxed is not None:
         return boxed.strip(), "boxed"
@@ -76,13 +82,17 @@ def _clean(text: str) -> str:
 
 def parse_number(text: str) -> float | None:
     """A number from `text` ("1,234", "$5", "3/4", "12%"), else its last number, else None."""
+    text = text[:MAX_ANSWER_CHARS]
     cleaned = _clean(text).replace(",", "").replace("$", "").replace("\\%", "").rstrip("%")
     candidates = [cleaned] if NUMBER.fullmatch(cleaned) else NUMBER.findall(cleaned)[-1:]
     for cand in candidates:
-        try:
-            return float(Fraction(cand.replace(" ", "")))
-        except (ValueError, ZeroDivisionError):
+        if HUGE_EXPONENT.search(cand):
             return None
+        try:
+            value = float(Fraction(re.sub(r"[ \t]", "", cand)))
+        except (ValueError, ZeroDivisionError, OverflowError):
+            return None
+        return value if math.isfinite(value) else None
     return None
 
 
@@ -108,39 +118,69 @@ for line in sys.stdin:
 
 
 class _MathWorker:
-    """One long-lived python running math-verify; restarted when a check overruns."""
+    """One long-lived python running math-verify. A check that overruns its `timeout_s` kills
+    it and a fresh one starts at once, importing sympy in the background with its own budget
+    (WARM_S), so the next check's time limit is its own again."""
+
+    WARM_S = 60.0
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[str] | None = None
+        self._warming = False  # a warm-up request's answer is still to be read
+
+    def _spawn(self) -> None:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", _WORKER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(json.dumps({"gold": "1", "pred": "1"}) + "\n")
+        self._proc.stdin.flush()
+        self._warming = True
+
+    def _kill(self) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc = None
+
+    def _read(self, timeout_s: float) -> str:
+        proc = self._proc
+        assert proc is not None and proc.stdout is not None
+        deadline = time.monotonic() + timeout_s
+        ready: list[Any] = []
+        while not ready and time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stdout], [], [], deadline - time.monotonic())
+        return proc.stdout.readline() if ready else ""
 
     def check(self, gold: str, pred: str, timeout_s: float) -> dict[str, Any]:
         with self._lock:
             if self._proc is None or self._proc.poll() is not None:
-                self._proc = subprocess.Popen(
-                    [sys.executable, "-c", _WORKER],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.DEVNULL,
-                    text=True,
-                    start_new_session=True,
-                )
-                timeout_s += 30.0  # the first call imports sympy
+                self._spawn()
+            if self._warming:
+                self._warming = False
+                if not self._read(self.WARM_S):
+                    self._kill()
+                    return {"ok": False, "error": "math checker did not start"}
             proc = self._proc
-            assert proc.stdin is not None and proc.stdout is not None
+            assert proc is not None and proc.stdin is not None
             proc.stdin.write(json.dumps({"gold": gold, "pred": pred}) + "\n")
             proc.stdin.flush()
-            deadline = time.monotonic() + timeout_s
-            ready: list[Any] = []
-            while not ready and time.monotonic() < deadline:
-                ready, _, _ = select.select([proc.stdout], [], [], deadline - time.monotonic())
-            line = proc.stdout.readline() if ready else ""
+            line = self._read(timeout_s)
             if not line:
-                proc.kill()
-                proc.wait()
-                self._proc = None
+                self._kill()
+                self._spawn()  # warms up while nobody waits
                 return {"ok": False, "error": "math check timed out"}
-            return json.loads(line)
+            try:
+                out = json.loads(line)
+            except (ValueError, RecursionError):
+                out = None
+            return out if isinstance(out, dict) else {"ok": False, "error": "bad reply"}
 
 
 _math = _MathWorker()
@@ -167,6 +207,7 @@ def validate_answer_spec(spec: dict[str, Any]) -> None:
         except (re.error, OverflowError, RecursionError, MemoryError) as exc:
             raise VerifierSpecError(f"is not a valid regex: {exc}", "expected") from None
     get_number(spec, "tol", 1e-6, 0.0, 1e6)
+    get_number(spec, "abs_tol", 0.0, 0.0, 1e300)
     get_bool(spec, "case_sensitive", True)
     get_bool(spec, "reveal_expected", False)
     get_number(spec, "timeout_s", 5.0, 0.1, 60.0)
@@ -179,6 +220,7 @@ class AnswerVerifier(VerifierBase):
         self.expected = str(spec["expected"])
         self.match: str = spec.get("match", "exact")
         self.tol = float(spec.get("tol", 1e-6))
+        self.abs_tol = float(spec.get("abs_tol", 0.0))
         self.case_sensitive = bool(spec.get("case_sensitive", True))
         self.reveal = bool(spec.get("reveal_expected", False))
         self.timeout_s = float(spec.get("timeout_s", 5.0))
@@ -194,7 +236,8 @@ class AnswerVerifier(VerifierBase):
             got, want = parse_number(answer), parse_number(self.expected)
             if got is None or want is None:
                 return False, {"parsed": None}
-            return abs(got - want) <= self.tol * max(1.0, abs(want)), {"parsed": got}
+            ok = abs(got - want) <= max(self.tol * abs(want), self.abs_tol)
+            return ok, {"parsed": got}
         if self.match == "regex":
             return re.fullmatch(self.expected, answer.strip()) is not None, {}
         out = _math.check(self.expected, answer, self.timeout_s)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import builtins
 import json
+import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -45,9 +46,18 @@ def _lines(text: str) -> list[str]:
     return [line.strip() for line in text.strip().split("\n")]
 
 
+# A finite decimal with an exponent of at most 4 digits: NaN, Infinity and 1e999999999 are
+# not numbers here (comparing them raised or ran unbounded).
+_DECIMAL = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d{1,4})?")
+MAX_NUMBER_CHARS = 100_000
+
+
 def _numbers(line: str) -> list[Decimal] | None:
+    tokens = line.split()
+    if not all(len(t) <= MAX_NUMBER_CHARS and _DECIMAL.fullmatch(t) for t in tokens):
+        return None
     try:
-        return [Decimal(tok) for tok in line.split()]
+        return [Decimal(tok) for tok in tokens]
     except InvalidOperation:
         return None
 

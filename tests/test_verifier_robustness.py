@@ -1,0 +1,77 @@
+"""One response can never crash or stall a verifier; a bad spec fails at build time (issue 10)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sdpo_core.verifiers import VerifierSpecError, build_verifier
+from sdpo_core.verifiers.answer import extract_answer, parse_number
+from sdpo_core.verifiers.testcases import stdout_matches
+
+
+def test_output_comparison_with_non_numbers():
+    for bad in ("sNaN", "NaN", "Infinity", "-inf", "1e999999999", "1" + "0" * 200_000):
+        assert not stdout_matches(bad, "1")
+        assert not stdout_matches(bad, "1", float_tol=1e-6)
+        assert not stdout_matches("1", bad)
+    assert stdout_matches("1e3", "1000") and stdout_matches("1.50", "1.5")
+
+
+def test_answer_parsing_is_bounded():
+    assert parse_number("1e999999999") is None
+    assert parse_number("1e400") is None  # overflows a float: not a number
+    assert parse_number("-2.5e3") == -2500.0
+    blank = "\n" * 300_000 + "x"  # quadratic in the old answer-line regex
+    assert extract_answer(blank) == ("x", "last_line")
+    assert extract_answer("Answer:" + " " * 100_000 + "y")[0] == "y"
+
+
+def test_numeric_tolerance_is_relative_with_explicit_absolute():
+    v = build_verifier({"kind": "answer", "expected": str(2**-21), "match": "numeric"})
+    assert not v.verify("Answer: 0").passed
+    assert v.verify(f"Answer: {2**-21 * (1 + 1e-9)}").passed
+    lax = build_verifier(
+        {"kind": "answer", "expected": str(2**-21), "match": "numeric", "abs_tol": 1e-6}
+    )
+    assert lax.verify("Answer: 0").passed
+    v = build_verifier({"kind": "answer", "expected": "5", "match": "numeric"})
+    assert not v.verify("\\boxed{1e999999999}").passed
+
+
+def test_table_pairs_are_linear():
+    v = build_verifier({"kind": "table", "cases": {"a": "1"}})
+    assert not v.verify("x" * 200_000).passed
+    assert v.verify("x" * 1000 + " a=1").passed
+
+
+@pytest.mark.parametrize(
+    "spec, where",
+    [
+        ({"kind": "tests", "tests": [{"input": "\ud800", "output": "1"}]}, "tests.0.input"),
+        (
+            {
+                "kind": "tests",
+                "mode": "functional",
+                "fn_name": "f",
+                "tests": [{"input": "[" * 500 + "]" * 500, "output": "1"}],
+            },
+            "tests.0.input",
+        ),
+        (
+            {
+                "kind": "tests",
+                "mode": "functional",
+                "fn_name": "f",
+                "tests": [{"input": "[" * 5000 + "]" * 5000, "output": "1"}],
+            },
+            "tests.0.input",
+        ),
+        ({"kind": "table", "cases": {"a": "1"}, "max_feedback_chars": None}, "max_feedback_chars"),
+        ({"kind": "answer", "expected": "1e400", "match": "numeric"}, "expected"),
+        ({"kind": "answer", "expected": 1e308 * 10, "match": "numeric"}, "expected"),
+    ],
+)
+def test_bad_specs_fail_at_build(spec, where):
+    with pytest.raises(VerifierSpecError) as err:
+        build_verifier(spec)
+    assert where in str(err.value)
