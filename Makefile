@@ -13,7 +13,7 @@ setup: $(VENV)/.installed $(SANDBOX_VENV)/.installed
 $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]' -e clients/python
+	$(BIN)/pip install -q -e '.[dev,worker]' -e clients/python
 	touch $@
 
 # The python environment untrusted code runs in (the verifier sandbox binds it read-only into

@@ -31,7 +31,9 @@ COPY service ./service
 COPY sdpo_cli ./sdpo_cli
 COPY clients ./clients
 COPY deploy ./deploy
-RUN pip install --no-cache-dir . ./clients/python \
+# ".[worker]" is this package with its worker extra (torch ...), not a name on PyPI.
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir ".[worker]" ./clients/python \
     && chmod 0755 /app/deploy/worker-entrypoint.sh
 
 HEALTHCHECK --interval=15s --timeout=10s --start-period=600s --retries=3 \

@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import uuid
 from pathlib import Path
 from typing import Any
@@ -314,3 +315,24 @@ def test_every_documented_setting_reaches_the_containers() -> None:
             assert re.search(rf"^# {name}[=:]", env_file, re.M), f"{service}: {name} unset"
     documented_fields = {n.removeprefix("SDPO_").lower() for n in names}
     assert set(Settings.model_fields) <= documented_fields | {"redis_url", "checkpoint_dir"}
+
+
+def test_api_image_has_no_torch() -> None:
+    """torch, transformers and peft are the `worker` extra: the API image installs the
+    package without it, and the API's imports (serve, keys, healthcheck) never need them."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    heavy = ("torch", "transformers", "peft")
+    assert not [d for d in project["dependencies"] if d.split("=")[0].split(">")[0] in heavy]
+    assert {d.split("=")[0] for d in project["optional-dependencies"]["worker"]} >= set(heavy)
+    api = (ROOT / "deploy" / "api.Dockerfile").read_text()
+    worker = (ROOT / "deploy" / "worker.Dockerfile").read_text()
+    assert "[worker]" not in api and '".[worker]"' in worker
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.split('.')[0] in {heavy!r}: raise ImportError(name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import service.app, service.cli, sdpo_cli.main\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
