@@ -525,7 +525,7 @@ def test_memory_limit_covers_all_processes_of_a_run(sandbox):
 
 def test_sandbox_python_has_livecodebench_imports(sandbox):
     if not PROJECT_SANDBOX_PYTHON.exists() and "SDPO_SANDBOX_PYTHON" not in os.environ:
-        pytest.skip("the sandbox's python environment is not built: run `make setup`")
+        pytest.fail("the sandbox's python environment is not built: run `make setup`")
     r, _ = run(
         sandbox,
         "import numpy, sortedcontainers\nprint(numpy.arange(4).sum(), "
