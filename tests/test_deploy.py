@@ -115,7 +115,9 @@ def test_compose_structure() -> None:
     vllm, worker = every["vllm"], every["worker"]
     assert "--enable-lora" in vllm["command"] and "--max-lora-rank" in vllm["command"]
     assert vllm["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
-    assert "vllm/vllm-openai" in (ROOT / vllm["build"]["dockerfile"]).read_text()
+    assert vllm["image"].startswith("vllm/vllm-openai:") and "build" not in vllm
+    assert vllm["environment"]["VLLM_API_KEY"] == worker["environment"]["VLLM_API_KEY"] == ""
+    assert "vllm-cache:/root/.cache/vllm" in vllm["volumes"]
     for svc in (vllm, worker):
         devices = svc["deploy"]["resources"]["reservations"]["devices"]
         assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
