@@ -3,6 +3,7 @@
 Variable (default): meaning
 
     REDIS_URL ((none)): Redis URL; `sdpo serve` without it = local mode
+    SDPO_REDIS_PASSWORD ((none)): password for REDIS_URL (unless the URL has one)
     SDPO_KEY_PREFIX (sdpo): prefix of every Redis key
     SDPO_HOST / SDPO_PORT (127.0.0.1 / 8000): where the API listens
     SDPO_API_KEYS_REQUIRED (true): false turns auth off (loopback only)
@@ -36,6 +37,7 @@ import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -67,6 +69,7 @@ class Settings(BaseSettings):
     )
 
     redis_url: str | None = Field(None, validation_alias=AliasChoices("redis_url", "REDIS_URL"))
+    redis_password: str | None = None
     key_prefix: str = "sdpo"
     host: str = "127.0.0.1"
     port: int = 8000
@@ -103,9 +106,16 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _checkpoints_under_data(self) -> Settings:
+    def _derived(self) -> Settings:
         if self.checkpoint_dir is None:
             self.checkpoint_dir = self.data_dir / "checkpoints"
+        if self.redis_password and self.redis_url:
+            url = urlsplit(self.redis_url)
+            if url.password is None:  # the URL's own password wins
+                user = quote(url.username or "", safe="")
+                auth = f"{user}:{quote(self.redis_password, safe='')}@"
+                url = url._replace(netloc=auth + url.netloc.rpartition("@")[2])
+                self.redis_url = urlunsplit(url)
         return self
 
     @property

@@ -109,7 +109,8 @@ def test_compose_structure() -> None:
         if "build" in svc:
             assert (ROOT / svc["build"]["dockerfile"]).is_file()
     redis = every["redis"]
-    assert "--appendonly" in redis["command"] and "yes" in redis["command"]
+    assert "--appendonly yes" in " ".join(redis["command"])
+    assert "--requirepass" in " ".join(redis["command"])
     assert any(v.endswith(":/data") for v in redis["volumes"])
     # GPU: vLLM with LoRA and runtime loading; workers reserve NVIDIA GPUs and scale freely
     vllm, worker = every["vllm"], every["worker"]

@@ -33,3 +33,11 @@ def test_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SDPO_MAX_QUEUED", "lots")
     with pytest.raises(ValueError, match="max_queued"):
         Settings.from_env()
+
+
+def test_redis_password_joins_the_url() -> None:
+    s = Settings(redis_url="redis://redis:6379/0", redis_password="p@ss/w")
+    assert s.redis_url == "redis://:p%40ss%2Fw@redis:6379/0"
+    s = Settings(redis_url="redis://:own@redis:6379/0", redis_password="other")
+    assert s.redis_url == "redis://:own@redis:6379/0"
+    assert Settings(redis_url=None, redis_password="x").redis_url is None
