@@ -70,6 +70,7 @@ def create_app(settings: Settings | None = None, *, redis_url: str | None = None
         redoc_url=None,
     )
     app.state.settings = settings
+    app.add_middleware(metrics.HttpMetrics)
     errors.install(app)
     app.include_router(problems.router)
     app.include_router(health.router)

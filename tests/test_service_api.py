@@ -249,6 +249,12 @@ def test_health_ready_metrics_openapi(api_server: Service) -> None:
                  "sdpo_adapter_swap_seconds_bucket", "sdpo_verifier_runs_total",
                  "sdpo_workers_live{"):  # fmt: skip
         assert name in text, name
+    # this API process's own HTTP metrics, by route template
+    assert 'sdpo_http_requests_total{method="GET",route="/healthz",status="200"} ' in text
+    assert 'sdpo_http_request_seconds_bucket{le="0.001",method="GET",route="/readyz"}' in text
+    httpx.get(f"{base}/v1/problems/prb_00000000000000000000", headers=api_server.headers)
+    text = httpx.get(f"{base}/metrics").text
+    assert 'route="/v1/problems/{problem_id}",status="404"' in text
     spec = httpx.get(f"{base}/openapi.json").json()
     assert "ProblemSpec" in spec["components"]["schemas"]
     assert "/v1/problems/{problem_id}/events" in spec["paths"]

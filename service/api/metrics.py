@@ -1,12 +1,21 @@
-"""/metrics: Prometheus text, built from the counters every worker keeps in Redis."""
+"""/metrics: Prometheus text, built from the counters every worker keeps in Redis, plus this
+API process's own HTTP request metrics (prometheus_client objects, per process)."""
 
 from __future__ import annotations
 
 import re
+import time
 from collections import defaultdict
+from typing import Any
 
 from fastapi import APIRouter, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -18,6 +27,51 @@ from service.queue import Queue
 from service.store import STATUSES
 
 router = APIRouter(tags=["metrics"])
+
+# This process's HTTP metrics. `route` is the route template (bounded), never the raw path.
+HTTP_REGISTRY = CollectorRegistry()
+HTTP_REQUESTS = Counter(
+    "sdpo_http_requests",
+    "HTTP requests answered by this API process.",
+    ["method", "route", "status"],
+    registry=HTTP_REGISTRY,
+)
+HTTP_SECONDS = Histogram(
+    "sdpo_http_request_seconds",
+    "Time to the response's first byte, by route (an event stream counts until it opens).",
+    ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=HTTP_REGISTRY,
+)
+
+
+class HttpMetrics:
+    """Pure ASGI middleware: counts each request and times it to the response start."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_timed(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                route = getattr(scope.get("route"), "path", None) or "(unmatched)"
+                HTTP_SECONDS.labels(scope["method"], route).observe(time.perf_counter() - start)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_timed)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "(unmatched)"
+            HTTP_REQUESTS.labels(scope["method"], route, str(status)).inc()
+
 
 _HIST = re.compile(r"^h:(?P<name>[a-z_]+):(?P<part>le:(?P<le>[^:]+)|sum)$")
 _HIST_DOCS = {
@@ -102,4 +156,5 @@ async def metrics(store: StoreDep, settings: SettingsDep) -> Response:
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot(fams))
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    body = generate_latest(registry) + generate_latest(HTTP_REGISTRY)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
