@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from sdpo_core.verifiers import VerifierSpecError, build_verifier
@@ -75,3 +77,49 @@ def test_bad_specs_fail_at_build(spec, where):
     with pytest.raises(VerifierSpecError) as err:
         build_verifier(spec)
     assert where in str(err.value)
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    from sdpo_core.verifiers.sandbox import Sandbox, SandboxSettings
+
+    with Sandbox(SandboxSettings(slots=2)) as sb:
+        yield sb
+
+
+def test_feedback_hides_held_out_tests_and_points_at_the_difference(sandbox):
+    spec = {
+        "kind": "tests",
+        "tests": [
+            {"input": "1\n", "output": "1\n2\n"},
+            {"input": "secret-in\n", "output": "secret-out\n", "hidden": True},
+        ],
+        "timeout_s": 2,
+    }
+    v = build_verifier(spec)
+    v._sandbox = sandbox
+    first = v.verify("```python\nprint(1)\nprint(3)\n```").feedback
+    assert "First difference: Line 2: expected '2', got '3'" in first
+    silent = v.verify("```python\npass\n```")
+    assert "Your Output: (no output)" in silent.feedback
+    hidden_only = build_verifier({**spec, "tests": spec["tests"][1:]})
+    hidden_only._sandbox = sandbox
+    verdict = hidden_only.verify("```python\nprint('secret-in')\n```")
+    assert not verdict.passed and "held-out" in verdict.feedback
+    assert "secret" not in verdict.feedback and "secret" not in str(verdict.details)
+
+
+def test_livecodebench_private_tests_are_held_out_by_default():
+    from sdpo_core.verifiers.converters import livecodebench_problem
+
+    case = {"input": "1\n", "output": "1\n", "testtype": "stdin"}
+    record = {
+        "question_content": "Echo.",
+        "public_test_cases": json.dumps([case]),
+        "private_test_cases": json.dumps([case, case]),
+        "metadata": "{}",
+    }
+    tests = livecodebench_problem(record)["verifier"]["tests"]
+    assert [t.get("hidden", False) for t in tests] == [False, True, True]
+    shown = livecodebench_problem(record, hide_private=False)["verifier"]["tests"]
+    assert not any(t.get("hidden") for t in shown)

@@ -63,10 +63,16 @@ def block(test: dict[str, Any], field_chars: int) -> str:
     if status == "compile_error":
         lines.append(truncate(test.get("error", ""), field_chars))
         return "\n".join(lines)
+    if test.get("hidden"):
+        lines.append("(a held-out test: its input and expected output are not shown)")
+    actual = test.get("actual") if status == "wrong_answer" else None
+    if status == "wrong_answer" and test.get("expected") is not None and not (actual or "").strip():
+        actual = "(no output)"
     shown = (
         ("Input: ", test.get("input")),
         ("Expected Output: ", test.get("expected")),
-        ("Your Output: ", test.get("actual") if status == "wrong_answer" else None),
+        ("Your Output: ", actual),
+        ("First difference: ", test.get("first_diff") or None),
         ("", test.get("error")),
     )
     for label, value in shown:

@@ -45,6 +45,7 @@ class IOTest(BaseModel):
     model_config = _STRICT
     input: str
     output: str
+    hidden: bool = Field(False, description="Held out: counts, never shown in feedback.")
 
 
 class _TestsCommon(_Sandboxed):
@@ -99,7 +100,8 @@ class AnswerSpec(BaseModel):
     kind: Literal["answer"]
     expected: str | int | float
     match: Literal["exact", "numeric", "regex", "math"] = "exact"
-    tol: float = Field(1e-6, description="Tolerance of `numeric`.")
+    tol: float = Field(1e-6, description="Relative tolerance of `numeric`.")
+    abs_tol: float = Field(0.0, description="Absolute tolerance of `numeric`.")
     case_sensitive: bool = True
     reveal_expected: bool = False
     timeout_s: float = 5.0

@@ -100,6 +100,19 @@ def literal_value(text: str) -> tuple[bool, Any]:
         return False, None
 
 
+def first_difference(actual: str, expected: str) -> str:
+    """Where the output first differs, as "Line N: expected ..., got ..." (1-based)."""
+    got, want = _lines(actual), _lines(expected)
+    for n in range(max(len(got), len(want))):
+        a = got[n] if n < len(got) else None
+        b = want[n] if n < len(want) else None
+        if a is None or b is None or not stdout_matches(a, b):
+            shown_a = "(no line)" if a is None else repr(a[:200])
+            shown_b = "(no line)" if b is None else repr(b[:200])
+            return f"Line {n + 1}: expected {shown_b}, got {shown_a}"
+    return ""
+
+
 def call_matches(reported: dict[str, Any], expected: Any) -> tuple[bool, str]:
     """LiveCodeBench call-based rule: the returned value (a top-level tuple as a list) equals
     the JSON-decoded output. The child returns the value's repr; the parent compares."""
@@ -216,7 +229,8 @@ def _check_tests(spec: dict[str, Any]) -> list[dict[str, str]]:
     for i, test in enumerate(tests):
         if not isinstance(test, dict):
             raise VerifierSpecError("must be an object {input, output}", f"tests.{i}")
-        check_fields(test, {"input", "output"}, f"tests.{i}.")
+        check_fields(test, {"input", "output", "hidden"}, f"tests.{i}.")
+        get_bool(test, "hidden", False)  # held out: counts, never shown in feedback
         for key in ("input", "output"):
             if not isinstance(test.get(key), str):
                 raise VerifierSpecError("must be a string", f"tests.{i}.{key}")
@@ -300,7 +314,10 @@ class TestsVerifier(VerifierBase):
             entry = spec.get("entry_point")
             self.calls = [assert_calls(t, entry) for t in tests]
         else:
-            self.tests = [{"input": t["input"], "output": t["output"]} for t in spec["tests"]]
+            self.tests = [
+                {"input": t["input"], "output": t["output"], "hidden": bool(t.get("hidden"))}
+                for t in spec["tests"]
+            ]
         for i, test in enumerate(self.tests):
             test["index"] = i
         if self.mode == "functional":
@@ -375,6 +392,8 @@ class TestsVerifier(VerifierBase):
                 ok, actual = True, None
             if not ok:
                 out.update(status="wrong_answer", actual=actual)
+                if self.mode == "stdin" and max(len(_lines(actual)), len(_lines(expected))) > 1:
+                    out["first_diff"] = first_difference(actual, expected)
         elif run.status == "skipped":
             out["status"] = "skipped"
         elif run.status == "compile_error":
@@ -391,6 +410,8 @@ class TestsVerifier(VerifierBase):
             out.update(status="runtime_error", error=self._error_text(run))
         if self.mode == "assert":  # the traceback shows the failing assert; not all the tests
             out.update(input=None, expected=None)
+        if test.get("hidden"):  # held out: the verdict counts it, feedback shows nothing of it
+            out.update(hidden=True, input=None, expected=None, actual=None, first_diff=None)
         return out
 
     @staticmethod

@@ -60,11 +60,14 @@ def livecodebench_problem(
     record: Mapping[str, Any],
     *,
     include_private: bool = True,
+    hide_private: bool = True,
     timeout_s: float = 6.0,
     memory_mb: int = 512,
 ) -> dict[str, Any]:
-    """A problem dict from a LiveCodeBench record (public + private tests)."""
+    """A problem dict from a LiveCodeBench record (public + private tests). Private tests are
+    held out by default: they count for the verdict, feedback never shows them."""
     tests = _test_list(record.get("public_test_cases"))
+    n_public = len(tests)
     if include_private:
         tests += _test_list(record.get("private_test_cases"))
     if not tests:
@@ -76,7 +79,11 @@ def livecodebench_problem(
     verifier: dict[str, Any] = {
         "kind": "tests",
         "mode": "functional" if functional else "stdin",
-        "tests": [{"input": t["input"], "output": t["output"]} for t in tests],
+        "tests": [
+            {"input": t["input"], "output": t["output"]}
+            | ({"hidden": True} if hide_private and i >= n_public else {})
+            for i, t in enumerate(tests)
+        ],
         "timeout_s": timeout_s,
         "memory_mb": memory_mb,
     }
