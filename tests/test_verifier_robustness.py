@@ -123,3 +123,21 @@ def test_livecodebench_private_tests_are_held_out_by_default():
     assert [t.get("hidden", False) for t in tests] == [False, True, True]
     shown = livecodebench_problem(record, hide_private=False)["verifier"]["tests"]
     assert not any(t.get("hidden") for t in shown)
+
+
+def test_float_tol_in_functional_mode(sandbox):
+    spec = {
+        "kind": "tests",
+        "mode": "functional",
+        "fn_name": "f",
+        "tests": [{"input": "3", "output": '[0.3333333, {"a": 1.0}]'}],
+        "timeout_s": 2,
+    }
+    code = "```python\ndef f(n):\n    return [1 / n, {'a': 1.0000001}]\n```"
+    exact = build_verifier(spec)
+    exact._sandbox = sandbox
+    assert not exact.verify(code).passed
+    loose = build_verifier({**spec, "float_tol": 1e-6})
+    loose._sandbox = sandbox
+    assert loose.verify(code).passed
+    assert not loose.verify("```python\ndef f(n):\n    return [0.34, {'a': 1.0}]\n```").passed

@@ -67,6 +67,7 @@ class FunctionalTestsSpec(_TestsCommon):
     mode: Literal["functional"]
     fn_name: str
     tests: list[IOTest]
+    float_tol: float = Field(0.0, description="Tolerance for returned numbers; 0 = exact.")
 
 
 class AssertTestsSpec(_TestsCommon):

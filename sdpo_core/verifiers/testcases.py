@@ -34,7 +34,7 @@ MODES = ("stdin", "functional", "assert")
 COMMON = {"kind", "mode", "timeout_s", "memory_mb", "max_feedback_chars", "stop_after_timeout"}
 FIELDS = {
     "stdin": COMMON | {"tests", "float_tol"},
-    "functional": COMMON | {"tests", "fn_name"},
+    "functional": COMMON | {"tests", "fn_name", "float_tol"},
     "assert": COMMON | {"test", "tests", "entry_point", "prefix"},
 }
 
@@ -113,7 +113,33 @@ def first_difference(actual: str, expected: str) -> str:
     return ""
 
 
-def call_matches(reported: dict[str, Any], expected: Any) -> tuple[bool, str]:
+def values_match(got: Any, want: Any, float_tol: float, depth: int = 0) -> bool:
+    """`got == want`, except that with float_tol > 0 numbers (also inside lists and dicts)
+    match when |got - want| <= float_tol * max(1, |want|)."""
+    if float_tol == 0 or depth > MAX_DEPTH:
+        return bool(got == want)
+    number = (int, float)
+    if isinstance(got, number) and isinstance(want, number):
+        if isinstance(got, bool) or isinstance(want, bool):
+            return got == want
+        try:
+            return abs(got - want) <= float_tol * max(1.0, abs(want))
+        except OverflowError:
+            return False
+    if isinstance(got, list) and isinstance(want, list):
+        return len(got) == len(want) and all(
+            values_match(a, b, float_tol, depth + 1) for a, b in zip(got, want, strict=True)
+        )
+    if isinstance(got, dict) and isinstance(want, dict):
+        return got.keys() == want.keys() and all(
+            values_match(got[k], want[k], float_tol, depth + 1) for k in want
+        )
+    return bool(got == want)
+
+
+def call_matches(
+    reported: dict[str, Any], expected: Any, float_tol: float = 0.0
+) -> tuple[bool, str]:
     """LiveCodeBench call-based rule: the returned value (a top-level tuple as a list) equals
     the JSON-decoded output. The child returns the value's repr; the parent compares."""
     shown = reported.get("repr")
@@ -123,7 +149,7 @@ def call_matches(reported: dict[str, Any], expected: Any) -> tuple[bool, str]:
     if not ok:
         return False, shown
     try:
-        return bool(value == expected), shown
+        return values_match(value, expected, float_tol), shown
     except RecursionError:
         return False, shown
 
@@ -271,6 +297,7 @@ def validate_tests_spec(spec: dict[str, Any]) -> None:
     elif mode == "functional":
         get_identifier(spec, "fn_name", required=True)
         _check_tests(spec)
+        get_number(spec, "float_tol", 0.0, 0.0, 1.0)
     else:
         has_one, has_list = "test" in spec, "tests" in spec
         if has_one == has_list:
@@ -387,7 +414,7 @@ class TestsVerifier(VerifierBase):
             if self.mode == "stdin":
                 ok, actual = stdout_matches(run.stdout, expected, self.float_tol), run.stdout
             elif self.mode == "functional":
-                ok, actual = call_matches(run.result, self.expected[i])
+                ok, actual = call_matches(run.result, self.expected[i], self.float_tol)
             else:
                 ok, actual = True, None
             if not ok:
