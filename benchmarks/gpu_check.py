@@ -12,7 +12,12 @@ For the bundled toy model (and a real model with `--model PATH`):
 2. Generation on the device (hf engine, temperature 1): the sampler's log-probs equal the
    trainer's teacher-forced log-probs on the same device, and the CPU trainer's on the same
    tokens, to `--logprob-atol` (default 1e-3) per token.
-3. Step time: `sdpo_core.solve` on a toy hard problem with the trainer's production dtype
+3. The chunked loss (sdpo_loss_chunked, the trainer's) on the device at V = 151,936: loss and
+   hidden-state gradient equal the unchunked sdpo_loss on full logits (float32, top-K 20 +
+   tail and the full vocabulary), and the peak memory of both; then one bf16 SDPO step of a
+   random 2-layer Qwen3-shaped model at V = 151,936 (B = 2 x 2,048 response tokens): loss and
+   grad norm finite, time and peak memory.
+4. Step time: `sdpo_core.solve` on a toy hard problem with the trainer's production dtype
    (bfloat16 on a GPU that has it), the split of benchmarks/step_time.py (generate, verify,
    teacher, student, export, swap) and the peak CUDA memory.
 
@@ -42,10 +47,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loss_memory import tiny_qwen3
 from step_time import format_table, measure_steps
 
 from sdpo_core.config import SDPOConfig
 from sdpo_core.engines.hf import HFEngine
+from sdpo_core.loss import sdpo_loss, sdpo_loss_chunked
 from sdpo_core.runtime import load_runtime
 from sdpo_core.teacher import build_teacher_contexts
 from sdpo_core.toy import DEFAULT_MODEL_DIR, HARD_SUITE, make_problem
@@ -245,6 +252,64 @@ def step_times(path: str, args: argparse.Namespace, max_new_tokens: int | None) 
     return res
 
 
+def chunked_loss_check(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """Part 3: chunked vs unchunked loss on the device, then a bf16 step of a tiny Qwen3."""
+    dev, V, H, T = args.device, 151_936, 256, args.chunk_check_tokens
+    failures: list[str] = []
+    out: dict[str, Any] = {"V": V, "H": H, "T": T, "failures": failures}
+    g = torch.Generator().manual_seed(0)
+    w = (torch.randn(V, H, generator=g) / H**0.5 * 4).to(dev)
+    s = torch.randn(1, T, H, generator=g).to(dev).requires_grad_()
+    t = torch.randn(1, T, H, generator=g).to(dev)
+    ids = torch.randint(0, V, (1, T), generator=g).to(dev)
+    mask = torch.ones(1, T, dtype=torch.bool, device=dev)
+    for top_k in (20, None):
+        free_memory()
+        reset_cuda_peak(dev)
+        loss, m, _ = sdpo_loss_chunked(s, t, lambda h: h @ w.T, ids, mask, top_k=top_k)
+        (grad,) = torch.autograd.grad(loss, s)
+        peak_chunked = cuda_peak_mb(dev)
+        free_memory()
+        reset_cuda_peak(dev)
+        with torch.no_grad():
+            t_logits = t @ w.T
+        loss0, _ = sdpo_loss(s @ w.T, t_logits, ids, mask, top_k=top_k)
+        (grad0,) = torch.autograd.grad(loss0, s)
+        peak_full = cuda_peak_mb(dev)
+        del t_logits
+        rel = (grad - grad0).abs().max().item() / max(grad0.abs().max().item(), 1e-30)
+        key = f"top_k_{top_k}"
+        out[key] = {"loss": loss.item(), "loss_unchunked": loss0.item(),
+                    "grad_max_rel_diff": rel, "peak_cuda_mb": peak_chunked,
+                    "peak_cuda_mb_unchunked": peak_full}  # fmt: skip
+        if not close(loss.item(), loss0.item(), args.rtol, args.atol) or not rel <= args.rtol:
+            failures.append(f"chunked loss {key}: loss {loss.item():.8g} vs {loss0.item():.8g}, "
+                            f"grad max rel diff {rel:.1e}")  # fmt: skip
+    free_memory()
+
+    trainer = SDPOTrainer(tiny_qwen3(tmp / "qwen3", V), device=dev, dtype="bfloat16")
+    trainer.reset(SDPOConfig(micro_batch_size=2, seed=1))
+    n_tok = len(trainer.tokenizer)
+    prompt = trainer.encode_chat("Find the hidden table.")
+    resp = [torch.randint(3, n_tok, (args.chunk_check_tokens,), generator=g).tolist()] * 2
+    teach = [trainer.encode_chat(f"Find the hidden table. Feedback {i}: a=1") for i in range(2)]
+    batch = RolloutBatch(prompt, resp, teach)
+    trainer.step(RolloutBatch(prompt, [r[:16] for r in resp], teach))  # warm-up
+    free_memory()
+    reset_cuda_peak(dev)
+    t0 = time.perf_counter()
+    m = trainer.step(batch)
+    step_s = time.perf_counter() - t0
+    out["qwen3_bf16_step"] = {"loss": m["loss"], "grad_norm": m["grad_norm"], "seconds": step_s,
+                              "peak_cuda_mb": cuda_peak_mb(dev), "B": 2,
+                              "T": args.chunk_check_tokens}  # fmt: skip
+    if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"]) and m["grad_norm"] > 0):
+        failures.append(f"qwen3 bf16 step: loss {m['loss']}, grad norm {m['grad_norm']}")
+    del trainer
+    free_memory()
+    return out
+
+
 def print_check(label: str, check: dict[str, Any], device: str) -> None:
     for mode, rows in check["modes"].items():
         for row in rows:
@@ -281,6 +346,7 @@ def main() -> int:
     ap.add_argument("--timing-samples", type=int, default=16)
     ap.add_argument("--timing-dtype", default=None, help="default: the trainer's (bf16 on GPU)")
     ap.add_argument("--real-max-new-tokens", type=int, default=256)
+    ap.add_argument("--chunk-check-tokens", type=int, default=2048, help="T of part 3")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
@@ -345,6 +411,11 @@ def main() -> int:
                 )
             failures += [f"{label}: {f}" for f in check["failures"]]
             report["models"][label] = {"path": path, "check": check, "step_time": timing}
+        print(f"[chunked loss] V=151936 T={args.chunk_check_tokens} on {args.device} ...")
+        chunk = chunked_loss_check(args, Path(tmp))
+        print(f"[chunked loss] {json.dumps({k: v for k, v in chunk.items() if k != 'failures'})}")
+        failures += [f"chunked loss: {f}" for f in chunk["failures"]]
+        report["chunked_loss"] = chunk
     report["seconds"] = time.perf_counter() - started
     report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     report["failures"] = failures
