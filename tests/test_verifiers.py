@@ -128,8 +128,11 @@ def test_stdin_classification(sandbox):
     )
 
     rt = got["runtime"].feedback
-    assert rt.startswith("Runtime Error\nInput: 1 2\nExpected Output: 3\nTraceback")
-    assert rt.endswith("IndexError: list index out of range")
+    assert rt.startswith(
+        "Runtime Error\nInput: 1 2\nExpected Output: 3\nThe program's stderr (last lines):\n"
+        "```\nTraceback"
+    )
+    assert rt.endswith("IndexError: list index out of range\n```")
     assert 'File "solution.py", line 2' in rt
 
     tle = got["timeout"]

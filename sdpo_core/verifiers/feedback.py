@@ -49,6 +49,13 @@ def traceback_tail(stderr: str, lines: int = 8) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def program_stderr(stderr: str, lines: int = 8) -> str:
+    """The end of the program's stderr, fenced and labelled as the program's, so nothing in it
+    reads as the grader's words (a fence inside it is broken up)."""
+    tail = traceback_tail(stderr, lines).replace("```", "`\u200b``")
+    return f"The program's stderr (last lines):\n```\n{tail}\n```"
+
+
 def signal_name(sig: int) -> str:
     try:
         return signal.Signals(sig).name

@@ -18,7 +18,13 @@ from typing import Any
 
 from sdpo_core.types import Verdict
 from sdpo_core.verifiers.base import VerifierBase, VerifierSpecError
-from sdpo_core.verifiers.feedback import extract_code, signal_name, summarize, traceback_tail
+from sdpo_core.verifiers.feedback import (
+    extract_code,
+    program_stderr,
+    signal_name,
+    summarize,
+    traceback_tail,
+)
 from sdpo_core.verifiers.sandbox import Job, RunResult, Sandbox, get_sandbox
 from sdpo_core.verifiers.spec import (
     check_fields,
@@ -434,7 +440,7 @@ class TestsVerifier(VerifierBase):
         elif self.mode == "assert" and run.result.get("exception") == "AssertionError":
             out.update(status="wrong_answer", error=traceback_tail(run.stderr))
         else:
-            out.update(status="runtime_error", error=self._error_text(run))
+            out.update(status="runtime_error", error=self._error_text(run, self.mode != "assert"))
         if self.mode == "assert":  # the traceback shows the failing assert; not all the tests
             out.update(input=None, expected=None)
         if test.get("hidden"):  # held out: the verdict counts it, feedback shows nothing of it
@@ -442,15 +448,17 @@ class TestsVerifier(VerifierBase):
         return out
 
     @staticmethod
-    def _error_text(run: RunResult) -> str:
+    def _error_text(run: RunResult, fenced: bool = True) -> str:
+        """The grader's words first; the program's stderr only inside a delimited block."""
+        shown = program_stderr if fenced else traceback_tail
         if run.result.get("exception"):
-            return traceback_tail(run.stderr)
+            return shown(run.stderr)
         if "exit_called" in run.result:
             code = run.result["exit_called"]
             return f"The program exited (exit code {code}) before the test finished."
         if run.signal is not None:
             return f"Killed by {signal_name(run.signal)}"
-        tail = traceback_tail(run.stderr)
+        tail = shown(run.stderr) if traceback_tail(run.stderr) else ""
         return f"Exit code {run.exit_code}" + (f"\n{tail}" if tail else "")
 
     def _verdict(self, runs: list[RunResult]) -> Verdict:
