@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from sdpo_core.contract import PAYLOADS, TERMINAL_EVENTS
 from sdpo_core.toy import HARD_SUITE, make_problem
 
 pytest_plugins = ["service_fixtures"]
@@ -35,12 +36,15 @@ def follow(svc: Service, pid: str, **params: str) -> list[dict]:
 
 
 def check_log(events: list[dict], attempts: int) -> None:
-    """Attempt indices 1..attempts, each once, in order; ids increasing; one terminal event."""
+    """Attempt indices 1..attempts, each once, in order; ids increasing; one terminal event;
+    every event is a kind of the wire contract with its fields (sdpo_core/contract.py)."""
+    for e in events:
+        PAYLOADS[e["event"]].model_validate({**e["data"], "kind": e["event"]})
     idx = [e["data"]["index"] for e in events if e["event"] == "attempt"]
     assert idx == list(range(1, attempts + 1))
     ids = [tuple(map(int, e["id"].split("-"))) for e in events]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
-    terminal = [e for e in events if e["event"] in {"solved", "exhausted", "cancelled", "failed"}]
+    terminal = [e for e in events if e["event"] in TERMINAL_EVENTS]
     assert len(terminal) == 1 and terminal[0] is events[-1]
 
 
