@@ -544,3 +544,24 @@ def test_without_cgroup_memory_is_limited_per_process():
         assert r.status == "memory", r
         r, _ = run(sb, "import numpy\nprint(numpy.zeros(10**6).sum())", memory_mb=256)
         assert r.status in ("ok", "error") and "MemoryError" not in r.stderr, r
+
+
+def test_sandbox_python_under_tmp(tmp_path):
+    """A checkout under /tmp (so its sandbox environment too): every run's private /tmp must not
+    hide the interpreter's packages, nor collide with the root's own /tmp."""
+    env = tmp_path / "sandbox-env"
+    subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", str(env)], check=True)
+    site = next(env.glob("lib/python3*/site-packages"))
+    (site / "sdpo_probe_mod.py").write_text("VALUE = 41 + 1\n")
+    for p in [env, *env.parents]:
+        if p != Path("/"):
+            p.chmod(p.stat().st_mode | 0o055)  # readable by the slot uid, as a checkout is
+    settings = SandboxSettings(slots=1, python=str(env / "bin/python3"), uid_base=63300)
+    with Sandbox(settings) as sb:
+        for _ in range(2):  # the second run gets a fresh /tmp with the packages bound again
+            code = "import sdpo_probe_mod, os\nprint(sdpo_probe_mod.VALUE)\n"
+            code += "open('/tmp/mine', 'x').write('x')\nprint(sorted(os.listdir('/tmp')))"
+            r, _ = run(sb, code)
+            assert r.status == "ok", r
+            assert r.stdout.splitlines()[0] == "42", r
+            assert "mine" in r.stdout, r

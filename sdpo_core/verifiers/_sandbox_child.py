@@ -148,6 +148,8 @@ def _setup_root(cfg: dict, workdir: str | None) -> str:
         _libc(libc.unshare(RUN_NS), "unshare")
         tmpfs = f"size={int(cfg['tmpfs_mb'])}m,mode=1777"
         _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, tmpfs)
+        for alias, path in WORLD.tmp_roots:
+            _bind(alias, path, MS_RDONLY | MS_NOSUID | MS_NODEV)
         os.mkdir("/tmp/shm", 0o1777)  # /dev/shm (one tmpfs, one size limit, one mount less)
         os.chmod("/tmp/shm", 0o1777)  # (mkdir applies the umask)
         workdir = "/tmp/work"
@@ -345,6 +347,9 @@ class World:
         self.install_seccomp = None
         self.base_vm = 0  # our address space, bytes (the RLIMIT_AS fallback sits above it)
         self.syscalls: dict[str, int] = {}
+        # (alias, path) of python roots under /tmp: each run's private /tmp would hide them,
+        # so the root keeps them at the alias and every run binds them back in.
+        self.tmp_roots: list[tuple[str, str]] = []
 
 
 WORLD = World()
@@ -417,8 +422,6 @@ def _build_root(cfg: dict) -> None:
             os.symlink(os.readlink(src), f"{new}/{name}")
         elif os.path.isdir(src):
             _bind(src, f"{new}/{name}", ro)
-    for root in roots:
-        _bind(old + root, new + root, ro)
     _etc(new, old, cfg["uid"])
     os.makedirs(f"{new}/dev")
     os.symlink("/tmp/shm", f"{new}/dev/shm")
@@ -430,6 +433,18 @@ def _build_root(cfg: dict) -> None:
     for d in ("proc", "tmp", "var"):
         os.mkdir(f"{new}/{d}", 0o755)
     os.symlink("/tmp", f"{new}/var/tmp")
+    for root in roots:  # last: a root may lie under a directory made above (e.g. /var)
+        top = root.split("/")[1]
+        if top in ("proc", "dev") or root in ("/var/tmp", "/etc") or root.startswith("/var/tmp/"):
+            raise OSError(
+                f"the sandbox python's prefix {root!r} lies where the sandbox mounts "
+                "its own files: install it elsewhere (SDPO_SANDBOX_PYTHON)"
+            )
+        if top == "tmp":
+            alias = f"/.tmp-roots/{len(WORLD.tmp_roots)}"
+            _bind(old + root, new + alias, ro)
+            WORLD.tmp_roots.append((alias, root))
+        _bind(old + root, new + root, ro)
     os.chdir(new)
     _libc(_syscall("pivot_root", b".", b"."), "pivot_root")
     _libc(libc.umount2(b".", MNT_DETACH), "umount old root")
