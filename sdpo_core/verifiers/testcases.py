@@ -174,6 +174,68 @@ def _depth(value: Any, limit: int = MAX_DEPTH) -> int:
     return deepest
 
 
+_FOLD_OPS: dict[type, Any] = {
+    ast.Add: lambda a, b: a + b,
+    ast.Sub: lambda a, b: a - b,
+    ast.Mult: lambda a, b: a * b,
+    ast.Div: lambda a, b: a / b,
+    ast.FloorDiv: lambda a, b: a // b,
+    ast.Mod: lambda a, b: a % b,
+    ast.Pow: lambda a, b: a**b,
+}
+_FOLD_UNARY: dict[type, Any] = {
+    ast.UAdd: lambda a: +a,
+    ast.USub: lambda a: -a,
+    ast.Not: lambda a: not a,
+    ast.Invert: lambda a: ~a,
+}
+MAX_FOLDED = 100_000  # elements or digits a folded argument may have
+
+
+def _folded_size(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value.bit_length() // 3
+    return len(value) if isinstance(value, str | bytes | list | tuple | set | dict) else 1
+
+
+def constant_value(node: ast.AST, depth: int = 0) -> Any:
+    """The value of an expression built only from literals, containers and arithmetic
+    (`'ab' + 'c'`, `3 * 19`, `[-0, 1**0]`), as the test will pass it; ValueError otherwise.
+    Bounded: no operand or result over MAX_FOLDED elements or digits."""
+    if depth > 50:
+        raise ValueError("nested too deep")
+    if isinstance(node, ast.BinOp) and type(node.op) in _FOLD_OPS:
+        left = constant_value(node.left, depth + 1)
+        right = constant_value(node.right, depth + 1)
+        if isinstance(node.op, ast.Pow | ast.Mult):  # bound the result before computing it
+            if isinstance(node.op, ast.Pow) and (
+                not isinstance(right, int | float) or abs(right) > 64
+            ):
+                raise ValueError("exponent out of bounds")
+            if isinstance(node.op, ast.Mult) and _folded_size(left) * _folded_size(right) > (
+                MAX_FOLDED
+            ):
+                raise ValueError("product out of bounds")
+        value = _FOLD_OPS[type(node.op)](left, right)
+    elif isinstance(node, ast.UnaryOp) and type(node.op) in _FOLD_UNARY:
+        value = _FOLD_UNARY[type(node.op)](constant_value(node.operand, depth + 1))
+    elif isinstance(node, ast.Tuple | ast.List | ast.Set):
+        items = [constant_value(e, depth + 1) for e in node.elts]
+        value = {ast.Tuple: tuple, ast.List: list, ast.Set: set}[type(node)](items)
+    elif isinstance(node, ast.Dict):
+        if any(k is None for k in node.keys):
+            raise ValueError("dict unpacking")
+        value = {
+            constant_value(k, depth + 1): constant_value(v, depth + 1)  # type: ignore[arg-type]
+            for k, v in zip(node.keys, node.values, strict=True)
+        }
+    else:
+        value = ast.literal_eval(node)  # constants (ValueError for anything else)
+    if _folded_size(value) > MAX_FOLDED:
+        raise ValueError("value out of bounds")
+    return value
+
+
 def assert_calls(test: str, entry: str | None) -> list[tuple[str, str]]:
     """The solution's calls in assert-style test code whose arguments are literals, as
     (function name, repr of the argument tuple), in order, without repeats. `candidate` is
@@ -201,8 +263,8 @@ def assert_calls(test: str, entry: str | None) -> list[tuple[str, str]]:
         if node.keywords or any(isinstance(a, ast.Starred) for a in node.args):
             continue
         try:
-            args = tuple(ast.literal_eval(a) for a in node.args)
-        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            args = tuple(constant_value(a) for a in node.args)
+        except (ValueError, TypeError, ArithmeticError, MemoryError, RecursionError):
             continue
         key = (target, repr(args))
         if key not in out:
