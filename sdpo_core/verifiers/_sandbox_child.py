@@ -441,7 +441,7 @@ def _build_root(cfg: dict) -> None:
                 "its own files: install it elsewhere (SDPO_SANDBOX_PYTHON)"
             )
         if top == "tmp":
-            alias = f"/.tmp-roots/{len(WORLD.tmp_roots)}"
+            alias = f"/dev/.tmp-roots/{len(WORLD.tmp_roots)}"  # not a new top-level name
             _bind(old + root, new + alias, ro)
             WORLD.tmp_roots.append((alias, root))
         _bind(old + root, new + root, ro)
