@@ -171,7 +171,8 @@ return 'ok'
 # KEYS: problem, events, stats, attempts list
 # ARGV: owner, counter field, seq, event name, event data, list record ('' = none),
 #       score ('' = none), now, n, field/value * n, stat/incr pairs ...
-# Returns 'ok', 'dup', 'missing', 'not_owner' or 'terminal'.
+# Returns 'ok' ('cancel_requested' when a cancel waits for the run), 'dup', 'missing',
+# 'not_owner' or 'terminal'.
 _RECORD = (
     _LUA_COMMON
     + """
@@ -190,6 +191,7 @@ end
 if ARGV[6] ~= '' then redis.call('RPUSH', KEYS[4], ARGV[6]) end
 xadd(KEYS[2], ARGV[4], ARGV[5])
 incr_pairs(KEYS[3], ARGV, after)
+if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then return 'cancel_requested' end
 return 'ok'
 """
 )
@@ -448,7 +450,8 @@ class Store:
         fields: dict[str, Any] | None = None,
         stats: Iterable[tuple[str, float]] = (),
     ) -> str:
-        """Log an attempt or step event once: dropped ('dup') if `seq` <= the `counter` field."""
+        """Log an attempt or step event once: dropped ('dup') if `seq` <= the `counter` field.
+        'cancel_requested' tells the writer, at once, that the run should stop."""
         fields = {k: str(v) for k, v in (fields or {}).items()}
         return await self._record(
             keys=[

@@ -8,9 +8,10 @@ One worker = one loaded model (one GPU). It
   steps by number, terminal events by the status change) and fenced by an owner token, so a
   worker whose problem was taken over cannot write any more. The solve thread only queues
   an event; one async writer per run writes them, in order;
-- stops within one step on cancel (a flag its heartbeat sets from Redis) or SIGTERM (problem
-  handed back to the queue, status `queued`), and rides out Redis restarts by reconnecting:
-  while Redis is away the run pauses at its next phase and its wall-clock budget stands still;
+- stops within one step on cancel (a flag, set when writing its next event reports the
+  cancel, or by its heartbeat) or SIGTERM (problem handed back to the queue, status
+  `queued`), and rides out Redis restarts by reconnecting: while Redis is away the run
+  pauses at its next phase and its wall-clock budget stands still;
 - deletes the checkpoints (adapter) of problems past the retention.
 """
 
@@ -129,8 +130,11 @@ class _Writer:
 
     async def _run(self) -> None:
         while (event := await self.queue.get()) is not None:
-            if await self.worker._publish(self.job, event) == "not_owner":
+            status = await self.worker._publish(self.job, event)
+            if status == "not_owner":
                 self.job.lost = True
+            elif status == "cancel_requested":  # seen with the event it wrote: no extra trip
+                self.job.cancel = True
 
     async def close(self) -> None:
         """Write what is queued, then stop."""
