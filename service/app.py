@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,7 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import CollectorRegistry
 from pydantic.json_schema import models_json_schema
 
 from sdpo_core.problem import ProblemSpec
@@ -34,8 +35,14 @@ Authenticate with `Authorization: Bearer <API key>` (keys come from `sdpo keys c
 Every error has the body `{"error": {"code", "message", "field"}}`."""
 
 
-def create_app(settings: Settings | None = None, *, redis_url: str | None = None) -> FastAPI:
-    """Build the app. Redis is `redis_url`, else settings.redis_url, else 127.0.0.1:6379."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    redis_url: str | None = None,
+    metric_registries: Sequence[CollectorRegistry] = (),
+) -> FastAPI:
+    """Build the app. Redis is `redis_url`, else settings.redis_url, else 127.0.0.1:6379.
+    `metric_registries` are served on /metrics too (local mode: the in-process worker's)."""
     settings = settings or get_settings()
     settings.check()
     url = redis_url or settings.redis_url or "redis://127.0.0.1:6379/0"
@@ -70,6 +77,7 @@ def create_app(settings: Settings | None = None, *, redis_url: str | None = None
         redoc_url=None,
     )
     app.state.settings = settings
+    app.state.metric_registries = list(metric_registries)
     app.add_middleware(metrics.HttpMetrics)
     errors.install(app)
     app.include_router(problems.router)

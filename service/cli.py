@@ -29,6 +29,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vllm-url", help="an OpenAI-compatible vLLM server (engine vllm)")
     p.add_argument("--device", help="torch device, e.g. cuda:0 (default: auto)")
     p.add_argument("--name", help="worker name (default: HOST-PID)")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve /metrics from this port up (SDPO_WORKER_METRICS_PORT, default 9410; 0: off)",
+    )
     p.set_defaults(func=_worker)
 
     p = sub.add_parser("keys", help="manage API keys (in the Redis at REDIS_URL)")
@@ -84,6 +89,7 @@ def _worker(args: argparse.Namespace) -> int:
         device=args.device,
         name=args.name,
         model_name=args.model_name,
+        metrics_port=args.metrics_port,
     )
 
 

@@ -316,6 +316,7 @@ async def _local_main(
         engine=engine,
         vllm_url=vllm_url,
         redis_url=url,
+        metrics_port=0,  # its metrics are on the API's /metrics: same process
     )
     for sig in (signal.SIGTERM, signal.SIGINT):  # uvicorn re-raises these after it stops
         signal.signal(sig, lambda *_: worker.stop())
@@ -329,7 +330,8 @@ async def _local_main(
     )
     watchdog = asyncio.create_task(supervise(server))
     try:
-        await uvicorn.Server(uvicorn_config(create_app(settings), settings)).serve()
+        app = create_app(settings, metric_registries=[worker.metrics.registry])
+        await uvicorn.Server(uvicorn_config(app, settings)).serve()
     finally:
         watchdog.cancel()
         worker.stop()

@@ -81,6 +81,7 @@ class WorkerInfo(BaseModel):
     model: str | None = None
     host: str | None = None
     busy: bool = Field(False, description="Running a problem now.")
+    metrics_port: int | None = Field(None, description="Where the worker serves /metrics.")
 
 
 class Ready(BaseModel):

@@ -1,4 +1,4 @@
-"""Redis data model: problems, per-tenant index, event log, attempts, API keys, stats.
+"""Redis data model: problems, per-tenant index, event log, attempts, API keys, workers.
 
 Keys (P = SDPO_KEY_PREFIX):
     P:problem:{id}            hash    the problem resource (spec, status, counters, owner ...)
@@ -16,12 +16,12 @@ Keys (P = SDPO_KEY_PREFIX):
     P:keys:revoked            channel sha256(key) of each revoked key (API key caches listen)
     P:workers                 zset    worker name -> last heartbeat (unix seconds)
     P:worker:{name}           hash    model, host, pid, current problem
-    P:stats                   hash    counters and histogram buckets for /metrics
 
 Every multi-key change is one Lua script, so a crash never leaves half a transition.
 A finished problem's hash, events and attempts expire SDPO_RETENTION_SECONDS after it
 finished; `sweep()` then drops it from its tenant's index (and workers delete its adapter).
 Worker writes carry an owner token: a worker whose problem was reclaimed cannot write.
+Counters and histograms are not kept here: each process has its own (prometheus_client).
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import json
 import math
 import secrets
 import time
-from collections.abc import Iterable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -49,10 +48,6 @@ TERMINAL = TERMINAL_STATUSES  # of the wire contract (sdpo_core/contract.py)
 IDEMPOTENCY_TTL = 24 * 3600
 DEFAULT_RETENTION = 7 * 86400.0
 DEFAULT_EVENTS_MAXLEN = 10_000
-
-# Histogram buckets (seconds) for the timings /metrics reports.
-SOLVE_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
-STEP_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
 def connect(
@@ -90,19 +85,10 @@ def new_problem_id() -> str:
     return f"prb_{int(time.time() * 1000):012x}{secrets.token_hex(4)}"
 
 
-def histogram_incr(name: str, value: float, buckets: Sequence[float]) -> list[tuple[str, float]]:
-    """Stat increments that record one observation of a cumulative histogram."""
-    incr = [(f"h:{name}:le:{b:g}", 1.0) for b in buckets if value <= b]
-    return [*incr, (f"h:{name}:le:+Inf", 1.0), (f"h:{name}:sum", value)]
-
-
 _LUA_COMMON = """
 local function hset_pairs(key, argv, first, n)
   for i = first, first + 2 * n - 1, 2 do redis.call('HSET', key, argv[i], argv[i + 1]) end
   return first + 2 * n
-end
-local function incr_pairs(key, argv, first)
-  for i = first, #argv, 2 do redis.call('HINCRBYFLOAT', key, argv[i], argv[i + 1]) end
 end
 local terminal = {solved = true, exhausted = true, cancelled = true, failed = true}
 local function xadd(key, name, data)
@@ -116,7 +102,7 @@ local function retire(pkey, ekey, akey, fkey, now)
 end
 """
 
-# KEYS: problem, tenant index, tenant active, queued set, events, queue, idem key or "", stats
+# KEYS: problem, tenant index, tenant active, queued set, events, queue, idem key or ""
 # ARGV: id, max_active, max_queued, idem value, event data, now, n, field/value * n
 _CREATE = (
     _LUA_COMMON
@@ -134,15 +120,14 @@ redis.call('SADD', KEYS[4], ARGV[1])
 xadd(KEYS[5], 'status', ARGV[5])
 local entry = redis.call('XADD', KEYS[6], '*', 'problem', ARGV[1])
 redis.call('HSET', KEYS[1], 'queue_entry', entry)
-redis.call('HINCRBY', KEYS[8], 'problems_created', 1)
 if KEYS[7] ~= '' then redis.call('SET', KEYS[7], ARGV[4], 'EX', IDEM_TTL) end
 return {'created', ARGV[1]}
 """
 )
 
-# KEYS: problem, tenant active, queued set, events, stats, attempts, finished
+# KEYS: problem, tenant active, queued set, events, attempts, finished
 # ARGV: owner ('' = no check), new status, event name ('' = none), event data, now,
-#       n, field/value * n, stat/incr pairs ...
+#       n, field/value * n
 # Returns 'ok', 'missing', 'not_owner' or 'terminal'.
 _TRANSITION = (
     _LUA_COMMON
@@ -153,24 +138,22 @@ if terminal[cur] then return 'terminal' end
 if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 'not_owner' end
 local id = redis.call('HGET', KEYS[1], 'id')
 local nxt = ARGV[2]
-local after = hset_pairs(KEYS[1], ARGV, 7, tonumber(ARGV[6]))
+hset_pairs(KEYS[1], ARGV, 7, tonumber(ARGV[6]))
 redis.call('HSET', KEYS[1], 'status', nxt, 'updated_at', ARGV[5])
 if nxt == 'queued' then redis.call('SADD', KEYS[3], id) else redis.call('SREM', KEYS[3], id) end
 if terminal[nxt] then
   redis.call('SREM', KEYS[2], id)
   redis.call('HSET', KEYS[1], 'finished_at', ARGV[5], 'owner', '')
-  redis.call('HINCRBY', KEYS[5], 'problems_finished:' .. nxt, 1)
 end
 if ARGV[3] ~= '' then xadd(KEYS[4], ARGV[3], ARGV[4]) end
-incr_pairs(KEYS[5], ARGV, after)
-if terminal[nxt] then retire(KEYS[1], KEYS[4], KEYS[6], KEYS[7], ARGV[5]) end
+if terminal[nxt] then retire(KEYS[1], KEYS[4], KEYS[5], KEYS[6], ARGV[5]) end
 return 'ok'
 """
 )
 
-# KEYS: problem, events, stats, attempts list
+# KEYS: problem, events, attempts list
 # ARGV: owner, counter field, seq, event name, event data, list record ('' = none),
-#       score ('' = none), now, n, field/value * n, stat/incr pairs ...
+#       score ('' = none), now, n, field/value * n
 # Returns 'ok' ('cancel_requested' when a cancel waits for the run), 'dup', 'missing',
 # 'not_owner' or 'terminal'.
 _RECORD = (
@@ -183,20 +166,19 @@ if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 'not_owner' end
 local seq = tonumber(ARGV[3])
 if seq <= (tonumber(redis.call('HGET', KEYS[1], ARGV[2])) or 0) then return 'dup' end
 redis.call('HSET', KEYS[1], ARGV[2], seq, 'updated_at', ARGV[8])
-local after = hset_pairs(KEYS[1], ARGV, 10, tonumber(ARGV[9]))
+hset_pairs(KEYS[1], ARGV, 10, tonumber(ARGV[9]))
 if ARGV[7] ~= '' then
   local best = tonumber(redis.call('HGET', KEYS[1], 'best_score')) or -1
   if tonumber(ARGV[7]) > best then redis.call('HSET', KEYS[1], 'best_score', ARGV[7]) end
 end
-if ARGV[6] ~= '' then redis.call('RPUSH', KEYS[4], ARGV[6]) end
+if ARGV[6] ~= '' then redis.call('RPUSH', KEYS[3], ARGV[6]) end
 xadd(KEYS[2], ARGV[4], ARGV[5])
-incr_pairs(KEYS[3], ARGV, after)
 if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then return 'cancel_requested' end
 return 'ok'
 """
 )
 
-# KEYS: problem, tenant active, queued set, events, stats, attempts, finished, queue
+# KEYS: problem, tenant active, queued set, events, attempts, finished, queue
 # ARGV: now, cancelled event data, group. Returns 'cancelled', 'requested', 'terminal' or 'missing'.
 _CANCEL = (
     _LUA_COMMON
@@ -213,14 +195,13 @@ redis.call('HSET', KEYS[1], 'status', 'cancelled', 'cancel_requested', '1',
            'updated_at', ARGV[1], 'finished_at', ARGV[1])
 redis.call('SREM', KEYS[2], id)
 redis.call('SREM', KEYS[3], id)
-redis.call('HINCRBY', KEYS[5], 'problems_finished:cancelled', 1)
 xadd(KEYS[4], 'cancelled', ARGV[2])
 local entry = redis.call('HGET', KEYS[1], 'queue_entry')
 if entry then
-  redis.call('XACK', KEYS[8], ARGV[3], entry)
-  redis.call('XDEL', KEYS[8], entry)
+  redis.call('XACK', KEYS[7], ARGV[3], entry)
+  redis.call('XDEL', KEYS[7], entry)
 end
-retire(KEYS[1], KEYS[4], KEYS[6], KEYS[7], ARGV[1])
+retire(KEYS[1], KEYS[4], KEYS[5], KEYS[6], ARGV[1])
 return 'cancelled'
 """
 )
@@ -322,7 +303,6 @@ class Store:
                 self.events_key(pid),
                 self.queue_key(model),
                 idem_key,
-                self.key("stats"),
             ],
             args=[
                 pid,
@@ -391,13 +371,12 @@ class Store:
         )
 
     def _status_keys(self, pid: str, tenant: str) -> list[str]:
-        """KEYS[1..7] of the scripts that change a problem's status (cancel, transition)."""
+        """KEYS[1..6] of the scripts that change a problem's status (cancel, transition)."""
         return [
             self.problem_key(pid),
             self._active_key(tenant),
             self.key("queued"),
             self.events_key(pid),
-            self.key("stats"),
             self.attempts_key(pid),
             self.key("finished"),
         ]
@@ -414,7 +393,6 @@ class Store:
         event: str = "",
         data: dict[str, Any] | None = None,
         fields: dict[str, Any] | None = None,
-        stats: Iterable[tuple[str, float]] = (),
     ) -> str:
         """Move a problem to `status` (setting `fields`, logging `event`) unless it is
         terminal or (with `owner`) owned by someone else."""
@@ -432,7 +410,6 @@ class Store:
                 f"{time.time():.6f}",
                 len(fields),
                 *[x for kv in fields.items() for x in kv],
-                *[x for kv in stats for x in kv],
             ],
         )
 
@@ -448,7 +425,6 @@ class Store:
         record: dict[str, Any] | None = None,
         score: float | None = None,
         fields: dict[str, Any] | None = None,
-        stats: Iterable[tuple[str, float]] = (),
     ) -> str:
         """Log an attempt or step event once: dropped ('dup') if `seq` <= the `counter` field.
         'cancel_requested' tells the writer, at once, that the run should stop."""
@@ -457,7 +433,6 @@ class Store:
             keys=[
                 self.problem_key(pid),
                 self.events_key(pid),
-                self.key("stats"),
                 self.attempts_key(pid),
             ],
             args=[
@@ -471,7 +446,6 @@ class Store:
                 f"{time.time():.6f}",
                 len(fields),
                 *[x for kv in fields.items() for x in kv],
-                *[x for kv in stats for x in kv],
             ],
         )
 
@@ -570,7 +544,7 @@ class Store:
                 out.append(row)
         return sorted(out, key=lambda r: r.get("created_at", ""))
 
-    # ------------------------------------------------------------ workers/stats
+    # --------------------------------------------------------------- workers
     async def heartbeat(self, name: str, info: dict[str, Any], ttl: float) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zadd(self.key("workers"), {name: time.time()})
@@ -591,16 +565,3 @@ class Store:
             info = await self.redis.hgetall(self.key("worker", name))
             out.append({"name": name, **info})
         return out
-
-    async def stats(self) -> dict[str, float]:
-        raw = await self.redis.hgetall(self.key("stats"))
-        return {k: float(v) for k, v in raw.items()}
-
-    async def status_counts(self) -> dict[str, int]:
-        """Problems by status: queued/running from the live sets, terminal from counters."""
-        stats = await self.stats()
-        counts = {s: int(stats.get(f"problems_finished:{s}", 0)) for s in TERMINAL}
-        counts["queued"] = await self.redis.scard(self.key("queued"))
-        created = int(stats.get("problems_created", 0))
-        counts["running"] = max(0, created - counts["queued"] - sum(counts[s] for s in TERMINAL))
-        return counts

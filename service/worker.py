@@ -12,7 +12,9 @@ One worker = one loaded model (one GPU). It
   cancel, or by its heartbeat) or SIGTERM (problem handed back to the queue, status
   `queued`), and rides out Redis restarts by reconnecting: while Redis is away the run
   pauses at its next phase and its wall-clock budget stands still;
-- deletes the checkpoints (adapter) of problems past the retention.
+- deletes the checkpoints (adapter) of problems past the retention;
+- keeps its Prometheus counters in its own process and serves them on its own port
+  (service/worker_metrics.py).
 """
 
 from __future__ import annotations
@@ -48,18 +50,12 @@ from sdpo_core.types import (
 )
 from service.queue import Entry, Queue
 from service.settings import Settings
-from service.store import SOLVE_BUCKETS, STEP_BUCKETS, TERMINAL, Store, connect, histogram_incr
+from service.store import TERMINAL, Store, connect
+from service.worker_metrics import WorkerMetrics
 
 log = logging.getLogger("sdpo.worker")
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
-
-# StepEvent.metrics key -> histogram name (seconds)
-_STEP_PARTS = {
-    "time_generate": "step_generate_seconds",
-    "time_verify": "step_verify_seconds",
-    "time_teacher": "step_teacher_seconds",
-    "time_student": "step_student_seconds",
-}
+_WRITTEN = ("ok", "cancel_requested")  # Store.record outcomes that logged the event
 
 
 def model_name_for(model_path: str | None) -> str:
@@ -156,7 +152,10 @@ class Worker:
         device: str | None = None,
         name: str | None = None,
         redis_url: str | None = None,
+        metrics_port: int | None = None,
     ) -> None:
+        """`metrics_port`: where to serve /metrics (default SDPO_WORKER_METRICS_PORT; 0: not
+        served, e.g. local mode, whose API serves this worker's registry)."""
         self.settings = settings
         self.model_path = model_path
         self.model = model_name or model_name_for(model_path)
@@ -171,6 +170,9 @@ class Worker:
         self._last_sweep = 0.0
         self.runtime: Any = None
         self.problems_done = 0
+        self.metrics = WorkerMetrics()
+        self._metrics_port = settings.worker_metrics_port if metrics_port is None else metrics_port
+        self.metrics_port: int | None = None  # where it is served, once running
 
     def stop(self) -> None:
         """Ask the worker to hand back its problem and exit (what SIGTERM does)."""
@@ -180,6 +182,9 @@ class Worker:
     async def run(self, *, max_problems: int | None = None) -> None:
         from sdpo_core.runtime import load_runtime
 
+        self.metrics_port = self.metrics.serve(
+            self.settings.worker_metrics_host, self._metrics_port
+        )
         log.info("worker %s: loading %s (%s engine)", self.name, self.model_path, self.engine)
         self.runtime = await asyncio.to_thread(
             load_runtime,
@@ -221,6 +226,7 @@ class Worker:
                 pass
             await redis.aclose()
             self.runtime.close()
+            self.metrics.close()
             log.info("worker %s: stopped", self.name)
 
     async def _heartbeat_loop(self) -> None:
@@ -228,6 +234,7 @@ class Worker:
             try:
                 job = self.job
                 info = {"model": self.model, "host": socket.gethostname(), "pid": os.getpid()}
+                info["metrics_port"] = self.metrics_port or ""
                 info["problem"] = job.pid if job else ""
                 await self.store.heartbeat(self.name, info, self.settings.heartbeat_timeout)
                 if job is not None and not await self.queue.touch(self.name, job.entry.entry_id):
@@ -368,12 +375,7 @@ class Worker:
         self, pid: str, owner: str, status: str, fields: dict[str, Any], data: dict[str, Any]
     ) -> str:
         row = await self._retry(self.store.get_problem, pid) or {}
-        stats: list[tuple[str, float]] = []
-        if row.get("started_at"):
-            stats = histogram_incr(
-                "solve_seconds", time.time() - float(row["started_at"]), SOLVE_BUCKETS
-            )
-        return await self._retry(
+        outcome = await self._retry(
             self.store.transition,
             pid,
             status,
@@ -381,8 +383,11 @@ class Worker:
             event=status,
             data=data,
             fields=fields,
-            stats=stats,
         )
+        if outcome == "ok":  # counted by the one writer that finished it
+            started = row.get("started_at")
+            self.metrics.finished(status, time.time() - float(started) if started else None)
+        return outcome
 
     async def _publish(self, job: _Job, event: SolveEvent) -> str:
         """Write one solve event to Redis (deduplicated, fenced by the owner token)."""
@@ -401,7 +406,7 @@ class Worker:
                 "num_tokens": event.num_tokens,
                 "created_at": round(time.time(), 6),
             }
-            return await self._retry(
+            outcome = await self._retry(
                 store.record,
                 pid,
                 owner=owner,
@@ -412,20 +417,12 @@ class Worker:
                 record=record,
                 score=v.score,
                 fields={"attempts": event.index},
-                stats=[("attempts", 1), ("verifier_runs", 1), ("attempts_passed", int(v.passed))],
             )
+            if outcome in _WRITTEN:  # a replayed attempt ('dup') is not counted again
+                self.metrics.attempt(v.passed)
+            return outcome
         if isinstance(event, StepEvent):
-            m = event.metrics
-            stats: list[tuple[str, float]] = [("steps", 1)]
-            total = sum(float(m.get(k, 0.0)) for k in (*_STEP_PARTS, "time_export", "time_swap"))
-            stats += histogram_incr("step_seconds", total, STEP_BUCKETS)
-            for key, hist in _STEP_PARTS.items():
-                if key in m:
-                    stats += histogram_incr(hist, float(m[key]), STEP_BUCKETS)
-            if "time_swap" in m:
-                swap = float(m["time_swap"]) + float(m.get("time_export", 0.0))
-                stats += histogram_incr("adapter_swap_seconds", swap, STEP_BUCKETS)
-            return await self._retry(
+            outcome = await self._retry(
                 store.record,
                 pid,
                 owner=owner,
@@ -434,8 +431,10 @@ class Worker:
                 event="step",
                 data=data,
                 fields={"steps": event.step, "adapter_version": event.adapter_version},
-                stats=stats,
             )
+            if outcome in _WRITTEN:
+                self.metrics.step(event.metrics)
+            return outcome
         if isinstance(event, SolvedEvent):
             fields = {
                 "solution": event.solution,
@@ -485,6 +484,7 @@ def run_worker(
     device: str | None = None,
     name: str | None = None,
     model_name: str | None = None,
+    metrics_port: int | None = None,
 ) -> int:
     """`sdpo worker`: run until SIGTERM/SIGINT, then hand the current problem back."""
     worker = Worker(
@@ -495,6 +495,7 @@ def run_worker(
         vllm_url=vllm_url,
         device=device,
         name=name,
+        metrics_port=metrics_port,
     )
 
     async def main() -> None:

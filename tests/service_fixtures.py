@@ -183,6 +183,28 @@ def wait_worker_ready(
     wait_for(ready, timeout, f"worker {name} to be ready", 0.3)
 
 
+def worker_metrics_port(base_url: str, name: str, headers: dict[str, str]) -> int:
+    """The port a live worker serves its /metrics on (from /readyz, which needs a key)."""
+    workers = httpx.get(f"{base_url}/readyz", headers=headers, timeout=5).json()["workers"]
+    port = next(w["metrics_port"] for w in workers if w["name"] == name)
+    assert isinstance(port, int), workers
+    return port
+
+
+def scrape(port: int) -> dict[str, float]:
+    """A worker's /metrics over HTTP, parsed with prometheus_client's text parser:
+    {sample name with its labels sorted, e.g. 'x_total{status="solved"}': value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return out
+
+
 @dataclass
 class Service:
     """A running API (+ workers) and how to call it."""

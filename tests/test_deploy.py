@@ -297,6 +297,27 @@ def test_compose_commands_solve_a_problem(redis_url: str, tmp_path: Path) -> Non
         drop_prefix(SHARED_REDIS_URL, prefix)
 
 
+def test_prometheus_scrapes_the_api_and_every_worker() -> None:
+    """deploy/prometheus.yml scrapes the API's port and the workers' metrics port (the
+    Settings default, bound to 0.0.0.0 in every worker container) of every worker service."""
+    from service.settings import Settings
+
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    every = compose()["services"]
+    assert jobs["sdpo-api"]["static_configs"][0]["targets"] == [
+        f"api:{every['api']['environment']['SDPO_PORT']}"
+    ]
+    (dns,) = jobs["sdpo-worker"]["dns_sd_configs"]
+    assert dns["port"] == Settings.model_fields["worker_metrics_port"].default
+    workers = {n for n, svc in every.items() if "worker" in svc.get("command", [])}
+    assert set(dns["names"]) == workers == {"worker", "worker-cpu"}
+    for name in workers:
+        assert every[name]["environment"]["SDPO_WORKER_METRICS_HOST"] == "0.0.0.0"
+    mount = every["prometheus"]["volumes"][0]
+    assert mount.startswith("./deploy/prometheus.yml:"), mount
+
+
 def test_every_documented_setting_reaches_the_containers() -> None:
     """Each variable of docs/api.md's settings table is a Settings field, and reaches the API
     and the workers: set in x-sdpo-env, or listed in the env_file (deploy/sdpo.env)."""

@@ -123,6 +123,14 @@ def test_kill_9_then_restart_keeps_data_and_one_redis(tmp_path: Path) -> None:
         procs.append(again)
         up(base, again, log)
         assert httpx.get(f"{base}/v1/problems/{pid}", headers=h).status_code == 200
+
+        # one process: the API's /metrics has the in-process worker's metrics too
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = httpx.get(f"{base}/metrics").text
+        names = [f.name for f in text_string_to_metric_families(text)]
+        assert len(names) == len(set(names)), names
+        assert {"sdpo_http_requests", "sdpo_problems", "sdpo_attempts", "sdpo_steps"} <= set(names)
     finally:
         for p in procs:
             stop(p)

@@ -21,7 +21,10 @@ pytest.register_assert_rewrite("service_fixtures")  # before importing it
 from service_fixtures import (  # noqa: E402
     Service,
     read_sse,
+    scrape,
     toy_model_dir,
+    wait_for,
+    worker_metrics_port,
 )
 
 pytestmark = pytest.mark.slow
@@ -50,6 +53,9 @@ def check_log(events: list[dict], attempts: int) -> None:
 
 def test_submit_follow_to_solved(sdpo_service: Service) -> None:
     problem = make_problem(7, 1)
+    name = f"w0-{sdpo_service.prefix[-4:]}"
+    port = worker_metrics_port(sdpo_service.base_url, name, sdpo_service.headers)
+    before = scrape(port)
     with sdpo_service.client() as c:
         r = c.post("/v1/problems", json=problem)
         assert r.status_code == 201, r.text
@@ -81,7 +87,29 @@ def test_submit_follow_to_solved(sdpo_service: Service) -> None:
         rest = follow(sdpo_service, pid, last_event_id=events[half]["id"])
         assert [e["id"] for e in rest] == [e["id"] for e in events[half + 1 :]]
         metrics = c.get("/metrics").text
-        assert 'sdpo_problems{status="solved"}' in metrics
+        assert 'sdpo_problems{status="queued"}' in metrics
+        assert "sdpo_problems_created_total " in metrics
+    # the worker's own /metrics (its process, its port) counted this run; the counter of
+    # the terminal status moves just after the event is written
+    solved_total = 'sdpo_problems_finished_total{status="solved"}'
+
+    def finished() -> dict[str, float] | None:
+        now = scrape(port)
+        return now if now.get(solved_total, 0) > before.get(solved_total, 0) else None
+
+    after = wait_for(finished, 10, "the worker to count the solved problem")
+
+    def moved(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    assert moved("sdpo_attempts_total") == p["attempts"]
+    assert moved("sdpo_verifier_runs_total") == p["attempts"]
+    assert moved("sdpo_attempts_passed_total") >= 1
+    assert moved("sdpo_steps_total") == p["steps"]
+    assert moved('sdpo_problems_finished_total{status="solved"}') == 1
+    assert moved("sdpo_solve_seconds_count") == 1 and moved("sdpo_solve_seconds_sum") > 0
+    assert moved("sdpo_step_seconds_count") == p["steps"]
+    assert moved("sdpo_step_generate_seconds_count") == p["steps"]
 
 
 def test_adapter_download_loads_with_peft(sdpo_service: Service, tmp_path: Path) -> None:

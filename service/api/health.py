@@ -38,7 +38,11 @@ async def readyz(request: Request, store: StoreDep, settings: SettingsDep) -> JS
     ok = redis_ok and (bool(workers) or not settings.ready_requires_workers)
     infos = [
         WorkerInfo(
-            name=w["name"], model=w.get("model"), host=w.get("host"), busy=bool(w.get("problem"))
+            name=w["name"],
+            model=w.get("model"),
+            host=w.get("host"),
+            busy=bool(w.get("problem")),
+            metrics_port=int(w["metrics_port"]) if w.get("metrics_port") else None,
         )
         for w in workers
     ]

@@ -1,14 +1,18 @@
-"""/metrics: Prometheus text, built from the counters every worker keeps in Redis, plus this
-API process's own HTTP request metrics (prometheus_client objects, per process)."""
+"""/metrics of an API process: its own HTTP request metrics and submit/cancel counters
+(prometheus_client objects, per process), and gauges read from Redis when scraped (queue
+depth, problems queued and running, live workers), the same from every API process.
+
+Workers count attempts, steps and their timings in their own processes and serve them on
+their own port (service/worker_metrics.py); nothing is summed in Redis."""
 
 from __future__ import annotations
 
-import re
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -16,15 +20,12 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-)
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from service.deps import SettingsDep, StoreDep
 from service.queue import Queue
-from service.store import STATUSES
+from service.settings import Settings
+from service.store import Store
 
 router = APIRouter(tags=["metrics"])
 
@@ -41,6 +42,16 @@ HTTP_SECONDS = Histogram(
     "Time to the response's first byte, by route (an event stream counts until it opens).",
     ["method", "route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=HTTP_REGISTRY,
+)
+PROBLEMS_CREATED = Counter(
+    "sdpo_problems_created", "Problems this API process queued.", registry=HTTP_REGISTRY
+)
+CANCELS = Counter(
+    "sdpo_api_cancels",
+    "Cancels this API process accepted: `cancelled` (the problem was queued and is finished "
+    "here) or `requested` (running: its worker finishes it).",
+    ["outcome"],
     registry=HTTP_REGISTRY,
 )
 
@@ -73,25 +84,45 @@ class HttpMetrics:
             HTTP_REQUESTS.labels(scope["method"], route, str(status)).inc()
 
 
-_HIST = re.compile(r"^h:(?P<name>[a-z_]+):(?P<part>le:(?P<le>[^:]+)|sum)$")
-_HIST_DOCS = {
-    "solve_seconds": "Wall time of a problem from start to its terminal status.",
-    "step_seconds": "Wall time of one SDPO step.",
-    "step_generate_seconds": "Step time spent generating attempts.",
-    "step_verify_seconds": "Step time spent in the verifier.",
-    "step_teacher_seconds": "Step time spent in the self-teacher's forward passes.",
-    "step_student_seconds": "Step time spent in student forward/backward and the optimizer.",
-    "adapter_swap_seconds": "Time to save and hot-swap the adapter into the engine.",
-}
+class RedisGauges:
+    """A collector of gauges read from Redis just before a scrape: a few cheap reads
+    (one SCARD, XINFO GROUPS per model, the live workers), no counters."""
 
-
-class _Snapshot:
-    """A collector over numbers read from Redis just before rendering."""
-
-    def __init__(self, families: list) -> None:
+    def __init__(self, families: list[Metric]) -> None:
         self.families = families
 
-    def collect(self):
+    @classmethod
+    async def read(cls, store: Store, settings: Settings) -> RedisGauges:
+        depth = {}
+        for model in settings.models:
+            depth[model] = await Queue(store.redis, store.prefix, model).depth()
+        queued = await store.redis.scard(store.key("queued"))
+        workers = await store.live_workers(settings.heartbeat_timeout)
+
+        problems = GaugeMetricFamily(
+            "sdpo_problems",
+            "Problems queued, and running (queue entries delivered to a worker, not yet done).",
+            labels=["status"],
+        )
+        problems.add_metric(["queued"], queued)
+        problems.add_metric(["running"], sum(pending for _, pending in depth.values()))
+        q = GaugeMetricFamily(
+            "sdpo_queue_depth", "Queue entries by model.", labels=["model", "state"]
+        )
+        for model, (waiting, pending) in depth.items():
+            q.add_metric([model, "waiting"], waiting)
+            q.add_metric([model, "pending"], pending)
+        w = GaugeMetricFamily(
+            "sdpo_workers_live", "Workers with a recent heartbeat.", labels=["model"]
+        )
+        per_model: dict[str, int] = defaultdict(int)
+        for info in workers:
+            per_model[info.get("model", "")] += 1
+        for model in sorted(set(settings.models) | set(per_model)):
+            w.add_metric([model], per_model.get(model, 0))
+        return cls([problems, q, w])
+
+    def collect(self) -> Iterator[Metric]:
         yield from self.families
 
 
@@ -101,60 +132,10 @@ class _Snapshot:
     response_class=Response,
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
 )
-async def metrics(store: StoreDep, settings: SettingsDep) -> Response:
-    stats = await store.stats()
-    counts = await store.status_counts()
-    workers = await store.live_workers(settings.heartbeat_timeout)
-    fams: list = []
-
-    g = GaugeMetricFamily("sdpo_problems", "Problems by status.", labels=["status"])
-    for s in STATUSES:
-        g.add_metric([s], counts.get(s, 0))
-    fams.append(g)
-
-    q = GaugeMetricFamily("sdpo_queue_depth", "Queue entries by model.", labels=["model", "state"])
-    for model in settings.models:
-        waiting, pending = await Queue(store.redis, store.prefix, model).depth()
-        q.add_metric([model, "waiting"], waiting)
-        q.add_metric([model, "pending"], pending)
-    fams.append(q)
-
-    w = GaugeMetricFamily("sdpo_workers_live", "Workers with a recent heartbeat.", labels=["model"])
-    per_model: dict[str, int] = defaultdict(int)
-    for info in workers:
-        per_model[info.get("model", "")] += 1
-    for model in sorted(set(settings.models) | set(per_model)):
-        w.add_metric([model], per_model.get(model, 0))
-    fams.append(w)
-
-    for name, doc in (
-        ("problems_created", "Problems submitted."),
-        ("attempts", "Attempts generated (each counted once)."),
-        ("verifier_runs", "Verifier runs."),
-        ("steps", "SDPO steps taken."),
-        ("attempts_passed", "Attempts that passed the verifier."),
-    ):
-        fams.append(CounterMetricFamily(f"sdpo_{name}", doc, value=stats.get(name, 0.0)))
-
-    hist: dict[str, dict] = defaultdict(lambda: {"buckets": {}, "sum": 0.0})
-    for field, value in stats.items():
-        m = _HIST.match(field)
-        if not m:
-            continue
-        if m["part"] == "sum":
-            hist[m["name"]]["sum"] = value
-        else:
-            hist[m["name"]]["buckets"][m["le"]] = value
-    for name, doc in _HIST_DOCS.items():
-        h = hist.get(name, {"buckets": {}, "sum": 0.0})
-        buckets = sorted(
-            h["buckets"].items(), key=lambda kv: float("inf") if kv[0] == "+Inf" else float(kv[0])
-        )
-        if not buckets or buckets[-1][0] != "+Inf":
-            buckets.append(("+Inf", 0.0))
-        fams.append(HistogramMetricFamily(f"sdpo_{name}", doc, buckets=buckets, sum_value=h["sum"]))
-
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot(fams))
-    body = generate_latest(registry) + generate_latest(HTTP_REGISTRY)
+async def metrics(request: Request, store: StoreDep, settings: SettingsDep) -> Response:
+    """This process's metrics, Redis gauges, and (local mode) the in-process worker's."""
+    gauges = CollectorRegistry(auto_describe=False)
+    gauges.register(await RedisGauges.read(store, settings))
+    registries = [HTTP_REGISTRY, gauges, *getattr(request.app.state, "metric_registries", ())]
+    body = b"".join(generate_latest(r) for r in registries)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

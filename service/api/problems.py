@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from starlette.background import BackgroundTask
 
 from sdpo_core.problem import ProblemError, ProblemSpec, parse_problem
+from service.api.metrics import CANCELS, PROBLEMS_CREATED
 from service.deps import HubDep, SettingsDep, StoreDep, TenantDep
 from service.errors import ApiError
 from service.models import (
@@ -205,6 +206,8 @@ async def create_problem(
     if outcome == "queue_full":
         raise ApiError(503, "the queue is full, retry later", code="queue_full", headers=retry)
     headers = {"Location": f"/v1/problems/{pid}"}
+    if outcome == "created":
+        PROBLEMS_CREATED.inc()
     if outcome == "existing":
         if stored_hash != body_hash:
             raise ApiError(
@@ -266,6 +269,7 @@ async def cancel_problem(
         raise ApiError(404, f"no problem {problem_id}")
     if outcome == "terminal":
         raise ApiError(409, "the problem already finished", code="already_finished")
+    CANCELS.labels(outcome).inc()
     row = await store.get_problem(problem_id)
     if row is None:  # expired meanwhile
         raise ApiError(404, f"no problem {problem_id}")
