@@ -1,17 +1,17 @@
-"""Sandbox speed against LiveCodeBench's own grader, on the same programs in the same run.
+"""Verifier speed against LiveCodeBench's own grader, on the same programs in the same run.
 
 For each small LiveCodeBench-style problem (stdin and call-based, `--tests` tests each):
 - lcb: `livecodebench.evaluation.testing_util.run_test` (nvidia-livecodebench), called once
   in a freshly forked process as LiveCodeBench's `check_correctness` does (run_test disables
   os functions, so a process serves one call); the time of the call itself ("bare"), / tests;
-- sandbox: one `Sandbox.run` per test on one slot, sequentially (fresh isolated process each);
-- verifier: `build_verifier(spec).verify(response)` / tests (sandbox plus grading);
-- per_attempt: one sandboxed process per attempt running all its tests in turn, as
-  LiveCodeBench's grader does in its one process (stdin problems, through the `verify` harness:
-  what a per-attempt child would cost, not how our verifier grades today).
-Per-test medians, their ratio to lcb, and throughput: isolated test executions per second
-for a batch (`--attempts` responses x problems x tests) through `verify_batch` on `--slots`
-slots. Prints the figures and writes benchmarks/results/verifier_throughput.json.
+- verifier: `build_verifier(spec).verify(response)` / tests, the default: all tests of the
+  attempt in one fresh sandboxed process (forked from a slot's warm server), as LiveCodeBench
+  runs them in its one process, values compared by the verifier;
+- verifier_isolated: the same with `"isolation": "test"` (a fresh sandboxed process per test).
+Per-test medians, their ratio to lcb, and throughput: tests graded per second for a batch
+(`--attempts` responses x problems x tests) through `verify_batch` on `--slots` slots, each
+attempt in its own isolated process (and, for isolation "test", each test). Prints the figures
+and writes benchmarks/results/verifier_throughput.json.
 
     nice -n 10 .venv/bin/python benchmarks/verifier_throughput.py [--tests 8] [--slots 2]
 """
@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from sdpo_core.verifiers import build_verifier
-from sdpo_core.verifiers.sandbox import Job, Sandbox, SandboxSettings
+from sdpo_core.verifiers.sandbox import Sandbox, SandboxSettings
 
 STDIN_PROGRAMS = {
     "sum": (
@@ -107,57 +107,18 @@ def lcb_per_test(problem: dict) -> float:
     return elapsed / len(problem["inputs"])
 
 
-def spec(problem: dict) -> dict:
+def spec(problem: dict, isolation: str = "attempt") -> dict:
     pairs = zip(problem["inputs"], problem["outputs"], strict=True)
     tests = [{"input": i, "output": o} for i, o in pairs]
+    out = {"kind": "tests", "mode": "stdin", "tests": tests, "isolation": isolation}
     if problem["fn_name"]:
-        return {"kind": "tests", "mode": "functional", "fn_name": problem["fn_name"],
-                "tests": tests}  # fmt: skip
-    return {"kind": "tests", "mode": "stdin", "tests": tests}
+        out.update(mode="functional", fn_name=problem["fn_name"])
+    return out
 
 
-def sandbox_per_test(sb: Sandbox, problem: dict) -> float:
-    start = time.perf_counter()
-    for stdin in problem["inputs"]:
-        if problem["fn_name"]:
-            job = Job(code=problem["code"], harness="call", fn_name=problem["fn_name"],
-                      args=json.dumps([json.loads(a) for a in stdin.split("\n")]))  # fmt: skip
-        else:
-            job = Job(code=problem["code"], stdin=stdin)
-        result = sb.run(job)
-        assert result.status == "ok", (problem["name"], result)
-    return (time.perf_counter() - start) / len(problem["inputs"])
-
-
-PER_ATTEMPT = """
-import io, json, sys
-def verify(data):
-    d = json.loads(data)
-    code = compile(d["code"], "solution.py", "exec")
-    for inp, expected in zip(d["inputs"], d["outputs"]):
-        sys.stdin, out, real = io.StringIO(inp), io.StringIO(), sys.stdout
-        sys.stdout = out
-        try:
-            exec(code, {"__name__": "__main__"})
-        finally:
-            sys.stdout = real
-        if out.getvalue().split() != expected.split():
-            return False
-    return True
-"""
-
-
-def per_attempt_per_test(sb: Sandbox, problem: dict) -> float:
-    data = json.dumps({k: problem[k] for k in ("code", "inputs", "outputs")})
-    start = time.perf_counter()
-    result = sb.run(Job(code=PER_ATTEMPT, harness="verify", data=data))
-    elapsed = time.perf_counter() - start
-    assert result.status == "ok" and result.result.get("value") is True, result
-    return elapsed / len(problem["inputs"])
-
-
-def verifier_per_test(problem: dict) -> float:
-    v = build_verifier(spec(problem))
+def verifier_per_test(sb: Sandbox, problem: dict, isolation: str) -> float:
+    v = build_verifier(spec(problem, isolation))
+    v._sandbox = sb
     start = time.perf_counter()
     verdict = v.verify(f"```python\n{problem['code']}```")
     elapsed = time.perf_counter() - start
@@ -165,8 +126,10 @@ def verifier_per_test(problem: dict) -> float:
     return elapsed / len(problem["inputs"])
 
 
-def throughput(probs: list[dict], attempts: int) -> tuple[float, int]:
-    verifiers = [build_verifier(spec(p)) for p in probs]
+def throughput(sb: Sandbox, probs: list[dict], attempts: int, isolation: str) -> tuple[float, int]:
+    verifiers = [build_verifier(spec(p, isolation)) for p in probs]
+    for v in verifiers:
+        v._sandbox = sb
     total = attempts * sum(len(p["inputs"]) for p in probs)
     start = time.perf_counter()
     for v, p in zip(verifiers, probs, strict=True):
@@ -185,43 +148,38 @@ def main() -> None:
         "--out", default=str(Path(__file__).parent / "results/verifier_throughput.json")
     )
     args = ap.parse_args()
-    os.environ.setdefault("SDPO_SANDBOX_SLOTS", str(args.slots))
     probs = problems(args.tests)
 
-    lcb, sandbox, verifier, per_attempt, lcb_stdin = [], [], [], [], []
+    lcb, verifier, isolated = [], [], []
     settings = SandboxSettings.from_env()
     with Sandbox(SandboxSettings(**{**settings.__dict__, "slots": 1})) as sb:
-        sb.run(Job(code="pass"))
-        for p in probs:
-            verifier_per_test(p)  # warm the shared sandbox's slots
+        for p in probs:  # start the slot, warm the caches
+            verifier_per_test(sb, p, "attempt")
         for _ in range(args.repeats):  # interleaved, so load from elsewhere hits all alike
             for p in probs:
                 lcb.append(lcb_per_test(p))
-                sandbox.append(sandbox_per_test(sb, p))
-                verifier.append(verifier_per_test(p))
-                if not p["fn_name"]:
-                    lcb_stdin.append(lcb[-1])
-                    per_attempt.append(per_attempt_per_test(sb, p))
+                verifier.append(verifier_per_test(sb, p, "attempt"))
+                isolated.append(verifier_per_test(sb, p, "test"))
         cgroup = getattr(sb._slots[0], "cgroup", None) is not None
-    eps, total = throughput(probs, args.attempts)
+    with Sandbox(SandboxSettings(**{**settings.__dict__, "slots": args.slots})) as sb:
+        throughput(sb, probs[:1], 2, "attempt")  # start the slots
+        tps, total = throughput(sb, probs, args.attempts, "attempt")
+        tps_isolated, _ = throughput(sb, probs, args.attempts, "test")
     med = {k: statistics.median(v) * 1000 for k, v in
-           (("lcb", lcb), ("sandbox", sandbox), ("verifier", verifier),
-            ("per_attempt", per_attempt), ("lcb_stdin", lcb_stdin))}  # fmt: skip
+           (("lcb", lcb), ("verifier", verifier), ("isolated", isolated))}  # fmt: skip
     figures = {
         "problems": [p["name"] for p in probs],
         "tests_per_problem": args.tests,
         "repeats": args.repeats,
         "lcb_run_test_ms_per_test": round(med["lcb"], 3),
-        "sandbox_run_ms_per_test": round(med["sandbox"], 3),
         "verifier_ms_per_test": round(med["verifier"], 3),
-        "sandbox_ratio_to_lcb": round(med["sandbox"] / med["lcb"], 2),
         "verifier_ratio_to_lcb": round(med["verifier"] / med["lcb"], 2),
-        "lcb_stdin_ms_per_test": round(med["lcb_stdin"], 3),
-        "per_attempt_child_ms_per_test": round(med["per_attempt"], 3),
-        "per_attempt_ratio_to_lcb": round(med["per_attempt"] / med["lcb_stdin"], 2),
-        "throughput_executions": total,
+        "verifier_isolated_ms_per_test": round(med["isolated"], 3),
+        "verifier_isolated_ratio_to_lcb": round(med["isolated"] / med["lcb"], 2),
+        "throughput_tests": total,
         "throughput_slots": args.slots,
-        "isolated_executions_per_s": round(eps, 1),
+        "tests_per_s": round(tps, 1),
+        "tests_per_s_isolated": round(tps_isolated, 1),
         "sandbox_mode": settings.mode,
         "cgroup": cgroup,
         "sandbox_python": settings.python,

@@ -58,6 +58,12 @@ SUM_PROGRAMS = {
     "for x in map(int, input().split()):\n    add(x)\nprint(total)",
     "quit_after_print": "a, b = map(int, input().split())\nprint(a + b)\nquit()",
     "exit_before_print": "import sys\nsys.exit(0)\nprint(3)",
+    "exit_nonzero_after_print": "import sys\na, b = map(int, input().split())\nprint(a + b)\n"
+    "sys.exit(3)",
+    "state_in_imported_module": "import math\nif hasattr(math, 'seen'):\n    print(0)\nelse:\n"
+    "    math.seen = 1\n    a, b = map(int, input().split())\n    print(a + b)",
+    "lru_cache": "from functools import lru_cache\n@lru_cache(None)\ndef f(a, b):\n"
+    "    return a + b\na, b = map(int, input().split())\nprint(f(a, b))",
     "syntax_error": "a, b = map(int, input().split()\nprint(a + b)",
 }
 BIG = {  # stdin, a 5,000-digit answer
@@ -102,6 +108,15 @@ PAIR_PROGRAMS = {
     "        seen.extend(xs)\n        return sorted(xs)[:2]",
     "state_across_tests": "class Solution:\n    calls = 0\n    def minPair(self, xs):\n"
     "        Solution.calls += 1\n        return sorted(xs)[:2] if Solution.calls == 1 else xs",
+    "instance_state": "class Solution:\n    def __init__(self):\n        self.n = 0\n"
+    "    def minPair(self, xs):\n        self.n += 1\n"
+    "        return sorted(xs)[:2] if self.n == 1 else xs",
+    "mutable_default_state": "class Solution:\n    def minPair(self, xs, seen=[]):\n"
+    "        seen.append(1)\n        return sorted(xs)[:2] if len(seen) == 1 else xs",
+    "module_global_state": "calls = 0\nclass Solution:\n    def minPair(self, xs):\n"
+    "        global calls\n        calls += 1\n        return sorted(xs)[:2] if calls < 3 else xs",
+    "second_test_times_out": "class Solution:\n    def minPair(self, xs):\n"
+    "        while len(xs) == 2:\n            pass\n        return sorted(xs)[:2]",
     "quit": "class Solution:\n    def minPair(self, xs):\n        quit()",
 }
 GRID = {  # functional, a tuple of tuples
@@ -116,14 +131,14 @@ GRID_PROGRAMS = {
 }
 
 # Differences (listed in docs/verifiers.md, "Differences from LiveCodeBench"): (problem,
-# program) -> why. The first three are LiveCodeBench's harness failing correct programs (it
-# wraps stdin programs in a function and replaces sys.stdin with a StringIO); the last is not
-# matched yet (LiveCodeBench keeps one module and one Solution() across a problem's tests).
+# program) -> why. All three are LiveCodeBench's harness failing correct programs (it wraps
+# stdin programs in a function and replaces sys.stdin with a StringIO). State kept across
+# tests (class attributes, instances, mutable defaults, globals, imported modules) shows
+# here as there: an attempt's tests share one process, one module and one Solution().
 DOCUMENTED: dict[tuple[str, str], str] = {
     ("SUM", "stdin_buffer"): "LiveCodeBench's sys.stdin has no .buffer",
     ("SUM", "global"): "LiveCodeBench wraps the program in a function: `global` breaks",
     ("SUM", "quit_after_print"): "LiveCodeBench counts quit() after the output as a failure",
-    ("PAIR", "state_across_tests"): "not matched yet: each test runs in a fresh process",
 }
 PROBLEMS = {
     "SUM": (SUM, SUM_PROGRAMS),

@@ -11,7 +11,7 @@ import pytest
 
 from sdpo_core.verifiers import build_verifier
 from sdpo_core.verifiers.sandbox import Sandbox, SandboxSettings
-from sdpo_core.verifiers.testcases import assert_calls
+from sdpo_core.verifiers.testcases import solution_names
 
 HUMANEVAL = {
     "kind": "tests",
@@ -112,14 +112,27 @@ def test_unauthenticated_and_malformed_channel_lines_do_not_crash(sandbox):
     assert not verdict.passed  # a flood hides only the flooder's own report
 
 
-def test_assert_calls_are_literal_calls_only():
-    calls = assert_calls(HUMANEVAL["test"], "add")
-    assert calls == [("add", "(2, 3)"), ("add", "(-1, 1)"), ("add", "(0.5, 0.25)")]
-    test = "x = 3\nassert f(x) == 1\nassert f([1, (2,)]) == len('ab')"
-    assert assert_calls(test, None) == [("f", "([1, (2,)],)")]
-    # constant expressions are folded as the test will evaluate them (HumanEval writes these)
-    test = "assert f('ab' + 'c' + 'D') == 1\nassert f(3 * 19, [-0, 1**0], -(1 + 1)) == 2"
-    assert assert_calls(test, None) == [("f", "('abcD',)"), ("f", "(57, [0, 1], -2)")]
-    # ... within bounds; whatever is not a constant is left to the test (fails there, never runs)
-    test = "assert f(10**10**10) == 1\nassert f('a' * 10**9) == 1\nassert f(len('a')) == 1"
-    assert assert_calls(test, None) == []
+def test_solution_names_are_the_entry_point_or_what_the_test_calls_undefined():
+    assert solution_names(HUMANEVAL["test"], "add") == ["add"]
+    test = "import math\nfrom os import sep\nx = 3\ndef g(y):\n    return y\n"
+    test += "assert f(g(x)) == len(sep) and math.isclose(h(1), 2)\n"
+    assert solution_names(test, None) == ["f", "h"]
+
+
+def test_forged_setup_error_is_a_failing_verdict(sandbox):
+    """The sandbox's own setup errors come back on a pipe the code never holds; a report that
+    claims one is ignored like any other field the harness does not send."""
+    forged = (
+        "import sys, os, json\nf = sys._getframe()\nwhile f is not None:\n"
+        "    n = f.f_locals.get('nonce')\n    if isinstance(n, str):\n"
+        "        line = json.dumps({'nonce': n, 'setup_error': 'forged'}) + '\\n'\n"
+        "        os.write(3, line.encode())\n        os._exit(111)\n    f = f.f_back\n"
+    )
+    stdin = {"kind": "tests", "tests": [{"input": "1\n", "output": "1\n"}], "timeout_s": 3}
+    verdict = make(stdin, sandbox).verify(f"```python\n{forged}```")
+    assert not verdict.passed and verdict.feedback.startswith("Runtime Error")
+    verdict = make(MBPP, sandbox).verify(f"```python\n{forged}```")
+    assert not verdict.passed
+    python = {"kind": "python", "source": forged + "def verify(response):\n    return True\n"}
+    verdict = make(python, sandbox).verify("anything")
+    assert not verdict.passed and "verifier_error" in verdict.details

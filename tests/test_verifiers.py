@@ -120,12 +120,10 @@ def test_stdin_classification(sandbox):
     assert [t["status"] for t in ok.details["tests"]] == ["passed"] * 3
     assert ok.details["sandbox"] == "namespaces" and ok.details["total"] == 3
 
-    wrong = got["wrong"]
-    assert not wrong.passed and wrong.score == pytest.approx(1 / 3)  # 2*2 == 2+2
-    assert wrong.feedback == (
-        "Wrong Answer\nInput: 1 2\nExpected Output: 3\nYour Output: 2\n\n"
-        "Wrong Answer\nInput: 100 1\nExpected Output: 101\nYour Output: 100"
-    )
+    wrong = got["wrong"]  # as LiveCodeBench: the first failing test ends the attempt
+    assert not wrong.passed and wrong.score == 0.0
+    assert wrong.feedback == "Wrong Answer\nInput: 1 2\nExpected Output: 3\nYour Output: 2"
+    assert [t["status"] for t in wrong.details["tests"]] == ["wrong_answer", "skipped", "skipped"]
 
     rt = got["runtime"].feedback
     assert rt.startswith(
@@ -154,9 +152,45 @@ def test_stdin_classification(sandbox):
 
 
 @needs_root
+def test_isolation_test_runs_every_test_in_a_fresh_process(sandbox):
+    v = make({**STDIN_SPEC, "isolation": "test"}, sandbox)
+    wrong = v.verify(fence("a, b = map(int, input().split())\nprint(a * b)"))
+    assert not wrong.passed and wrong.score == pytest.approx(1 / 3)  # 2*2 == 2+2
+    assert wrong.feedback == (
+        "Wrong Answer\nInput: 1 2\nExpected Output: 3\nYour Output: 2\n\n"
+        "Wrong Answer\nInput: 100 1\nExpected Output: 101\nYour Output: 100"
+    )
+    counter = "import os\nprint(len(os.listdir('.')) + 3)\nopen(str(os.getpid()), 'w')\n"
+    fresh = make({**STDIN_SPEC, "tests": [STDIN_SPEC["tests"][0]] * 3}, sandbox)
+    assert not fresh.verify(fence(counter)).passed  # one process: the second test sees a file
+    fresh = make(
+        {**STDIN_SPEC, "tests": [STDIN_SPEC["tests"][0]] * 3, "isolation": "test"}, sandbox
+    )
+    assert fresh.verify(fence(counter)).passed
+
+
+@needs_root
+def test_one_process_runs_the_tests_in_order_and_names_the_one_that_timed_out(sandbox):
+    tests = [{"input": f"{n}\n", "output": f"{n}\n"} for n in (1, 2, 3)]
+    v = make({"kind": "tests", "tests": tests, "timeout_s": 1}, sandbox)
+    slow = "import sys\nn = int(input())\nprint('n', n, file=sys.stderr)\nprint(n)\n"
+    slow += "while n == 2:\n    pass"
+    verdict = v.verify(fence(slow))
+    assert [t["status"] for t in verdict.details["tests"]] == ["passed", "timeout", "skipped"]
+    assert verdict.feedback == "Time Limit Exceeded\nInput: 2\nExpected Output: 2\nTime limit: 1 s"
+    # each test's output is its own, though one process printed them all
+    third = "n = int(input())\nprint(n if n != 3 else 'x' * n)"
+    wrong = v.verify(fence(third)).details["tests"]
+    assert [t["status"] for t in wrong] == ["passed", "passed", "wrong_answer"]
+    assert wrong[2]["actual"] == "xxx\n"
+
+
+@needs_root
 def test_stdin_exit_and_signals(sandbox):
     v = make({**STDIN_SPEC, "tests": STDIN_SPEC["tests"][:1]}, sandbox)
-    exit3 = v.verify(fence("print(3)\nimport sys\nsys.exit(3)"))
+    # as LiveCodeBench: SystemExit ends the program, its output so far is the answer
+    assert v.verify(fence("print(3)\nimport sys\nsys.exit(3)")).passed
+    exit3 = v.verify(fence("import os\nprint(3, flush=True)\nos._exit(3)"))
     assert exit3.feedback.endswith("Exit code 3")
     segv = v.verify(fence("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)"))
     assert segv.feedback.endswith("Killed by SIGSEGV")
@@ -198,7 +232,7 @@ def test_functional_modes(sandbox):
     exits = "import sys\nsys.exit(0)"
     results = v.verify_batch([fence(c) for c in (method, function, wrong, unserialisable)])
     assert [r.passed for r in results] == [True, True, False, False]
-    assert results[2].score == 0.5  # [5, 4] -> [4, 5] is right by accident
+    assert results[2].score == 0.0  # stopped at the first test, as LiveCodeBench
     assert results[2].feedback == (
         "Wrong Answer\nInput: [3, 1, 2]\nExpected Output: [1, 2]\nYour Output: [2, 3]"
     )
@@ -249,6 +283,40 @@ def test_assert_mode(sandbox):
         sandbox,
     )
     assert mbpp.verify(fence("def f(x):\n    return 2 * x")).score == pytest.approx(2 / 3)
+
+
+@needs_root
+def test_assert_calls_with_computed_arguments_go_to_the_solution_as_values(sandbox):
+    test = (
+        "import random\n"
+        "def double(x):\n    return 2 * x\n"
+        "def check(candidate):\n"
+        "    for _ in range(30):\n"
+        "        a = random.randint(-100, 100)\n"
+        "        assert candidate(a, double(a)) == 3 * a\n"
+        "    assert candidate(a=1, b=2.5) == 3.5 and candidate(float('inf'), 1) == float('inf')\n"
+        "    try:\n        candidate(None, 1)\n    except TypeError:\n        pass\n"
+        "    else:\n        raise AssertionError('no TypeError')\n"
+        "    assert candidate.__name__ == 'add'\n"
+    )
+    spec = {"kind": "tests", "mode": "assert", "test": test, "entry_point": "add", "timeout_s": 2}
+    v = make(spec, sandbox)
+    right, wrong, state, slow, unplain = v.verify_batch(
+        [
+            fence("def add(a, b):\n    return a + b"),
+            fence("def add(a, b):\n    return a - b"),
+            fence("n = []\ndef add(a, b):\n    n.append(1)\n    return a + b + (len(n) > 5)"),
+            fence("def add(a, b):\n    while True:\n        pass"),
+            fence("def add(a, b):\n    return object()"),
+        ]
+    )
+    assert right.passed
+    assert wrong.feedback.startswith("Wrong Answer") and "candidate(a, double(a))" in wrong.feedback
+    assert not state.passed  # one solution process serves every call, in the test's order
+    assert slow.details["tests"][0]["status"] == "timeout"
+    assert "not a plain Python value" in unplain.feedback
+    mbpp = {"kind": "tests", "mode": "assert", "tests": ["assert f([1] * 3) == 3"]}
+    assert make(mbpp, sandbox).verify(fence("f = len")).passed
 
 
 @needs_root

@@ -13,24 +13,29 @@ slot's cgroup (memory and process limits for everything a run starts, tmpfs incl
 the OOM killer's first choice). Per run it forks the run's process, which unshares a fresh
 mount namespace, mounts a private tmpfs on /tmp (/dev/shm and /var/tmp point into it), drops
 to the slot uid with rlimits and no_new_privs, installs the seccomp filter (_seccomp.py) and
-executes the code. The server enforces the wall-clock limit; when the run's process has ended
+executes the code. The server enforces the run's wall-clock budget (the parent each test's
+limit, through the kill pipe); when the run's process has ended
 it kills every other process of its PID namespace (the run's stragglers: everything but
 itself) and reaps them, so no process of a run outlives it.
 
 Protocol on the socket whose fd is argv[1] (the JSON config is $SDPO_SANDBOX_SLOT):
   start:   server -> parent: one JSON line, {"ready": true} or {"error": "..."}
-  request: parent -> server: 8-byte big-endian length, sent with 4 fds (stdin read end,
-           stdout/stderr/result write ends), then the JSON payload
+  request: parent -> server: 8-byte big-endian length, sent with 6 fds (stdin read end,
+           stdout/stderr/result write ends, message read end, kill pipe read end), then the
+           JSON payload. The run gets the first five as fds 0-4; a byte on the kill pipe (or
+           its end) kills the run.
   reply:   server -> parent: one JSON line {"exit": .., "signal": .., "timed_out": .., ...}
 """
 
 import ast
 import bisect
+import builtins
 import collections
 import copy
 import ctypes
 import datetime
 import decimal
+import fcntl
 import fractions
 import functools
 import gc
@@ -169,7 +174,7 @@ def _drop(req: dict, cfg: dict, fds: list[int], workdir: str) -> None:
     uid = cfg["uid"]
     os.chdir(workdir)
     os.setsid()
-    cpu = math.ceil(float(req["timeout_s"])) + 1
+    cpu = math.ceil(float(req.get("budget_s") or req["timeout_s"])) + 1
     limits = {
         resource.RLIMIT_CPU: (cpu, cpu + 1),
         resource.RLIMIT_FSIZE: int(cfg["fsize_mb"]) * 1024 * 1024,
@@ -191,13 +196,16 @@ def _drop(req: dict, cfg: dict, fds: list[int], workdir: str) -> None:
         os.setresuid(uid, uid, uid)
     _prctl(PR_SET_NO_NEW_PRIVS, 1)
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # a uid change clears it
-    for target, fd in enumerate(fds):
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 64) for fd in fds]  # none is overwritten below
+    for target, fd in enumerate(high):
         os.dup2(fd, target)
     os.closerange(len(fds), 1 << 16)
+    WORLD.setup_fd = SETUP_FD  # the last of `fds`: the setup pipe, open until the code runs
     os.environ.clear()
     os.environ.update(SANDBOX_ENV, HOME=workdir, TMPDIR=workdir, PWD=workdir)
     if WORLD.seccomp is not None:
         WORLD.install_seccomp(WORLD.seccomp)
+    os.close(SETUP_FD)  # set up: from here on the code runs, and cannot say it was setup
 
 
 def _report(obj: dict, nonce: str) -> None:
@@ -233,102 +241,294 @@ def _plain(value: object, depth: int = 0) -> object:
     return value
 
 
-def _call_all(g: dict, calls: list) -> list:
-    """Each [name, args as a Python literal] called in order; values come back as repr."""
-    out = []
-    for name, args_src in calls:
+MAX_REPR = 1_000_000
+SETUP_FD = 5  # the run's end of the server's setup pipe, closed before the code runs
+
+
+class _Channel:
+    """The run's side of the parent's channel: reports out on fd 3 (with the nonce, which
+    the parent requires), messages in on fd 4 (one JSON object a line)."""
+
+    def __init__(self, nonce: str) -> None:
+        self.nonce = nonce
+        self.ctl = open(4, "rb", closefd=False)
+
+    def report(self, obj: dict) -> None:
+        _report(obj, self.nonce)
+
+    def receive(self) -> dict | None:
+        line = self.ctl.readline()
+        return json.loads(line) if line else None
+
+
+class _Streams:
+    """The run's real stdio; each test starts with them again (a program may replace them)."""
+
+    def __init__(self) -> None:
+        self.out = open(1, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
+        self.err = open(
+            2, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1
+        )
+        self.reset()
+        sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, self.out, self.err
+
+    def reset(self) -> None:
+        sys.stdin = open(0, encoding="utf-8", errors="surrogateescape", closefd=False)
+        sys.stdout, sys.stderr = self.out, self.err
+
+    def flush(self) -> None:
+        for stream in (sys.stdout, sys.stderr, self.out, self.err):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+
+
+def _set_stdin(text: str) -> None:
+    """A fresh fd 0 holding `text` (a memfd: `open(0)`, `os.read(0)` and `.buffer` work, and
+    the program sees the end of its input)."""
+    data = text.encode("utf-8", "surrogateescape")
+    try:
+        fd = os.memfd_create("stdin", 0)
+    except (AttributeError, OSError):
+        fd = os.open(".", os.O_TMPFILE | os.O_RDWR, 0o600)
+    try:
+        _write_all(fd, data)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.dup2(fd, 0)
+    finally:
+        os.close(fd)
+
+
+def _failure(exc: BaseException, out: dict) -> None:
+    """What an exception ends a test with: SystemExit as exit_called, else its type."""
+    if isinstance(exc, SystemExit):
+        if exc.code is None or isinstance(exc.code, int):
+            out["exit_called"] = exc.code or 0
+        else:
+            sys.stderr.write(f"{exc.code}\n")
+            out["exit_called"] = 1
+    else:
+        out["exception"] = type(exc).__name__
+        _print_exc(exc)
+
+
+def _literal(text: str) -> object:
+    """A Python literal, `nan` and `inf` included (repr writes floats so); raises otherwise."""
+
+    class Floats(ast.NodeTransformer):
+        def visit_Name(self, node: ast.Name) -> ast.AST:
+            return ast.Constant(float(node.id)) if node.id in ("nan", "inf") else node
+
+    return ast.literal_eval(Floats().visit(ast.parse(text, mode="eval")))
+
+
+def _tests(req: dict, chan: _Channel, streams: _Streams, compiled: types.CodeType) -> None:
+    """All tests of one attempt, in order, as LiveCodeBench's run_test runs them in its one
+    process. stdin: the program runs again for each test in a fresh `__main__` (imported
+    modules stay loaded); call: one module and one `Solution()` serve every test. Each test's
+    end is reported; the parent compares and decides whether to send the next one."""
+    base: dict = {}
+    exec(PRELUDE, base)
+    base = {k: v for k, v in base.items() if not k.startswith("__")}
+    fn = None
+    if req["mode"] == "call":
+        module = _module("solution")
+        g = module.__dict__
+        g.update(base)
+        out: dict = {}
         try:
-            fn = g.get(name)
+            exec(compiled, g)
+            name = req["fn_name"]
+            cls = g.get("Solution")
+            fn = getattr(cls(), name) if isinstance(cls, type) else g.get(name)
             if fn is None:
                 raise NameError(f"name {name!r} is not defined")
-            value = fn(*ast.literal_eval(args_src))
-            out.append(["value", repr(_plain(value))[:MAX_REPR]])
-        except Exception as exc:
-            out.append(["raise", f"{type(exc).__name__}: {exc}"[:1000]])
-    return out
+        except BaseException as exc:
+            _failure(exc, out)
+            streams.flush()
+            chan.report(out)  # as LiveCodeBench: the program fails every test
+            return
+    chan.report({"ready": True})
+    while (msg := chan.receive()) is not None:
+        streams.reset()
+        out = {"test": msg["test"]}
+        try:
+            if fn is None:  # stdin
+                _set_stdin(msg["input"])
+                streams.reset()
+                g = _module("__main__").__dict__
+                g.update(base)
+                try:
+                    exec(compiled, g)
+                except SystemExit:  # as LiveCodeBench: the output so far is the answer
+                    pass
+                out["done"] = True
+            else:
+                result = _plain(fn(*msg["args"]))
+                if isinstance(result, tuple):  # as LiveCodeBench: a top-level tuple is a list
+                    result = list(result)
+                out["repr"] = repr(result)[:MAX_REPR]
+        except BaseException as exc:
+            _failure(exc, out)
+        streams.flush()
+        chan.report(out)
 
 
-MAX_REPR = 1_000_000
+def _serve(chan: _Channel, streams: _Streams, g: dict) -> None:
+    """The solution's side of assert tests: answer each call the test process makes (through
+    the parent) with the value's repr, or how it failed."""
+    chan.report({"ready": True})
+    while (msg := chan.receive()) is not None:
+        streams.reset()
+        try:
+            fn = g.get(msg["call"])
+            if fn is None:
+                raise NameError(f"name {msg['call']!r} is not defined")
+            args, kwargs = _literal(msg["args"])
+            reply = ["value", repr(_plain(fn(*args, **kwargs)))[:MAX_REPR]]
+        except SystemExit as exc:
+            out: dict = {}
+            _failure(exc, out)
+            reply = ["exit", out["exit_called"]]
+        except BaseException as exc:
+            reply = ["raise", type(exc).__name__, str(exc)[:1000]]
+            _print_exc(exc)
+        streams.flush()
+        chan.report({"seq": msg["seq"], "reply": reply})
+
+
+def _remote(name: str, chan: _Channel, seqs: typing.Iterator[int]) -> typing.Callable:
+    """A stand-in for the solution's `name` in the test process: the arguments go to the
+    solution's process as values, the value comes back (or the exception, by type name)."""
+
+    def call(*args: object, **kwargs: object) -> object:
+        shown = repr(args)[:200]
+        payload = repr((args, kwargs))
+        try:
+            _literal(payload)
+        except Exception:
+            raise TypeError(
+                f"{name}{shown}: the arguments are not plain Python values, so they cannot be "
+                "passed to the solution"
+            ) from None
+        seq = next(seqs)
+        chan.report({"call": name, "args": payload, "seq": seq})
+        msg = chan.receive()
+        reply = msg.get("reply") if isinstance(msg, dict) and msg.get("seq") == seq else None
+        if not isinstance(reply, list) or not reply:
+            raise RuntimeError(f"{name}{shown}: the solution's process did not answer")
+        if reply[0] == "exit":
+            raise SystemExit(reply[1])
+        if reply[0] == "raise":
+            found = vars(builtins).get(str(reply[1]))
+            if not (isinstance(found, type) and issubclass(found, Exception)):
+                found = RuntimeError
+            raise found(f"{name}{shown} raised {reply[1]}: {reply[2]}")
+        try:
+            return _literal(reply[1])
+        except Exception:
+            raise TypeError(
+                f"{name}{shown} returned {reply[1][:200]}, not a plain Python value"
+            ) from None
+
+    call.__name__ = call.__qualname__ = name
+    return call
+
+
+def _check(req: dict, chan: _Channel, streams: _Streams, g: dict) -> None:
+    """The test side of assert tests: each test code in turn, with the solution's names bound
+    to `_remote` stand-ins; a test passes when it (and check(entry_point)) ends normally."""
+    seqs = itertools.count()
+    for name in req["names"]:
+        g[name] = _remote(name, chan, seqs)
+    tests = [_source(f"test_{i}.py", t) for i, t in enumerate(req["tests"])]
+    base = dict(g)
+    entry = req.get("entry_point")
+    chan.report({"ready": True})
+    while (msg := chan.receive()) is not None:
+        streams.reset()
+        k = msg["test"]
+        out: dict = {"test": k}
+        g.clear()
+        g.update(base)
+        try:
+            exec(tests[k], g)
+            if entry and callable(g.get("check")):
+                g["check"](g[entry])
+            out["ok"] = True
+        except BaseException as exc:
+            _failure(exc, out)
+        streams.flush()
+        chan.report(out)
+
+
+def _module(name: str) -> types.ModuleType:
+    module = types.ModuleType(name)
+    module.__file__ = "solution.py"
+    sys.modules[name] = module
+    return module
 
 
 def _run_user(req: dict) -> None:
-    """Run the untrusted code under the harness `req["harness"]` and exit."""
+    """Run the untrusted code under the harness `req["harness"]` and exit.
+
+    stdin and verify: one program run; tests: all tests of an attempt; serve and check: the
+    two processes of assert tests (the solution's, and the test code's)."""
     nonce = req.pop("nonce")
     harness = req["harness"]
-    sys.stdin = open(0, encoding="utf-8", errors="surrogateescape", closefd=False)
-    sys.stdout = open(1, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
-    sys.stderr = open(
-        2, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1
-    )
-    sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
+    streams = _Streams()
+    chan = _Channel(nonce)
     sys.argv = ["solution.py"]
     sys.path.insert(0, os.getcwd())
-    # LiveCodeBench imports call-based programs as a module: an `if __name__ == "__main__":`
-    # driver does not run there, so not here either
-    module = types.ModuleType("__main__" if harness == "stdin" else "solution")
-    module.__file__ = "solution.py"
-    sys.modules[module.__name__] = module
     if hasattr(sys, "set_int_max_str_digits"):  # as LiveCodeBench: big ints print
         sys.set_int_max_str_digits(50000)
-    g = module.__dict__
-    code = 0
+    # LiveCodeBench imports call-based programs as a module: an `if __name__ == "__main__":`
+    # driver does not run there, so not here either
+    g = _module("__main__" if harness in ("stdin", "check") else "solution").__dict__
     try:
         if req.get("prefix"):
             exec(_source("prompt.py", req["prefix"]), g)
         compiled = _source("solution.py", req["code"])
     except (SyntaxError, ValueError, OverflowError, MemoryError, RecursionError) as exc:
         text = "".join(traceback.format_exception_only(type(exc), exc))
-        _report({"compile_error": text}, nonce)
+        chan.report({"compile_error": text})
         sys.stderr.write(text)
         sys.stderr.flush()
         os._exit(1)
+    code = 0
     try:
-        if harness in ("stdin", "call"):
+        if harness == "tests":
+            _tests(req, chan, streams, compiled)
+        elif harness == "check":
+            exec(compiled, g)
+            _check(req, chan, streams, g)
+        elif harness == "serve":
+            exec(compiled, g)
+            _serve(chan, streams, g)
+        elif harness == "stdin":
             exec(PRELUDE, g)
-        exec(compiled, g)
-        if harness == "call":
-            name = req["fn_name"]
-            cls = g.get("Solution")
-            fn = getattr(cls(), name) if isinstance(cls, type) else g.get(name)
-            if fn is None:
-                raise NameError(f"name {name!r} is not defined")
-            result = _plain(fn(*json.loads(req["args"])))
-            if isinstance(result, tuple):  # as LiveCodeBench: only a top-level tuple is a list
-                result = list(result)
-            _report({"repr": repr(result)[:MAX_REPR]}, nonce)
-        elif harness == "calls":
-            _report({"calls": _call_all(g, json.loads(req["args"]))}, nonce)
-        elif harness == "assert":
-            exec(_source("test.py", req["test"]), g)
-            entry = req.get("entry_point")
-            if entry and callable(g.get("check")):
-                g["check"](g[entry])
-            _report({"ok": True}, nonce)
+            exec(compiled, g)
         elif harness == "verify":
+            exec(compiled, g)
             value = g["verify"](req["data"])
             if isinstance(value, tuple | list) and len(value) == 2:
                 passed, feedback = value
                 value = [passed, feedback if isinstance(feedback, str) else repr(feedback)]
             elif not isinstance(value, bool):
                 value = repr(value)[:1000]
-            _report({"value": value}, nonce)
+            chan.report({"value": value})
     except SystemExit as exc:
-        if exc.code is None or isinstance(exc.code, int):
-            code = exc.code or 0
-        else:
-            sys.stderr.write(f"{exc.code}\n")
-            code = 1
+        out: dict = {}
+        _failure(exc, out)
+        code = out["exit_called"]
         if harness != "stdin":
-            _report({"exit_called": code}, nonce)
+            chan.report(out)
     except BaseException as exc:
-        _report({"exception": type(exc).__name__}, nonce)
+        chan.report({"exception": type(exc).__name__})
         _print_exc(exc)
         code = 1
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:
-            pass
+    streams.flush()
     os._exit(code)
 
 
@@ -350,6 +550,7 @@ class World:
         # (alias, path) of python roots under /tmp: each run's private /tmp would hide them,
         # so the root keeps them at the alias and every run binds them back in.
         self.tmp_roots: list[tuple[str, str]] = []
+        self.setup_fd = -1  # in a run: where its setup reports how it failed
 
 
 WORLD = World()
@@ -573,37 +774,49 @@ def _kill_children() -> None:
 
 
 def _supervise(req: dict, cfg: dict, fds: list[int]) -> dict:
-    """Run one request in a fresh process, enforce the wall-clock limit, describe the end."""
+    """Run one request in a fresh process, enforce the wall-clock limit, describe the end.
+
+    `fds`: the run's stdin, stdout, stderr, result channel and message channel, then the
+    parent's kill pipe (a byte or its end kills the run). How the run's setup failed, if it
+    did, comes back on a pipe the code never holds, so no run can claim it."""
     workdir = None
+    kill_fd = fds.pop()
     if WORLD.memory_fd is not None and not _set_memory_limit(int(req["memory_mb"])):
         for fd in fds:
             os.close(fd)
         fds.clear()  # the limit is below what is already in use: as if killed at it
+        os.close(kill_fd)
         return {"exit": None, "signal": None, "timed_out": False, "oom": True, "wall_s": 0.0,
                 "cpu_s": 0.0, "maxrss_kb": 0}  # fmt: skip
     oom_before = _oom_kills()
     if not cfg["namespaces"]:
         workdir = tempfile.mkdtemp(prefix="sdpo-sandbox-")
+    setup_r, setup_w = os.pipe()
     start = time.monotonic()
     pid = os.fork()
     if pid == 0:  # the run
+        WORLD.setup_fd = setup_w
         try:
+            os.close(setup_r)
+            os.close(kill_fd)
             workdir = _setup_root(cfg, workdir)
-            _drop(req, cfg, fds, workdir)
+            _drop(req, cfg, [*fds, setup_w], workdir)
             _run_user(req)
         except BaseException as exc:
             try:
-                line = {"setup_error": repr(exc), "nonce": req.get("nonce")}
-                _write_all(fds[3], (json.dumps(line) + "\n").encode())
+                _write_all(WORLD.setup_fd, repr(exc).encode()[:4000])
             finally:
                 os._exit(111)
+    os.close(setup_w)
     for fd in fds:
         os.close(fd)
     fds.clear()
     pidfd = os.pidfd_open(pid)
-    ready, _, _ = select.select([pidfd], [], [], float(req["timeout_s"]))
+    budget = float(req.get("budget_s") or req["timeout_s"])
+    ready, _, _ = select.select([pidfd, kill_fd], [], [], budget)
     os.close(pidfd)
-    timed_out = not ready
+    os.close(kill_fd)
+    timed_out = pidfd not in ready
     if timed_out:
         os.kill(pid, signal.SIGKILL)
     _, status, usage = os.wait4(pid, 0)
@@ -623,7 +836,13 @@ def _supervise(req: dict, cfg: dict, fds: list[int]) -> dict:
             _kill_uid(cfg["uid"])
         _kill_children()
         shutil.rmtree(workdir, ignore_errors=True)
-    return {
+    os.set_blocking(setup_r, False)
+    try:
+        setup_error = os.read(setup_r, 4096).decode("utf-8", "replace")
+    except OSError:
+        setup_error = ""
+    os.close(setup_r)
+    reply = {
         "exit": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
         "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
         "timed_out": timed_out,
@@ -632,6 +851,9 @@ def _supervise(req: dict, cfg: dict, fds: list[int]) -> dict:
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 6),
         "maxrss_kb": usage.ru_maxrss,
     }
+    if setup_error:
+        reply["setup_error"] = setup_error
+    return reply
 
 
 def main() -> None:
@@ -649,7 +871,7 @@ def main() -> None:
         return
     while True:
         try:
-            head, fds, _, _ = socket.recv_fds(sock, 8, 4)
+            head, fds, _, _ = socket.recv_fds(sock, 8, 6)
         except OSError:
             return
         if not head:

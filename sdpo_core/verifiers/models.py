@@ -50,7 +50,14 @@ class IOTest(BaseModel):
 
 class _TestsCommon(_Sandboxed):
     kind: Literal["tests"]
-    stop_after_timeout: bool = Field(True, description="Skip the rest after a timeout.")
+    stop_after_timeout: bool = Field(
+        True, description='isolation "test": skip the rest after a timeout.'
+    )
+    isolation: Literal["attempt", "test"] = Field(
+        "attempt",
+        description="attempt: all tests in one process, stopping at the first failure, as "
+        "LiveCodeBench; test: each test in a fresh process, all run.",
+    )
 
 
 class StdinTestsSpec(_TestsCommon):

