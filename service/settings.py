@@ -32,6 +32,8 @@ Variable (default): meaning
     SDPO_WORKER_METRICS_HOST (127.0.0.1): where a worker serves its /metrics
     SDPO_WORKER_METRICS_PORT (9410): a worker's /metrics port, or the next free one above
         it (several workers on one host); 0: not served
+    SDPO_SANDBOX, SDPO_SANDBOX_* : the verifier sandbox (`sandbox`, a SandboxSettings declared
+        in sdpo_core/verifiers/sandbox.py; docs/verifiers.md lists them)
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from sdpo_core.verifiers.sandbox import SandboxError, SandboxSettings
 
 
 def is_loopback(host: str) -> bool:
@@ -102,6 +106,20 @@ class Settings(BaseSettings):
     events_maxlen: int = 10_000
     worker_metrics_host: str = "127.0.0.1"
     worker_metrics_port: int = Field(9410, ge=0, le=65535)
+    # Nested, under its own documented names (SDPO_SANDBOX=mode, SDPO_SANDBOX_<FIELD>): the
+    # value the environment gives `sandbox` itself is SDPO_SANDBOX, the mode, so the model
+    # is read whole from the environment (NoDecode keeps that string from being parsed).
+    sandbox: Annotated[SandboxSettings, NoDecode] = Field(default_factory=SandboxSettings.from_env)
+
+    @field_validator("sandbox", mode="before")
+    @classmethod
+    def _sandbox_from_env(cls, value: object) -> object:
+        if isinstance(value, str):  # SDPO_SANDBOX is set: the nested model reads it too
+            try:
+                return SandboxSettings.from_env()
+            except SandboxError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("models", mode="before")
     @classmethod

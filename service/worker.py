@@ -181,7 +181,9 @@ class Worker:
     # ------------------------------------------------------------------ main loop
     async def run(self, *, max_problems: int | None = None) -> None:
         from sdpo_core.runtime import load_runtime
+        from sdpo_core.verifiers.sandbox import configure_sandbox
 
+        configure_sandbox(self.settings.sandbox)
         self.metrics_port = self.metrics.serve(
             self.settings.worker_metrics_host, self._metrics_port
         )

@@ -338,7 +338,32 @@ def test_every_documented_setting_reaches_the_containers() -> None:
         for name in names - set_here - {"SDPO_DATA_DIR", "SDPO_HOST", "SDPO_PORT"}:
             assert re.search(rf"^# {name}[=:]", env_file, re.M), f"{service}: {name} unset"
     documented_fields = {n.removeprefix("SDPO_").lower() for n in names}
-    assert set(Settings.model_fields) <= documented_fields | {"redis_url", "checkpoint_dir"}
+    nested = {"sandbox"}  # its own table, below
+    assert set(Settings.model_fields) - nested <= documented_fields | {
+        "redis_url",
+        "checkpoint_dir",
+    }
+
+
+def test_every_sandbox_setting_is_documented_with_its_default() -> None:
+    """The nested sandbox settings: each field's variable is in docs/verifiers.md's table
+    with the model's default, and in deploy/sdpo.env (which the workers get)."""
+    from sdpo_core.verifiers.sandbox import SandboxSettings
+    from service.settings import Settings
+
+    assert Settings.model_fields["sandbox"].annotation is SandboxSettings
+    rows = re.findall(
+        r"^\| `(SDPO_SANDBOX\w*)` \| ([^|]+) \|", (ROOT / "docs" / "verifiers.md").read_text(), re.M
+    )
+    documented = {name: default.strip() for name, default in rows}
+    env_file = (ROOT / "deploy" / "sdpo.env").read_text()
+    for field, name in SandboxSettings.env_names().items():
+        assert name in documented, f"{name} ({field}) is not in docs/verifiers.md"
+        default = SandboxSettings.model_fields[field].default
+        if isinstance(default, (int, str)) and default is not None:
+            assert documented[name] == f"`{default}`", (name, documented[name], default)
+        assert re.search(rf"^# {name}[=:]", env_file, re.M), f"{name} not in deploy/sdpo.env"
+    assert set(documented) == set(SandboxSettings.env_names().values())
 
 
 def test_api_image_has_no_torch() -> None:

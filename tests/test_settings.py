@@ -41,3 +41,31 @@ def test_redis_password_joins_the_url() -> None:
     s = Settings(redis_url="redis://:own@redis:6379/0", redis_password="other")
     assert s.redis_url == "redis://:own@redis:6379/0"
     assert Settings(redis_url=None, redis_password="x").redis_url is None
+
+
+def test_sandbox_settings_nest_under_their_documented_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SDPO_SANDBOX (the mode) and SDPO_SANDBOX_<FIELD>, from the environment or `.env`,
+    reach Settings.sandbox; code arguments win over the environment."""
+    from sdpo_core.verifiers.sandbox import SandboxError, SandboxSettings
+
+    for name in SandboxSettings.env_names().values():
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("SDPO_SANDBOX_NPROC=12\nSDPO_SANDBOX_PRELOAD=json, re\n")
+    monkeypatch.setenv("SDPO_SANDBOX", "unsafe-local")
+    monkeypatch.setenv("SDPO_SANDBOX_SLOTS", "3")
+    s = Settings.from_env().sandbox
+    assert (s.mode, s.slots, s.nproc, s.preload) == ("unsafe-local", 3, 12, ("json", "re"))
+    assert s.uid_base == 61000 and s.cgroup == "auto"  # the model's defaults
+    assert SandboxSettings(slots=1).slots == 1  # an argument wins
+    monkeypatch.delenv("SDPO_SANDBOX")
+    assert Settings.from_env().sandbox.mode == "namespaces"
+    monkeypatch.setenv("SDPO_SANDBOX_SLOTS", "0")
+    with pytest.raises(SandboxError, match="SDPO_SANDBOX_SLOTS='0'"):
+        Settings.from_env()
+    monkeypatch.setenv("SDPO_SANDBOX_SLOTS", "2")
+    monkeypatch.setenv("SDPO_SANDBOX", "docker")
+    with pytest.raises(ValueError, match=r"SDPO_SANDBOX='docker'.*unsafe-local"):
+        Settings.from_env()

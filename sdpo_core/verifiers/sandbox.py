@@ -37,7 +37,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from sdpo_core.verifiers._cgroup import CgroupUnavailable, SlotCgroup, slot_cgroup
 
@@ -64,55 +67,65 @@ def _default_python() -> str:
     return "/usr/bin/python3"
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise SandboxError(f"{name}={raw!r} is not an integer") from None
+class SandboxSettings(BaseSettings):
+    """Operator settings, one declaration per variable: `SDPO_SANDBOX_<FIELD>` (the mode is
+    `SDPO_SANDBOX`), or a `.env` file in the working directory; docs/verifiers.md lists them.
+    Arguments given in code win over the environment. The service's Settings nests these
+    (`settings.sandbox`), and the worker configures its sandbox with them."""
 
+    model_config = SettingsConfigDict(
+        env_prefix="SDPO_SANDBOX_",
+        env_file=".env",
+        env_ignore_empty=True,
+        extra="ignore",
+        frozen=True,
+        populate_by_name=True,
+    )
 
-@dataclass(frozen=True)
-class SandboxSettings:
-    """Operator settings; `from_env` reads the SDPO_SANDBOX_* variables (see docs/verifiers.md)."""
-
-    mode: Mode = "namespaces"
-    slots: int = field(default_factory=lambda: max(2, os.cpu_count() or 2))
-    uid_base: int = 61000  # slots take free uids from [uid_base, uid_base + uid_range)
-    uid_range: int = 1000
-    python: str = field(default_factory=_default_python)  # its prefix is bound read-only
-    max_output_bytes: int = 8 * 1024 * 1024  # per stream; more ends the run (Output Limit)
-    nproc: int = 64
-    nofile: int = 256
-    fsize_mb: int = 64
-    tmpfs_mb: int = 64
+    mode: Mode = Field("namespaces", validation_alias=AliasChoices("mode", "SDPO_SANDBOX"))
+    slots: int = Field(default_factory=lambda: max(2, os.cpu_count() or 2), ge=1)
+    uid_base: int = Field(61000, ge=1)  # slots take free uids from [uid_base, + uid_range)
+    uid_range: int = Field(1000, ge=1)
+    python: str = Field(default_factory=_default_python)  # its prefix is bound read-only
+    max_output_bytes: int = Field(8 * 1024 * 1024, ge=1)  # per stream; more: Output Limit
+    nproc: int = Field(64, ge=1)
+    nofile: int = Field(256, ge=16)
+    fsize_mb: int = Field(64, ge=1)
+    tmpfs_mb: int = Field(64, ge=1)
     lock_dir: str = "/run/sdpo-sandbox"
     cgroup: CgroupMode = "auto"  # auto: use a cgroup per slot when possible, else warn
     cgroup_root: str | None = None  # cgroup v2 only: parent of the slots' cgroups
-    preload: tuple[str, ...] = ()  # modules the fork server imports once (each fork pays)
+    # modules the fork server imports once (each fork pays for them); comma separated
+    preload: Annotated[tuple[str, ...], NoDecode] = ()
+
+    @field_validator("preload", mode="before")
+    @classmethod
+    def _split_preload(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(m.strip() for m in value.split(",") if m.strip())
+        return value
+
+    @classmethod
+    def env_names(cls) -> dict[str, str]:
+        """Field -> the environment variable that sets it."""
+        prefix = cls.model_config["env_prefix"]
+        return {
+            name: "SDPO_SANDBOX" if name == "mode" else f"{prefix}{name.upper()}"
+            for name in cls.model_fields
+        }
 
     @classmethod
     def from_env(cls) -> SandboxSettings:
-        mode = os.environ.get("SDPO_SANDBOX", "namespaces").strip() or "namespaces"
-        if mode not in ("namespaces", "unsafe-local"):
-            raise SandboxError(f"SDPO_SANDBOX={mode!r}: use 'namespaces' or 'unsafe-local'")
-        cgroup = os.environ.get("SDPO_SANDBOX_CGROUP", "auto").strip() or "auto"
-        if cgroup not in ("auto", "required", "off"):
-            raise SandboxError(f"SDPO_SANDBOX_CGROUP={cgroup!r}: use 'auto', 'required' or 'off'")
-        d = cls()
-        return cls(
-            cgroup=cgroup,  # type: ignore[arg-type]
-            cgroup_root=os.environ.get("SDPO_SANDBOX_CGROUP_ROOT") or None,
-            mode=mode,  # type: ignore[arg-type]
-            slots=_env_int("SDPO_SANDBOX_SLOTS", d.slots),
-            uid_base=_env_int("SDPO_SANDBOX_UID_BASE", d.uid_base),
-            python=os.environ.get("SDPO_SANDBOX_PYTHON", d.python),
-            max_output_bytes=_env_int("SDPO_SANDBOX_MAX_OUTPUT_BYTES", d.max_output_bytes),
-            nproc=_env_int("SDPO_SANDBOX_NPROC", d.nproc),
-            lock_dir=os.environ.get("SDPO_SANDBOX_LOCK_DIR", d.lock_dir),
-        )
+        """The environment's (and `.env`'s) settings; SandboxError names a bad variable."""
+        try:
+            return cls()
+        except ValidationError as exc:
+            names = cls.env_names()
+            bad = "; ".join(
+                f"{names.get(str(e['loc'][0]), e['loc'][0])}={e.get('input')!r}: {e['msg']}"
+                for e in exc.errors()
+            )
+            raise SandboxError(bad) from None
 
 
 @dataclass(frozen=True)
@@ -900,12 +913,25 @@ _shared: Sandbox | None = None
 _shared_lock = threading.Lock()
 
 
+_configured: SandboxSettings | None = None
+
+
+def configure_sandbox(settings: SandboxSettings) -> None:
+    """The settings of the process-wide sandbox, before its first use (the worker passes
+    its Settings.sandbox); without this, it reads the environment."""
+    global _configured
+    with _shared_lock:
+        if _shared is not None and _shared.settings != settings:
+            log.warning("sandbox already running; new settings apply to the next process")
+        _configured = settings
+
+
 def get_sandbox() -> Sandbox:
-    """The process-wide sandbox, configured from the environment on first use."""
+    """The process-wide sandbox, configured on first use (configure_sandbox or the env)."""
     global _shared
     with _shared_lock:
         if _shared is None:
-            _shared = Sandbox(SandboxSettings.from_env())
+            _shared = Sandbox(_configured or SandboxSettings.from_env())
             atexit.register(_shared.close)
         return _shared
 
@@ -917,5 +943,6 @@ __all__ = [
     "Sandbox",
     "SandboxError",
     "SandboxSettings",
+    "configure_sandbox",
     "get_sandbox",
 ]
