@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # Teacher-context templates of the public SDPO code (docs/design.md).
 REPROMPT_TEMPLATE = "{prompt}{solution}{feedback}\n\nCorrectly solve the original question."
 SOLUTION_TEMPLATE = "\nCorrect solution:\n\n{successful_previous_attempt}\n\n"
+# Output heads and token embeddings of the families users run: LoRA there is not what the
+# trainer trains (its loss applies the frozen head to the decoder's hidden states) nor what
+# vLLM serves, so target_modules may not name them.
+EMBEDDING_MODULES = ("lm_head", "embed_tokens", "embed_out", "wte", "word_embeddings")
 FEEDBACK_TEMPLATE = (
     "\nThe following is feedback from your unsuccessful earlier attempt:\n\n{feedback_raw}\n\n"
 )
@@ -75,6 +79,23 @@ class SDPOConfig(BaseModel):
         "teacher context; 0 = the paper's rule (its own feedback only). "
         "docs/algorithm-options.md",
     )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _no_embedding_modules(cls, value: list[str] | str) -> list[str] | str:
+        bad = (
+            [m for m in value if m.split(".")[-1] in EMBEDDING_MODULES]
+            if isinstance(value, list)
+            else []
+        )
+        if bad:
+            raise ValueError(
+                f"LoRA on {', '.join(bad)} is not supported: the trainer keeps the output head "
+                "and the token embeddings frozen (its loss applies the base head to the "
+                "decoder's hidden states) and vLLM does not serve LoRA there; list only the "
+                'attention and MLP projections (or "all-linear")'
+            )
+        return value
 
     def merged(self, overrides: dict | None) -> SDPOConfig:
         """A copy with `overrides` applied and validated."""

@@ -207,6 +207,7 @@ def solve(
             version_dir = _export_adapter(trainer, Path(checkpoint_dir), state.adapter_version)
             engine.load_adapter(str(version_dir), state.adapter_version)
         prompt_ids = trainer.encode_chat(problem.prompt)
+        check_prompt_fits(runtime, len(prompt_ids), cfg.max_new_tokens)
         started = clock() - state.seconds
 
         def elapsed() -> float:
@@ -293,6 +294,7 @@ def _update(
         response_ids=[c.token_ids for c in pending.completions],
         teacher_prompt_ids=[None if t.masked else trainer.encode_chat(t.message) for t in contexts],
     )
+    check_teacher_fits(trainer, batch, cfg)
     metrics = trainer.step(batch)
     state.steps += 1
     state.adapter_version += 1
@@ -316,6 +318,44 @@ def _update(
         mean_score=sum(v.score for v in pending.verdicts) / len(pending.verdicts),
     )
     return metrics
+
+
+class ContextWindowError(ValueError):
+    """A prompt plus its response would not fit the model's context window."""
+
+
+def check_prompt_fits(runtime: Runtime, n_prompt: int, max_new_tokens: int) -> None:
+    """The prompt plus sdpo.max_new_tokens must fit the trainer's model and the engine (vLLM's
+    max_model_len): checked before the first attempt, not found out after an hour of rollouts."""
+    limits = [(runtime.trainer.context_window, "max_position_embeddings of the model")]
+    limits.append(
+        (runtime.engine.context_window(), f"max_model_len of the {runtime.engine.name} server")
+    )
+    for window, source in limits:
+        if window is not None and n_prompt + max_new_tokens > window:
+            raise ContextWindowError(
+                f"sdpo.max_new_tokens ({max_new_tokens}) + the prompt's {n_prompt} tokens "
+                f"exceed the context window of {window} tokens ({source}); set "
+                f"sdpo.max_new_tokens to at most {window - n_prompt} or use a model with a "
+                "longer window"
+            )
+
+
+def check_teacher_fits(trainer: SDPOTrainer, batch: RolloutBatch, cfg: SDPOConfig) -> None:
+    """Each teacher context (prompt + feedback) plus its sample's response must fit the model's
+    window (the teacher scores the response after a longer prompt than the student's)."""
+    window = trainer.context_window
+    if window is None:
+        return
+    for i, (t, r) in enumerate(zip(batch.teacher_prompt_ids, batch.response_ids, strict=True)):
+        if t is not None and len(t) + len(r) > window:
+            raise ContextWindowError(
+                f"the teacher context of sample {i + 1} ({len(t)} tokens: prompt + feedback, "
+                f"sdpo.max_feedback_chars={cfg.max_feedback_chars}, "
+                f"sdpo.feedback_memory={cfg.feedback_memory}) + its {len(r)}-token response "
+                f"exceed the model's context window of {window} tokens "
+                "(max_position_embeddings); lower sdpo.max_new_tokens or sdpo.max_feedback_chars"
+            )
 
 
 def _export_adapter(trainer: SDPOTrainer, root: Path, version: int) -> Path:

@@ -95,6 +95,12 @@ class SDPOTrainer:
         self.teacher_delta: dict[str, torch.Tensor] = {}  # ema_target="delta": layer -> EMA(B·A)
 
     # ------------------------------------------------------------------ setup
+    @property
+    def context_window(self) -> int | None:
+        """The most tokens the model's positions cover (config max_position_embeddings); None
+        when its config does not say."""
+        return getattr(self.base.config.get_text_config(), "max_position_embeddings", None)
+
     def encode_chat(self, user_message: str) -> list[int]:
         """The user message rendered with the chat template plus the generation prompt, with
         the current config's system prompt and thinking switch (sdpo_core/chat.py)."""

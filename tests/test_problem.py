@@ -46,6 +46,9 @@ def test_defaults_and_overrides() -> None:
         ({"sdpo": {"teacher_regularization": "none"}}, "sdpo.teacher_regularization"),
         ({"sdpo": {"lr": "fast"}}, "sdpo.lr"),
         ({"sdpo": {"unknown_knob": 1}}, "sdpo.unknown_knob"),
+        # LoRA on the output head / embeddings would be silently untrained and unservable
+        ({"sdpo": {"target_modules": ["q_proj", "lm_head"]}}, "sdpo.target_modules"),
+        ({"sdpo": {"target_modules": ["model.embed_tokens"]}}, "sdpo.target_modules"),
     ],
 )
 def test_errors_name_the_field(patch: dict, field: str) -> None:

@@ -22,6 +22,10 @@ class Engine(Protocol):
         """`sampling.n` completions of one prompt."""
         ...
 
+    def context_window(self) -> int | None:
+        """The most tokens (prompt + response) it generates over; None: the trainer's model's."""
+        ...
+
     def load_adapter(self, path: str, version: int) -> None:
         """Serve the PEFT adapter saved at `path` as `version` from now on."""
         ...

@@ -62,6 +62,9 @@ class HFEngine:
             completions.append(Completion(text, row[:length], row_logp[:length], finish))
         return completions
 
+    def context_window(self) -> int | None:
+        return None  # it generates with the trainer's own model
+
     def load_adapter(self, path: str, version: int) -> None:
         # The trainer's student adapter already holds these weights.
         self.adapter_version = version

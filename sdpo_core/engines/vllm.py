@@ -101,6 +101,7 @@ class VLLMEngine:
         self.server_report = server_report
         self.adapter_version = 0
         self.adapter_name: str | None = None  # the adapter requests use; None = base model
+        self._max_model_len: int | None = None
         api_key = api_key or os.environ.get("VLLM_API_KEY")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(base_url=base_url, timeout=timeout, headers=headers)
@@ -299,6 +300,18 @@ class VLLMEngine:
             log.warning(
                 "unloading adapter %s failed: HTTP %s: %s", name, r.status_code, _server_message(r)
             )
+
+    def context_window(self) -> int | None:
+        """The server's max_model_len for the base model (GET /v1/models; its --max-model-len,
+        by default the model's own window); None when the server does not say."""
+        if self._max_model_len is None:
+            r = self._request("GET", "/v1/models", "models")
+            if r.status_code != 200:
+                raise self._error("models", r)
+            for m in r.json().get("data", []):
+                if m.get("id") == self.model_name and m.get("max_model_len"):
+                    self._max_model_len = int(m["max_model_len"])
+        return self._max_model_len
 
     def loaded_models(self) -> list[str]:
         """Names the server serves now (GET /v1/models): the base model and loaded adapters."""

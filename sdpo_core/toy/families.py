@@ -40,8 +40,16 @@ FAMILIES: dict[str, dict[str, Any]] = {
 HEAD_DIM = 32  # the smallest head size vLLM's CPU attention supports
 
 
-def tiny_config(model_type: str, *, vocab_size: int, pad_token_id: int, eos_token_id: int) -> Any:
-    """A 2-layer, hidden-64 config of `model_type` built from transformers' config class."""
+def tiny_config(
+    model_type: str,
+    *,
+    vocab_size: int,
+    pad_token_id: int,
+    eos_token_id: int,
+    max_positions: int = 2048,
+) -> Any:
+    """A 2-layer, hidden-64 config of `model_type` built from transformers' config class,
+    with a context window of `max_positions` tokens."""
     from transformers import AutoConfig
 
     if model_type not in FAMILIES:
@@ -54,7 +62,7 @@ def tiny_config(model_type: str, *, vocab_size: int, pad_token_id: int, eos_toke
         "num_attention_heads": 2,
         "num_key_value_heads": 1,
         "head_dim": HEAD_DIM,
-        "max_position_embeddings": 2048,
+        "max_position_embeddings": max_positions,
         "pad_token_id": pad_token_id,
         "eos_token_id": eos_token_id,
         "bos_token_id": None,
@@ -64,8 +72,22 @@ def tiny_config(model_type: str, *, vocab_size: int, pad_token_id: int, eos_toke
     return AutoConfig.for_model(model_type, **fields)
 
 
-def build_tiny_model(model_type: str, out_dir: str | Path, *, seed: int = 0) -> Path:
-    """Write a random-weight float32 model of `model_type` plus the toy tokenizer to `out_dir`."""
+# never_stop: the output head's logits get std LOGIT_STD and EOS's row is zero, so EOS's logit
+# (0) sits ~3 x LOGIT_STD below the largest of the vocabulary's: probability ~1e-9 per token,
+# and responses run to max_new_tokens (random weights otherwise stop after ~vocab tokens).
+LOGIT_STD = 7.0
+
+
+def build_tiny_model(
+    model_type: str,
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    max_positions: int = 2048,
+    never_stop: bool = False,
+) -> Path:
+    """Write a random-weight float32 model of `model_type` plus the toy tokenizer to `out_dir`
+    (`max_positions`: its context window; `never_stop`: it practically never emits EOS)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -78,9 +100,17 @@ def build_tiny_model(model_type: str, out_dir: str | Path, *, seed: int = 0) -> 
         vocab_size=len(tok),
         pad_token_id=tok.pad_token_id,
         eos_token_id=tok.eos_token_id,
+        max_positions=max_positions,
     )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    if never_stop:
+        if cfg.tie_word_embeddings:
+            raise ValueError(f"never_stop needs an untied output head; {model_type} ties it")
+        with torch.no_grad():
+            head = model.get_output_embeddings().weight  # [V, H]; hidden states have norm ~8
+            head.mul_(LOGIT_STD / (head.std() * cfg.hidden_size**0.5))
+            head[tok.eos_token_id] = 0.0
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
