@@ -62,6 +62,7 @@ SUM_PROGRAMS = {
     "sys.exit(3)",
     "state_in_imported_module": "import math\nif hasattr(math, 'seen'):\n    print(0)\nelse:\n"
     "    math.seen = 1\n    a, b = map(int, input().split())\n    print(a + b)",
+    "open_zero": "a, b = map(int, open(0).read().split())\nprint(a + b)",
     "lru_cache": "from functools import lru_cache\n@lru_cache(None)\ndef f(a, b):\n"
     "    return a + b\na, b = map(int, input().split())\nprint(f(a, b))",
     "syntax_error": "a, b = map(int, input().split()\nprint(a + b)",
@@ -131,7 +132,7 @@ GRID_PROGRAMS = {
 }
 
 # Differences (listed in docs/verifiers.md, "Differences from LiveCodeBench"): (problem,
-# program) -> why. All three are LiveCodeBench's harness failing correct programs (it wraps
+# program) -> why. All four are LiveCodeBench's harness failing correct programs (it wraps
 # stdin programs in a function and replaces sys.stdin with a StringIO). State kept across
 # tests (class attributes, instances, mutable defaults, globals, imported modules) shows
 # here as there: an attempt's tests share one process, one module and one Solution().
@@ -139,6 +140,7 @@ DOCUMENTED: dict[tuple[str, str], str] = {
     ("SUM", "stdin_buffer"): "LiveCodeBench's sys.stdin has no .buffer",
     ("SUM", "global"): "LiveCodeBench wraps the program in a function: `global` breaks",
     ("SUM", "quit_after_print"): "LiveCodeBench counts quit() after the output as a failure",
+    ("SUM", "open_zero"): "LiveCodeBench's open(0) reads the grader's own stdin, not the test's",
 }
 PROBLEMS = {
     "SUM": (SUM, SUM_PROGRAMS),

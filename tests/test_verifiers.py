@@ -179,6 +179,10 @@ def test_one_process_runs_the_tests_in_order_and_names_the_one_that_timed_out(sa
     assert [t["status"] for t in verdict.details["tests"]] == ["passed", "timeout", "skipped"]
     assert verdict.feedback == "Time Limit Exceeded\nInput: 2\nExpected Output: 2\nTime limit: 1 s"
     # each test's output is its own, though one process printed them all
+    # what a program does to its stdio ends with its test
+    closes = "import os, sys\nout = open(1, 'w')\nprint(input(), file=out)\nout.flush()\n"
+    closes += "os.close(0)\nsys.stdout.close()\nsys.stdout = None\nos.close(2)"
+    assert v.verify(fence(closes)).passed
     third = "n = int(input())\nprint(n if n != 3 else 'x' * n)"
     wrong = v.verify(fence(third)).details["tests"]
     assert [t["status"] for t in wrong] == ["passed", "passed", "wrong_answer"]

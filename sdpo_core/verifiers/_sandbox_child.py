@@ -262,18 +262,29 @@ class _Channel:
 
 
 class _Streams:
-    """The run's real stdio; each test starts with them again (a program may replace them)."""
+    """The run's real stdio; each test starts with them again: a program may have replaced
+    sys.stdout, closed it, or closed or redirected fd 1 or 2 (e.g. an `open(1, "w")` that is
+    collected), and the next test must still reach the parent."""
 
     def __init__(self) -> None:
-        self.out = open(1, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
-        self.err = open(
-            2, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1
-        )
+        self.saved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64) for fd in (1, 2)]
+        self.out = self.err = sys.stdout
         self.reset()
+        sys.stdin = open(0, encoding="utf-8", errors="surrogateescape", closefd=False)
         sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, self.out, self.err
 
     def reset(self) -> None:
-        sys.stdin = open(0, encoding="utf-8", errors="surrogateescape", closefd=False)
+        for saved, fd in zip(self.saved, (1, 2), strict=True):
+            try:
+                os.dup2(saved, fd)
+            except OSError:  # the program closed our copy too: it only loses its own output
+                pass
+        if self.out.closed or self.out.fileno() != 1:
+            self.out = open(1, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
+        if self.err.closed or self.err.fileno() != 2:
+            self.err = open(
+                2, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1
+            )
         sys.stdout, sys.stderr = self.out, self.err
 
     def flush(self) -> None:
@@ -292,11 +303,10 @@ def _set_stdin(text: str) -> None:
         fd = os.memfd_create("stdin", 0)
     except (AttributeError, OSError):
         fd = os.open(".", os.O_TMPFILE | os.O_RDWR, 0o600)
-    try:
-        _write_all(fd, data)
-        os.lseek(fd, 0, os.SEEK_SET)
+    _write_all(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    if fd != 0:  # 0 when the program closed its stdin: then it is already in place
         os.dup2(fd, 0)
-    finally:
         os.close(fd)
 
 
@@ -332,6 +342,7 @@ def _tests(req: dict, chan: _Channel, streams: _Streams, compiled: types.CodeTyp
     exec(PRELUDE, base)
     base = {k: v for k, v in base.items() if not k.startswith("__")}
     fn = None
+    g: dict = {}
     if req["mode"] == "call":
         module = _module("solution")
         g = module.__dict__
@@ -351,14 +362,17 @@ def _tests(req: dict, chan: _Channel, streams: _Streams, compiled: types.CodeTyp
             return
     chan.report({"ready": True})
     while (msg := chan.receive()) is not None:
-        streams.reset()
         out = {"test": msg["test"]}
+        if fn is None:  # stdin: the previous test's namespace goes first, with the files it
+            g.clear()  # held (an `open(1, "w")` closes fd 1 when collected), before fds reset
+            g = _module("__main__").__dict__
+            g.update(base)
+        streams.reset()
         try:
-            if fn is None:  # stdin
+            if fn is None:
                 _set_stdin(msg["input"])
-                streams.reset()
-                g = _module("__main__").__dict__
-                g.update(base)
+                sys.stdin = open(0, encoding="utf-8", errors="surrogateescape", closefd=False)
+                g.update(stdin=sys.stdin, stdout=sys.stdout, stderr=sys.stderr)  # the prelude's
                 try:
                     exec(compiled, g)
                 except SystemExit:  # as LiveCodeBench: the output so far is the answer
