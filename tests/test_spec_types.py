@@ -94,3 +94,43 @@ def test_the_reported_table_typo() -> None:
     with pytest.raises(ProblemError) as err:
         parse_problem({"prompt": "p", "verifier": spec})
     assert err.value.field == "verifier.max_feedback_chars"
+
+
+# A valid value other than the default, for every field that has a default: a new field
+# fails the test below until it is listed here (and read by its verifier).
+OTHER = {
+    "max_failures": 3,
+    "max_feedback_chars": 3000,
+    "timeout_s": 2.5,
+    "memory_mb": 256,
+    "stop_after_timeout": False,
+    "isolation": "test",
+    "float_tol": 0.5,
+    "match": "numeric",
+    "tol": 0.01,
+    "abs_tol": 0.1,
+    "case_sensitive": False,
+    "reveal_expected": True,
+}
+CONTENT = {"mode", "test", "tests", "entry_point", "prefix"}  # the problem itself, not a knob
+
+
+@pytest.mark.parametrize(("model", "base"), VALID)
+def test_verifiers_use_the_models_defaults_and_values(model: type, base: dict) -> None:
+    """The typed models are the one place of each default: a verifier built from the
+    minimal spec has the model's defaults, and one built with other values has those."""
+    knobs = {
+        name: info
+        for name, info in model.model_fields.items()
+        if not info.is_required() and name not in CONTENT
+    }
+    assert knobs, model
+    built = build_verifier(dict(base))
+    for name, info in knobs.items():
+        assert getattr(built, name) == info.get_default(call_default_factory=True), name
+    other = {name: OTHER[name] for name in knobs}
+    assert all(other[n] != info.default for n, info in knobs.items())
+    parse_problem({"prompt": "p", "verifier": {**base, **other}})  # passes submit...
+    built = build_verifier({**base, **other})  # ...and the worker builds it with them
+    for name, value in other.items():
+        assert getattr(built, name) == value, name

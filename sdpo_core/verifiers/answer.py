@@ -22,20 +22,8 @@ from typing import Any
 
 from sdpo_core.types import Verdict
 from sdpo_core.verifiers.base import VerifierBase, VerifierSpecError, truncate
-from sdpo_core.verifiers.spec import check_fields, get_bool, get_int, get_number
+from sdpo_core.verifiers.models import AnswerSpec, parse_spec
 
-MATCHES = ("exact", "numeric", "regex", "math")
-FIELDS = {
-    "kind",
-    "expected",
-    "match",
-    "tol",
-    "abs_tol",
-    "case_sensitive",
-    "reveal_expected",
-    "timeout_s",
-    "max_feedback_chars",
-}
 # Within one line only ([ \t], not \s): a run of blank lines must not make this quadratic.
 ANSWER_LINE = re.compile(
     r"^[ \t*#>_]*(?:final[ \t]+)?answer[ \t]*[*_]*[ \t]*[:：][ \t*_]*(.+?)[ \t*_]*$", re.I | re.M
@@ -189,42 +177,34 @@ _math = _MathWorker()
 # ------------------------------------------------------------------------- the verifier
 
 
-def validate_answer_spec(spec: dict[str, Any]) -> None:
-    check_fields(spec, FIELDS)
-    expected = spec.get("expected")
-    if isinstance(expected, bool) or not isinstance(expected, str | int | float):
-        raise VerifierSpecError("is required: a string or a number", "expected")
+def validate_answer_spec(spec: dict[str, Any]) -> AnswerSpec:
+    """The typed spec (models.AnswerSpec: types, defaults, ranges), after the checks of
+    values a type cannot express."""
+    m = parse_spec(spec, AnswerSpec)
+    expected = m.expected
     if isinstance(expected, str) and not expected.strip():
         raise VerifierSpecError("must not be empty", "expected")
-    match = spec.get("match", "exact")
-    if match not in MATCHES:
-        raise VerifierSpecError(f"must be one of {list(MATCHES)}", "match")
-    if match == "numeric" and parse_number(str(expected)) is None:
+    if m.match == "numeric" and parse_number(str(expected)) is None:
         raise VerifierSpecError("is not a number (match is numeric)", "expected")
-    if match == "regex":
+    if m.match == "regex":
         try:
             re.compile(str(expected))
         except (re.error, OverflowError, RecursionError, MemoryError) as exc:
             raise VerifierSpecError(f"is not a valid regex: {exc}", "expected") from None
-    get_number(spec, "tol", 1e-6, 0.0, 1e6)
-    get_number(spec, "abs_tol", 0.0, 0.0, 1e300)
-    get_bool(spec, "case_sensitive", True)
-    get_bool(spec, "reveal_expected", False)
-    get_number(spec, "timeout_s", 5.0, 0.1, 60.0)
-    get_int(spec, "max_feedback_chars", 2000, 200, 100_000)
+    return m
 
 
 class AnswerVerifier(VerifierBase):
     def __init__(self, spec: dict[str, Any]) -> None:
-        validate_answer_spec(spec)
-        self.expected = str(spec["expected"])
-        self.match: str = spec.get("match", "exact")
-        self.tol = float(spec.get("tol", 1e-6))
-        self.abs_tol = float(spec.get("abs_tol", 0.0))
-        self.case_sensitive = bool(spec.get("case_sensitive", True))
-        self.reveal = bool(spec.get("reveal_expected", False))
-        self.timeout_s = float(spec.get("timeout_s", 5.0))
-        self.max_feedback_chars = int(spec.get("max_feedback_chars", 2000))
+        m = validate_answer_spec(spec)
+        self.expected = str(m.expected)
+        self.match: str = m.match
+        self.tol = m.tol
+        self.abs_tol = m.abs_tol
+        self.case_sensitive = m.case_sensitive
+        self.reveal_expected = m.reveal_expected
+        self.timeout_s = m.timeout_s
+        self.max_feedback_chars = m.max_feedback_chars
 
     def _matches(self, answer: str) -> tuple[bool, dict[str, Any]]:
         if self.match == "exact":
@@ -258,6 +238,6 @@ class AnswerVerifier(VerifierBase):
         if ok:
             return Verdict(True, 1.0, "", details)
         lines = ["Wrong Answer", f"Your Answer: {answer}"]
-        if self.reveal:
+        if self.reveal_expected:
             lines.append(f"Expected Answer: {self.expected}")
         return Verdict(False, 0.0, truncate("\n".join(lines), self.max_feedback_chars), details)

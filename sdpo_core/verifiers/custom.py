@@ -14,16 +14,20 @@ from typing import Any
 from sdpo_core.types import Verdict
 from sdpo_core.verifiers.base import VerifierBase, VerifierSpecError, truncate
 from sdpo_core.verifiers.feedback import traceback_tail
+from sdpo_core.verifiers.models import PythonSpec, parse_spec
 from sdpo_core.verifiers.sandbox import Job, RunResult, Sandbox, get_sandbox
-from sdpo_core.verifiers.spec import check_fields, check_python_source, get_int, get_number, get_str
+from sdpo_core.verifiers.spec import check_python_source
 
 log = logging.getLogger(__name__)
-FIELDS = {"kind", "source", "timeout_s", "memory_mb", "max_feedback_chars"}
 
 
-def validate_python_spec(spec: dict[str, Any]) -> None:
-    check_fields(spec, FIELDS)
-    source = get_str(spec, "source", required=True)
+def validate_python_spec(spec: dict[str, Any]) -> PythonSpec:
+    """The typed spec (models.PythonSpec: types, defaults, ranges), after the checks of
+    values a type cannot express."""
+    m = parse_spec(spec, PythonSpec)
+    source = m.source
+    if not source.strip():
+        raise VerifierSpecError("must be a non-empty string", "source")
     check_python_source(source, "source")
     names: set[str] = set()
     for node in ast.parse(source).body:
@@ -35,18 +39,16 @@ def validate_python_spec(spec: dict[str, Any]) -> None:
             names.update((a.asname or a.name) for a in node.names)
     if "verify" not in names:
         raise VerifierSpecError("must define verify(response)", "source")
-    get_number(spec, "timeout_s", 10.0, 0.1, 120.0)
-    get_int(spec, "memory_mb", 512, 64, 16384)
-    get_int(spec, "max_feedback_chars", 2000, 200, 100_000)
+    return m
 
 
 class PythonVerifier(VerifierBase):
     def __init__(self, spec: dict[str, Any], sandbox: Sandbox | None = None) -> None:
-        validate_python_spec(spec)
-        self.source: str = spec["source"]
-        self.timeout_s = float(spec.get("timeout_s", 10.0))
-        self.memory_mb = int(spec.get("memory_mb", 512))
-        self.max_feedback_chars = int(spec.get("max_feedback_chars", 2000))
+        m = validate_python_spec(spec)
+        self.source = m.source
+        self.timeout_s = m.timeout_s
+        self.memory_mb = m.memory_mb
+        self.max_feedback_chars = m.max_feedback_chars
         self._sandbox = sandbox
 
     @property

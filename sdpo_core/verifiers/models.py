@@ -1,15 +1,18 @@
 """Typed verifier specs: one pydantic model per kind (and per mode of `tests`).
 
-They give the field types and defaults that the OpenAPI document shows and that submit
-checks first; the verifiers' own `validate_*_spec` functions then check values (ranges,
-syntax, regexes), so submit and worker run the same rules.
+The one place of each field's type, default and range: the OpenAPI document shows them,
+submit checks them, and each verifier is built from its parsed model (`parse_spec`), so
+no default is written twice. The verifiers' own `validate_*_spec` functions then check
+what a type cannot say (syntax, regexes, test contents); submit and worker run the same
+rules (`check_verifier_spec` = `sdpo_core.verifiers.validate_spec`).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -20,8 +23,24 @@ from pydantic import (
 )
 
 from sdpo_core.verifiers.base import VerifierSpecError
+from sdpo_core.verifiers.spec import check_fields
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
+FeedbackChars = Annotated[
+    int, Field(ge=200, le=100_000, description="Feedback longer than this is cut.")
+]
+
+
+def _identifier(value: str) -> str:
+    if not value.isidentifier():
+        raise ValueError(f"{value!r} is not a Python identifier")
+    return value
+
+
+Identifier = Annotated[str, AfterValidator(_identifier)]
+MemoryMB = Annotated[
+    int, Field(ge=64, le=16384, description="Memory limit of a run (the whole run's cgroup).")
+]
 
 
 class TableSpec(BaseModel):
@@ -29,16 +48,20 @@ class TableSpec(BaseModel):
 
     model_config = _STRICT
     kind: Literal["table"]
-    cases: dict[str, str | int] = Field(..., description="Input key -> expected word.")
-    max_failures: int = Field(2, description="Failing cases shown in the feedback.")
-    max_feedback_chars: int = 2000
+    cases: dict[str, str | int] = Field(
+        ..., min_length=1, description="Input key -> expected word."
+    )
+    max_failures: int = Field(2, ge=1, le=10_000, description="Failing cases shown in feedback.")
+    max_feedback_chars: FeedbackChars = 2000
 
 
 class _Sandboxed(BaseModel):
     model_config = _STRICT
-    timeout_s: float = Field(6.0, description="Per test, seconds.")
-    memory_mb: int = Field(512, description="Address-space limit of each test process.")
-    max_feedback_chars: int = 2000
+    timeout_s: float = Field(
+        6.0, ge=0.1, le=60.0, allow_inf_nan=False, description="Per test, seconds."
+    )
+    memory_mb: MemoryMB = 512
+    max_feedback_chars: FeedbackChars = 2000
 
 
 class IOTest(BaseModel):
@@ -64,17 +87,21 @@ class StdinTestsSpec(_TestsCommon):
     """LiveCodeBench stdin/stdout tests: the program reads input, prints output."""
 
     mode: Literal["stdin"] = "stdin"
-    tests: list[IOTest]
-    float_tol: float = Field(0.0, description="Relative tolerance for numbers; 0 = exact.")
+    tests: list[IOTest] = Field(..., min_length=1)
+    float_tol: float = Field(
+        0.0, ge=0.0, le=1.0, description="Relative tolerance for numbers; 0 = exact."
+    )
 
 
 class FunctionalTestsSpec(_TestsCommon):
     """LiveCodeBench functional tests: `fn_name` is called with JSON arguments, one per line."""
 
     mode: Literal["functional"]
-    fn_name: str
-    tests: list[IOTest]
-    float_tol: float = Field(0.0, description="Tolerance for returned numbers; 0 = exact.")
+    fn_name: Identifier
+    tests: list[IOTest] = Field(..., min_length=1)
+    float_tol: float = Field(
+        0.0, ge=0.0, le=1.0, description="Tolerance for returned numbers; 0 = exact."
+    )
 
 
 class AssertTestsSpec(_TestsCommon):
@@ -82,8 +109,10 @@ class AssertTestsSpec(_TestsCommon):
 
     mode: Literal["assert"]
     test: str | None = Field(None, description="Test code; give `test` or `tests`.")
-    tests: list[str] | None = Field(None, description="Test snippets, each run on its own.")
-    entry_point: str | None = Field(None, description="Function passed to `check`.")
+    tests: list[str] | None = Field(
+        None, min_length=1, description="Test snippets, each run on its own."
+    )
+    entry_point: Identifier | None = Field(None, description="Function passed to `check`.")
     prefix: str = Field("", description="Code put before the answer (e.g. imports).")
 
 
@@ -108,12 +137,18 @@ class AnswerSpec(BaseModel):
     kind: Literal["answer"]
     expected: str | int | float
     match: Literal["exact", "numeric", "regex", "math"] = "exact"
-    tol: float = Field(1e-6, description="Relative tolerance of `numeric`.")
-    abs_tol: float = Field(0.0, description="Absolute tolerance of `numeric`.")
+    tol: float = Field(
+        1e-6, ge=0.0, le=1e6, allow_inf_nan=False, description="Relative tolerance of `numeric`."
+    )
+    abs_tol: float = Field(
+        0.0, ge=0.0, le=1e300, allow_inf_nan=False, description="Absolute tolerance of `numeric`."
+    )
     case_sensitive: bool = True
-    reveal_expected: bool = False
-    timeout_s: float = 5.0
-    max_feedback_chars: int = 2000
+    reveal_expected: bool = Field(False, description="Show `expected` in the feedback.")
+    timeout_s: float = Field(
+        5.0, ge=0.1, le=60.0, allow_inf_nan=False, description="Limit of a `math` check."
+    )
+    max_feedback_chars: FeedbackChars = 2000
 
 
 class PythonSpec(_Sandboxed):
@@ -121,7 +156,9 @@ class PythonSpec(_Sandboxed):
 
     kind: Literal["python"]
     source: str = Field(..., description="Python source defining verify(response).")
-    timeout_s: float = 10.0
+    timeout_s: float = Field(
+        10.0, ge=0.1, le=120.0, allow_inf_nan=False, description="Per call, seconds."
+    )
 
 
 def _kind(value: Any) -> str | None:
@@ -138,25 +175,25 @@ VerifierSpecModel = Annotated[
 VERIFIER_SPEC = TypeAdapter(VerifierSpecModel)
 
 
-def check_verifier_spec(spec: Any) -> None:
-    """Types (the models above), then values (the verifier's own checks).
+_M = TypeVar("_M", bound=BaseModel)
 
-    Raises VerifierSpecError naming the field inside the spec.
-    """
+
+def parse_spec(spec: dict[str, Any], model: type[_M]) -> _M:
+    """`spec` as its typed model, defaults filled in. Raises VerifierSpecError naming the
+    field (an unknown one with the fields allowed)."""
+    check_fields(spec, set(model.model_fields))
+    try:
+        return model.model_validate(spec)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise VerifierSpecError(err["msg"], ".".join(str(p) for p in err["loc"]) or None) from None
+
+
+def check_verifier_spec(spec: Any) -> None:
+    """What submit runs: the worker's own validation (types, defaults and ranges from the
+    models above, then the kind's value checks). Raises VerifierSpecError naming the field."""
     from sdpo_core.verifiers.registry import validate_spec
 
-    if isinstance(spec, dict) and isinstance(spec.get("kind"), str):
-        try:
-            VERIFIER_SPEC.validate_python(spec)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            if err["type"] == "union_tag_invalid":  # unknown kind or mode: worded below
-                validate_spec(spec)
-            tags = 2 if spec["kind"] == "tests" else 1  # the union tags lead the location
-            loc = [str(p) for p in err["loc"]]
-            if len(loc) >= tags and loc[0] in {"table", "tests", "answer", "python"}:
-                loc = loc[tags:]
-            raise VerifierSpecError(err["msg"], ".".join(loc) or None) from None
     validate_spec(spec)
 
 

@@ -24,17 +24,21 @@ _BUILDERS = {
 }
 
 
-def validate_spec(spec: Any) -> None:
-    """Check a verifier spec without running anything; raise VerifierSpecError naming the field."""
+def validate_spec(spec: Any) -> Any:
+    """Check a verifier spec without running anything; raise VerifierSpecError naming the
+    field. Returns the typed spec (sdpo_core/verifiers/models.py), defaults filled in."""
     if not isinstance(spec, dict):
         raise VerifierSpecError("must be a JSON object")
     kind = spec.get("kind")
     if not isinstance(kind, str) or kind not in _VALIDATORS:
         raise VerifierSpecError(f"unknown kind {kind!r}; one of {sorted(_VALIDATORS)}", "kind")
-    _VALIDATORS[kind](spec)
+    return _VALIDATORS[kind](spec)
 
 
 def build_verifier(spec: Any) -> Verifier:
-    """A verifier for `spec`. Building starts nothing; the sandbox starts on first use."""
-    validate_spec(spec)
+    """A verifier for `spec` (each builder validates it: the typed model, then values).
+    Building starts nothing; the sandbox starts on first use."""
+    kind = spec.get("kind") if isinstance(spec, dict) else None
+    if not isinstance(kind, str) or kind not in _BUILDERS:
+        validate_spec(spec)  # raises, naming the kind
     return _BUILDERS[spec["kind"]](spec)

@@ -12,7 +12,7 @@ from typing import Any
 
 from sdpo_core.types import Verdict
 from sdpo_core.verifiers.base import VerifierBase, VerifierSpecError, truncate
-from sdpo_core.verifiers.spec import get_int
+from sdpo_core.verifiers.models import TableSpec, parse_spec
 
 
 def wrong_answer_block(key: str, expected: str, actual: str | None) -> str:
@@ -22,10 +22,10 @@ def wrong_answer_block(key: str, expected: str, actual: str | None) -> str:
 
 class TableVerifier(VerifierBase):
     def __init__(self, spec: dict[str, Any]) -> None:
-        validate_table_spec(spec)
-        self.cases: dict[str, str] = {str(k): str(v) for k, v in spec["cases"].items()}
-        self.max_failures: int = int(spec.get("max_failures", 2))
-        self.max_feedback_chars: int = int(spec.get("max_feedback_chars", 2000))
+        m = validate_table_spec(spec)
+        self.cases: dict[str, str] = {str(k): str(v) for k, v in m.cases.items()}
+        self.max_failures = m.max_failures
+        self.max_feedback_chars = m.max_feedback_chars
 
     def verify(self, response: str) -> Verdict:
         answers: dict[str, str] = {}
@@ -52,17 +52,13 @@ class TableVerifier(VerifierBase):
         )
 
 
-def validate_table_spec(spec: dict[str, Any]) -> None:
-    cases = spec.get("cases")
-    if not isinstance(cases, dict) or not cases:
-        raise VerifierSpecError("must be a non-empty object of input -> expected output", "cases")
-    for key, value in cases.items():
+def validate_table_spec(spec: dict[str, Any]) -> TableSpec:
+    """The typed spec (models.TableSpec: types, defaults, ranges), after the checks of
+    values a type cannot express."""
+    m = parse_spec(spec, TableSpec)
+    for key, value in m.cases.items():
         if not str(key) or re.search(r"[\s=]", str(key)):
             raise VerifierSpecError(f"key {key!r} must be non-empty without spaces or '='", "cases")
-        if not isinstance(value, (str, int)) or re.search(r"\s", str(value)) or str(value) == "":
+        if re.search(r"\s", str(value)) or str(value) == "":
             raise VerifierSpecError(f"value for {key!r} must be a word without spaces", "cases")
-    get_int(spec, "max_failures", 2, 1, 10_000)
-    get_int(spec, "max_feedback_chars", 2000, 200, 100_000)
-    unknown = set(spec) - {"kind", "cases", "max_failures", "max_feedback_chars"}
-    if unknown:
-        raise VerifierSpecError("unknown field", sorted(unknown)[0])
+    return m

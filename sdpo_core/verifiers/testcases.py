@@ -30,33 +30,21 @@ from sdpo_core.verifiers.feedback import (
     summarize,
     traceback_tail,
 )
-from sdpo_core.verifiers.sandbox import Job, RunResult, Sandbox, get_sandbox
-from sdpo_core.verifiers.spec import (
-    check_fields,
-    check_python_source,
-    get_bool,
-    get_identifier,
-    get_int,
-    get_number,
-    get_str,
+from sdpo_core.verifiers.models import (
+    AssertTestsSpec,
+    FunctionalTestsSpec,
+    StdinTestsSpec,
+    parse_spec,
 )
+from sdpo_core.verifiers.sandbox import Job, RunResult, Sandbox, get_sandbox
+from sdpo_core.verifiers.spec import check_python_source
 
-MODES = ("stdin", "functional", "assert")
-COMMON = {
-    "kind",
-    "mode",
-    "timeout_s",
-    "memory_mb",
-    "max_feedback_chars",
-    "stop_after_timeout",
-    "isolation",
+MODELS: dict[str, type[StdinTestsSpec | FunctionalTestsSpec | AssertTestsSpec]] = {
+    "stdin": StdinTestsSpec,
+    "functional": FunctionalTestsSpec,
+    "assert": AssertTestsSpec,
 }
-ISOLATION = ("attempt", "test")
-FIELDS = {
-    "stdin": COMMON | {"tests", "float_tol"},
-    "functional": COMMON | {"tests", "fn_name", "float_tol"},
-    "assert": COMMON | {"test", "tests", "entry_point", "prefix"},
-}
+TestsSpec = StdinTestsSpec | FunctionalTestsSpec | AssertTestsSpec
 
 
 # ------------------------------------------------------------------------- comparisons
@@ -218,28 +206,18 @@ def solution_names(test: str, entry: str | None) -> list[str]:
 # ---------------------------------------------------------------------------- the spec
 
 
-def _check_tests(spec: dict[str, Any]) -> list[dict[str, str]]:
-    tests = spec.get("tests")
-    if not isinstance(tests, list) or not tests:
-        raise VerifierSpecError("must be a non-empty list of {input, output}", "tests")
-    for i, test in enumerate(tests):
-        if not isinstance(test, dict):
-            raise VerifierSpecError("must be an object {input, output}", f"tests.{i}")
-        check_fields(test, {"input", "output", "hidden"}, f"tests.{i}.")
-        get_bool(test, "hidden", False)  # held out: counts, never shown in feedback
-        for key in ("input", "output"):
-            if not isinstance(test.get(key), str):
-                raise VerifierSpecError("must be a string", f"tests.{i}.{key}")
-    for i, test in enumerate(tests):
+def _check_tests(m: StdinTestsSpec | FunctionalTestsSpec) -> None:
+    for i, test in enumerate(m.tests):
         for key in ("input", "output"):
             try:
-                test[key].encode("utf-8")
+                getattr(test, key).encode("utf-8")
             except UnicodeEncodeError:
                 raise VerifierSpecError("is not valid UTF-8 text", f"tests.{i}.{key}") from None
-    if spec.get("mode") == "functional":
-        for i, test in enumerate(tests):
+    if isinstance(m, FunctionalTestsSpec):
+        for i, test in enumerate(m.tests):
             for key in ("input", "output"):
-                lines = test[key].split("\n") if key == "input" else [test[key]]
+                text = getattr(test, key)
+                lines = text.split("\n") if key == "input" else [text]
                 what = "each line must be" if key == "input" else "must be"
                 try:
                     values = [json.loads(line) for line in lines]
@@ -249,44 +227,31 @@ def _check_tests(spec: dict[str, Any]) -> list[dict[str, str]]:
                     raise VerifierSpecError(
                         f"{what} JSON nested at most {MAX_DEPTH} deep", f"tests.{i}.{key}"
                     )
-    return tests
 
 
-def validate_tests_spec(spec: dict[str, Any]) -> None:
+def validate_tests_spec(spec: dict[str, Any]) -> TestsSpec:
+    """The typed spec of its mode (models.*TestsSpec: types, defaults, ranges), after the
+    checks of values a type cannot express."""
     mode = spec.get("mode", "stdin")
-    if mode not in MODES:
-        raise VerifierSpecError(f"must be one of {list(MODES)}", "mode")
-    check_fields(spec, FIELDS[mode])
-    get_number(spec, "timeout_s", 6.0, 0.1, 60.0)
-    get_int(spec, "memory_mb", 512, 64, 16384)
-    get_int(spec, "max_feedback_chars", 2000, 200, 100_000)
-    get_bool(spec, "stop_after_timeout", True)
-    if spec.get("isolation", "attempt") not in ISOLATION:
-        raise VerifierSpecError(f"must be one of {list(ISOLATION)}", "isolation")
-    if mode == "stdin":
-        _check_tests(spec)
-        get_number(spec, "float_tol", 0.0, 0.0, 1.0)
-    elif mode == "functional":
-        get_identifier(spec, "fn_name", required=True)
-        _check_tests(spec)
-        get_number(spec, "float_tol", 0.0, 0.0, 1.0)
-    else:
-        has_one, has_list = "test" in spec, "tests" in spec
-        if has_one == has_list:
+    if not isinstance(mode, str) or mode not in MODELS:
+        raise VerifierSpecError(f"must be one of {list(MODELS)}", "mode")
+    m = parse_spec(spec, MODELS[mode])
+    if isinstance(m, AssertTestsSpec):
+        if (m.test is None) == (m.tests is None):
             raise VerifierSpecError("give either 'test' (code) or 'tests' (list of code)", "test")
-        if has_one:
-            check_python_source(get_str(spec, "test", required=True), "test")
-        else:
-            tests = spec["tests"]
-            if not isinstance(tests, list) or not tests:
-                raise VerifierSpecError("must be a non-empty list of test code strings", "tests")
-            for i, code in enumerate(tests):
-                if not isinstance(code, str) or not code.strip():
-                    raise VerifierSpecError("must be a non-empty string", f"tests.{i}")
-                check_python_source(code, f"tests.{i}")
-        get_identifier(spec, "entry_point", required=False)
-        if "prefix" in spec:
-            check_python_source(get_str(spec, "prefix"), "prefix")
+        if m.test is not None:
+            if not m.test.strip():
+                raise VerifierSpecError("must be a non-empty string", "test")
+            check_python_source(m.test, "test")
+        for i, code in enumerate(m.tests or ()):
+            if not code.strip():
+                raise VerifierSpecError("must be a non-empty string", f"tests.{i}")
+            check_python_source(code, f"tests.{i}")
+        if m.prefix:
+            check_python_source(m.prefix, "prefix")
+    else:
+        _check_tests(m)
+    return m
 
 
 # ------------------------------------------------------------------------ the verifier
@@ -300,25 +265,22 @@ class TestsVerifier(VerifierBase):
     __test__ = False  # not a pytest class
 
     def __init__(self, spec: dict[str, Any], sandbox: Sandbox | None = None) -> None:
-        validate_tests_spec(spec)
-        self.spec = spec
-        self.mode: str = spec.get("mode", "stdin")
-        self.timeout_s = float(spec.get("timeout_s", 6.0))
-        self.memory_mb = int(spec.get("memory_mb", 512))
-        self.max_feedback_chars = int(spec.get("max_feedback_chars", 2000))
-        self.stop_after_timeout = bool(spec.get("stop_after_timeout", True))
-        self.float_tol = float(spec.get("float_tol", 0.0))
-        self.isolation: str = spec.get("isolation", "attempt")
+        m = self.spec = validate_tests_spec(spec)
+        self.mode: str = m.mode
+        self.timeout_s = m.timeout_s
+        self.memory_mb = m.memory_mb
+        self.max_feedback_chars = m.max_feedback_chars
+        self.stop_after_timeout = m.stop_after_timeout
+        self.isolation: str = m.isolation
+        self.float_tol = 0.0 if isinstance(m, AssertTestsSpec) else m.float_tol  # unused there
         self._sandbox = sandbox
-        if self.mode == "assert":
-            tests = [spec["test"]] if "test" in spec else list(spec["tests"])
+        if isinstance(m, AssertTestsSpec):
+            tests = [m.test] if m.test is not None else list(m.tests or ())
             self.tests = [{"input": t, "output": None} for t in tests]
-            entry = spec.get("entry_point")
-            self.names = sorted({n for t in tests for n in solution_names(t, entry)})
+            self.names = sorted({n for t in tests for n in solution_names(t, m.entry_point)})
         else:
             self.tests = [
-                {"input": t["input"], "output": t["output"], "hidden": bool(t.get("hidden"))}
-                for t in spec["tests"]
+                {"input": t.input, "output": t.output, "hidden": t.hidden} for t in m.tests
             ]
         for i, test in enumerate(self.tests):
             test["index"] = i
@@ -343,7 +305,8 @@ class TestsVerifier(VerifierBase):
             return self._outcome(i, self.tests[i], run)["status"] == "passed"
 
         if self.mode == "assert":
-            prefix = self.spec.get("prefix")
+            assert isinstance(self.spec, AssertTestsSpec)
+            prefix = self.spec.prefix or None
             solution = Job(code=code, harness="serve", prefix=prefix, **common)
             tests = Job(
                 code="",
@@ -351,7 +314,7 @@ class TestsVerifier(VerifierBase):
                 prefix=prefix,
                 tests=tuple(self.tests[i]["input"] for i in indices),
                 names=tuple(self.names),
-                entry_point=self.spec.get("entry_point"),
+                entry_point=self.spec.entry_point,
                 **common,
             )
             return run_asserts(slots, solution, tests, judge)
@@ -359,9 +322,8 @@ class TestsVerifier(VerifierBase):
             job = Job(code=code, harness="tests", mode="stdin", **common)
             messages = [{"input": self.tests[i]["input"]} for i in indices]
         else:
-            job = Job(
-                code=code, harness="tests", mode="call", fn_name=self.spec["fn_name"], **common
-            )
+            assert isinstance(self.spec, FunctionalTestsSpec)
+            job = Job(code=code, harness="tests", mode="call", fn_name=self.spec.fn_name, **common)
             messages = [{"args": self.args[i]} for i in indices]
         return run_tests(slots[0], job, messages, judge)
 
