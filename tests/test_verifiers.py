@@ -179,6 +179,16 @@ def test_one_process_runs_the_tests_in_order_and_names_the_one_that_timed_out(sa
     assert [t["status"] for t in verdict.details["tests"]] == ["passed", "timeout", "skipped"]
     assert verdict.feedback == "Time Limit Exceeded\nInput: 2\nExpected Output: 2\nTime limit: 1 s"
     # each test's output is its own, though one process printed them all
+    # a test killed for its output, or at the memory limit, is named as such
+    flood = (
+        "import sys\nn = int(input())\nprint(n)\nwhile n == 2:\n    sys.stdout.write('x' * 99999)"
+    )
+    hog = (
+        "n = int(input())\nprint(n)\nx = [bytearray(10**6) for _ in range(10**5)] if n == 2 else 0"
+    )
+    for code, status in ((flood, "output_limit"), (hog, "memory")):
+        tests = v.verify(fence(code)).details["tests"]
+        assert [t["status"] for t in tests] == ["passed", status, "skipped"]
     # what a program does to its stdio ends with its test
     closes = "import os, sys\nout = open(1, 'w')\nprint(input(), file=out)\nout.flush()\n"
     closes += "os.close(0)\nsys.stdout.close()\nsys.stdout = None\nos.close(2)"

@@ -636,10 +636,10 @@ class LiveRun:
         sig = reply.get("signal")
         if reply.get("oom"):
             return "memory"
+        if self.over:  # we killed it for that
+            return "output_limit"
         if reply.get("timed_out") or sig == signal.SIGXCPU:
             return "timeout"
-        if self.over:
-            return "output_limit"
         return "error"
 
     def result(self, status: Status, report: dict[str, Any], wall_s: float) -> RunResult:
