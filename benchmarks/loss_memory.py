@@ -191,10 +191,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=0, help="timed runs after the measured one")
     ap.add_argument("--max-gb", type=float, default=None, help="default 0.8 x MemAvailable")
     ap.add_argument("--trainer-step", action="store_true", help="part 2 instead of part 1")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--worker", nargs=2, metavar=("MODE", "T"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     B = a.batch or (2 if a.trainer_step else 1)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     if a.worker:
         mode, T = a.worker
         if a.trainer_step:
@@ -207,14 +210,16 @@ def main() -> None:
     max_gb = a.max_gb or 0.8 * mem_available_gb()
     common = ["--vocab", str(a.vocab), "--batch", str(B), "--top-k", str(a.top_k),
               "--hidden", str(a.hidden), "--device", a.device, "--dtype", a.dtype,
-              "--repeats", str(a.repeats)]  # fmt: skip
+              "--repeats", str(a.repeats), "--threads", str(torch.get_num_threads())]  # fmt: skip
     common += ["--trainer-step"] if a.trainer_step else []
     cuda = a.device.startswith("cuda")
     mem = "cuda max_memory_allocated growth" if cuda else "peak RSS (VmHWM reset) growth"
     what = "whole trainer step, 2-layer hidden-64 Qwen3" if a.trainer_step else f"H={a.hidden}"
+    load = os.getloadavg()[0]
     print(
         f"{what}, B={B} V={a.vocab} K={a.top_k} {a.device} {a.dtype}; memory = {mem}, fresh "
-        f"process per config; 1 BTV = one [B,T,V] float32; runs up to {max_gb:.1f} GB"
+        f"process per config; 1 BTV = one [B,T,V] float32; runs up to {max_gb:.1f} GB; "
+        f"torch threads {torch.get_num_threads()}, load average {load:.1f}"
     )
     print(f"{'T':>6} {'mode':>12} {'peak MB':>9} {'in BTV':>7} {'time s':>8}")
     rows: list[dict] = []
@@ -254,6 +259,8 @@ def main() -> None:
     result = {"part": "trainer_step" if a.trainer_step else "loss", "device": a.device,
               "dtype": a.dtype, "B": B, "V": a.vocab, "H": 64 if a.trainer_step else a.hidden,
               "top_k": a.top_k, "memory_method": mem, "command": " ".join(sys.argv[1:]),
+              "torch_threads": torch.get_num_threads(), "max_gb": max_gb,
+              "load_average": [load, os.getloadavg()[0]],
               "rows": rows, "ratios": ratios}  # fmt: skip
     out = a.out or RESULTS / ("loss_memory_step.json" if a.trainer_step else "loss_memory.json")
     out.parent.mkdir(parents=True, exist_ok=True)

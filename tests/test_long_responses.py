@@ -108,3 +108,28 @@ def test_a_window_too_small_fails_before_any_attempt(long_model: Path, tmp_path:
     assert f"context window of {LONG + 512} tokens (max_position_embeddings" in result.error
     assert f"at most {too_long - 1}" in result.error
     assert [type(e) for e in events] == [FailedEvent]
+
+
+def test_hf_engine_logprobs_are_the_raw_logprobs_of_each_sampled_token(
+    tmp_path: Path, one_thread: None
+) -> None:
+    """The hf engine records each step's log-probs instead of keeping every step's logits
+    (n x L x V floats; 80 GB at 16 x 8192 tokens and a 151,936 vocabulary). They are the
+    temperature-1 log-probs of the sampled tokens, whatever the sampling temperature/top_p,
+    with samples that stop at EOS at different lengths and others cut at the limit."""
+    from sdpo_core.config import SDPOConfig
+    from sdpo_core.engines.hf import HFEngine
+    from sdpo_core.trainer import SDPOTrainer
+    from sdpo_core.types import SamplingParams
+
+    trainer = SDPOTrainer(build_tiny_model("llama", tmp_path / "model"), device="cpu")
+    trainer.reset(SDPOConfig())
+    prompt = trainer.encode_chat("Find the hidden table.")
+    sampling = SamplingParams(n=6, max_new_tokens=600, temperature=0.8, top_p=0.95)
+    completions = HFEngine(trainer).generate(prompt, sampling)
+    finish = {c.finish_reason for c in completions}
+    assert finish == {"stop", "length"}, [len(c.token_ids) for c in completions]
+    assert len({len(c.token_ids) for c in completions}) > 2
+    for c in completions:
+        forced = trainer.sequence_logprobs(prompt, c.token_ids)
+        assert max(abs(a - b) for a, b in zip(c.logprobs, forced, strict=True)) < 1e-4
