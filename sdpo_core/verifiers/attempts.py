@@ -1,4 +1,4 @@
-"""Talked-to runs (`_Slot.talk`): all tests of an attempt in one process, as LiveCodeBench's
+"""Talked-to runs (`talk`): all tests of an attempt in one process, as LiveCodeBench's
 `run_test` grades them, and assert tests in two processes (the solution's, the test code's).
 
 The parent sends each test when the one before it has ended, enforces each test's time limit
@@ -9,15 +9,22 @@ test, and so does this. Tests not run come back "skipped".
 
 from __future__ import annotations
 
+import collections
+import json
+import os
+import secrets
+import selectors
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
 
 from sdpo_core.verifiers.sandbox import (
     Job,
-    LiveRun,
     RunResult,
+    SandboxError,
     Status,
+    _check_reply,
     _Slot,
     report_fields,
 )
@@ -25,6 +32,263 @@ from sdpo_core.verifiers.sandbox import (
 Judge = Callable[[int, RunResult], bool]
 MAX_ARGS_CHARS = 1_000_000  # a call's arguments, as the test process writes them
 MAX_ERROR_CHARS = 1000
+
+
+RES_CAP = 16 * 1024 * 1024  # result channel bytes per test of a talked-to run
+
+
+class LiveRun:
+    """A run its parent talks to while it runs (`talk`): messages go in as JSON lines
+    on its message channel, reports come out on the result channel (only lines carrying the
+    run's nonce count), and `take` hands over the stdout and stderr written since the last
+    call. Deadlines are the caller's: `wait` returns at one, `kill` ends the run. `close`
+    ends it and waits for the server's reply, after which the slot is free again."""
+
+    def __init__(
+        self,
+        slot: _Slot,
+        job: Job,
+        nonce: str,
+        out_r: int,
+        err_r: int,
+        res_r: int,
+        msg_w: int,
+        kill_w: int,
+    ) -> None:
+        assert slot.sock is not None
+        self.slot, self.job, self.nonce = slot, job, nonce
+        self.cap = slot.settings.max_output_bytes
+        self.out, self.err, self.res = bytearray(), bytearray(), bytearray()
+        self.res_bytes = 0
+        self.events: collections.deque[dict[str, Any]] = collections.deque()
+        self.reply: dict[str, Any] | None = None
+        self.over = False  # stdout, stderr or the channel went over its cap (then killed)
+        self.msg_w: int | None = msg_w
+        self.kill_w = kill_w
+        self.pending = b""
+        self.bufs = {out_r: self.out, err_r: self.err, res_r: self.res}
+        self.res_r = res_r
+        self.sel = selectors.DefaultSelector()
+        for fd in self.bufs:
+            os.set_blocking(fd, False)
+            self.sel.register(fd, selectors.EVENT_READ)
+        os.set_blocking(msg_w, False)
+        self.sock = slot.sock
+        self.sock.setblocking(False)
+        self.sel.register(self.sock, selectors.EVENT_READ)
+        self.watchdog = time.monotonic() + (job.budget_s or job.timeout_s) + 10.0
+
+    def send(self, msg: dict[str, Any]) -> None:
+        if self.msg_w is None or self.reply is not None:
+            return
+        if not self.pending:
+            self.sel.register(self.msg_w, selectors.EVENT_WRITE)
+        self.pending += (json.dumps(msg) + "\n").encode()
+
+    def wait(
+        self, want: Callable[[dict[str, Any]], bool], deadline: float
+    ) -> dict[str, Any] | None:
+        """The first report that `want` accepts (the ones before it are dropped), or None
+        when the run ended or `deadline` passed first."""
+        while True:
+            while self.events:
+                event = self.events.popleft()
+                if want(event):
+                    self._drain()  # what it wrote before the report belongs with it
+                    return event
+            now = time.monotonic()
+            if self.reply is not None or now >= deadline:
+                return None
+            if now >= self.watchdog:  # the server does not answer: rebuild the slot
+                self._lose()
+                return None
+            self._pump(min(deadline, self.watchdog) - now)
+
+    def take(self) -> tuple[str, str]:
+        """stdout and stderr since the last call."""
+        out = self.out.decode("utf-8", "replace")
+        err = self.err.decode("utf-8", "replace")
+        self.out.clear()
+        self.err.clear()
+        self.res_bytes = 0
+        return out, err
+
+    def kill(self) -> None:
+        try:
+            os.write(self.kill_w, b"k")
+        except OSError:
+            pass
+
+    def close(self) -> dict[str, Any]:
+        """End the run (its message channel closes, so the harness returns) and wait for the
+        server's reply; returns it."""
+        if self.msg_w is not None:
+            if self.pending:
+                self.sel.unregister(self.msg_w)
+            os.close(self.msg_w)
+            self.msg_w = None
+        grace = time.monotonic() + 2.0
+        while self.reply is None:
+            now = time.monotonic()
+            if now >= grace:
+                self.kill()
+                grace = self.watchdog
+            if now >= self.watchdog:
+                self._lose()
+                break
+            self._pump(min(grace, self.watchdog) - now)
+        self._finish()
+        return self.reply
+
+    def _finish(self) -> None:
+        """After the reply every process of the run is gone: read what is left, close all."""
+        until = time.monotonic() + 0.5
+        while self.bufs and time.monotonic() < until:
+            for key, _ in self.sel.select(max(0.0, until - time.monotonic())):
+                if key.fd in self.bufs:
+                    self._read(key.fd)
+        for fd in list(self.bufs):
+            self._close_fd(fd)
+        self.sel.close()
+        os.close(self.kill_w)
+        if self.slot.sock is self.sock:
+            self.sock.setblocking(True)
+
+    def _lose(self) -> None:
+        """The server hung or died: stop it (the slot starts a new one on its next run)."""
+        if self.reply is None:
+            self.sel.unregister(self.sock)
+        self.reply = {"timed_out": True, "lost": True}
+        self.slot.stop()
+
+    def _close_fd(self, fd: int) -> None:
+        self.sel.unregister(fd)
+        os.close(fd)
+        del self.bufs[fd]
+
+    def _pump(self, timeout: float) -> None:
+        for key, _ in self.sel.select(max(0.0, timeout)):
+            fd = key.fd
+            if fd == self.sock.fileno():
+                self._read_reply()
+            elif fd == self.msg_w:
+                self._write()
+            elif fd in self.bufs:
+                self._read(fd)
+
+    def _write(self) -> None:
+        assert self.msg_w is not None
+        try:
+            self.pending = self.pending[os.write(self.msg_w, self.pending[:65536]) :]
+        except BlockingIOError:
+            return
+        except BrokenPipeError:  # the harness is gone; its end is reported by the server
+            self.pending = b""
+        if not self.pending:
+            self.sel.unregister(self.msg_w)
+
+    def _read(self, fd: int) -> bool:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return False
+        if not chunk:
+            self._close_fd(fd)
+            return False
+        if fd == self.res_r:
+            self._lines(chunk)
+            return True
+        buf = self.bufs[fd]
+        buf += chunk
+        if len(buf) > self.cap:
+            del buf[self.cap :]
+            self._overflow()
+        return True
+
+    def _overflow(self) -> None:
+        if not self.over:
+            self.over = True
+            self.kill()
+
+    def _lines(self, chunk: bytes) -> None:
+        self.res_bytes += len(chunk)
+        if self.res_bytes > RES_CAP:
+            self.res.clear()
+            self._overflow()
+            return
+        self.res += chunk
+        if b"\n" not in chunk:
+            return
+        *lines, rest = bytes(self.res).split(b"\n")
+        self.res[:] = rest
+        key = self.nonce.encode()
+        for line in lines:
+            if key not in line:
+                continue
+            try:
+                obj = json.loads(line)
+            except (ValueError, RecursionError):
+                continue
+            if isinstance(obj, dict) and obj.get("nonce") == self.nonce:
+                self.events.append(obj)
+
+    def _drain(self) -> None:
+        for fd in [fd for fd in self.bufs if fd != self.res_r]:
+            while fd in self.bufs and self._read(fd):
+                pass
+
+    def _read_reply(self) -> None:
+        try:
+            chunk = self.sock.recv(65536)
+        except BlockingIOError:
+            return
+        if not chunk:
+            self._lose()
+            raise SandboxError("the sandbox fork server died during a run")
+        self.slot._buf += chunk
+        if b"\n" in self.slot._buf:
+            line, self.slot._buf = self.slot._buf.split(b"\n", 1)
+            self.sel.unregister(self.sock)
+            reply = json.loads(line)
+            self.reply = reply
+            _check_reply(reply)
+            while self.res_r in self.bufs and self._read(self.res_r):  # its last reports
+                pass
+
+    def ended_status(self) -> Status:
+        """How the run ended, once it has (the server's reply)."""
+        reply = self.reply or {}
+        sig = reply.get("signal")
+        if reply.get("oom"):
+            return "memory"
+        if self.over:  # we killed it for that
+            return "output_limit"
+        if reply.get("timed_out") or sig == signal.SIGXCPU:
+            return "timeout"
+        return "error"
+
+    def result(self, status: Status, report: dict[str, Any], wall_s: float) -> RunResult:
+        """One test's result: its report's typed fields, and what it wrote."""
+        out, err = self.take()
+        reply = self.reply or {}
+        return RunResult(
+            status=status,
+            stdout=out,
+            stderr=err,
+            exit_code=reply.get("exit"),
+            signal=reply.get("signal"),
+            wall_s=wall_s,
+            result=report_fields(report),
+            mode=self.slot.settings.mode,
+        )
+
+
+def talk(slot: _Slot, job: Job) -> LiveRun:
+    """Start a run on `slot` to talk to (harness tests, serve or check)."""
+    nonce = secrets.token_hex(16)
+    in_w, out_r, err_r, res_r, msg_w, kill_w = slot._send(job, nonce)
+    os.close(in_w)
+    return LiveRun(slot, job, nonce, out_r, err_r, res_r, msg_w, kill_w)
 
 
 def _started(event: dict[str, Any]) -> bool:
@@ -80,7 +344,7 @@ def run_tests(
 ) -> list[RunResult]:
     """The attempt's tests (harness tests) in one run, in order; `messages[k]` is what test k
     gets ({"input": stdin text} or {"args": [...]})."""
-    run = slot.talk(job)
+    run = talk(slot, job)
     try:
         results = _start(run, len(messages), job.timeout_s)
         if results is not None:
@@ -121,13 +385,13 @@ def run_asserts(slots: list[_Slot], solution: Job, tests: Job, judge: Judge) -> 
     process (harness serve), which never sees the test code nor touches its process. A test's
     verdict is the test process's report."""
     n = len(tests.tests)
-    sol = slots[0].talk(solution)
+    sol = talk(slots[0], solution)
     chk: LiveRun | None = None
     try:
         failed = _start(sol, n, solution.timeout_s)
         if failed is not None:
             return failed
-        chk = slots[1].talk(tests)
+        chk = talk(slots[1], tests)
         failed = _start(chk, n, tests.timeout_s)
         if failed is not None:
             return failed

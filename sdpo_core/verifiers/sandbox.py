@@ -19,7 +19,6 @@ directory, but no namespaces and no minimal root. Verdicts say which mode ran th
 from __future__ import annotations
 
 import atexit
-import collections
 import fcntl
 import json
 import logging
@@ -131,7 +130,7 @@ class SandboxSettings(BaseSettings):
 @dataclass(frozen=True)
 class Job:
     """One run. `harness`: stdin (a program on `stdin`), verify (verify(data)), or one that
-    the parent talks to while it runs (`_Slot.talk`): tests (all tests of an attempt, `mode`
+    the parent talks to while it runs (`attempts.talk`): tests (all tests of an attempt, `mode`
     stdin or call), serve and check (the solution's and the test code's processes of assert
     tests; `tests` the test codes, `names` the solution's names the tests call).
 
@@ -309,13 +308,6 @@ class _Slot:
         finally:
             os.close(kill_w)  # after the reply: its end would kill the run
 
-    def talk(self, job: Job) -> LiveRun:
-        """Start a run to talk to (harness tests, serve or check)."""
-        nonce = secrets.token_hex(16)
-        in_w, out_r, err_r, res_r, msg_w, kill_w = self._send(job, nonce)
-        os.close(in_w)
-        return LiveRun(self, job, nonce, out_r, err_r, res_r, msg_w, kill_w)
-
     def _collect(
         self, job: Job, nonce: str, in_w: int, out_r: int, err_r: int, res_r: int
     ) -> RunResult:
@@ -407,255 +399,6 @@ class _Slot:
             )
         _check_reply(reply)
         return _classify(job, nonce, reply, bufs[out_r], bufs[err_r], bufs[res_r], over, self)
-
-
-RES_CAP = 16 * 1024 * 1024  # result channel bytes per test of a talked-to run
-
-
-class LiveRun:
-    """A run its parent talks to while it runs (`_Slot.talk`): messages go in as JSON lines
-    on its message channel, reports come out on the result channel (only lines carrying the
-    run's nonce count), and `take` hands over the stdout and stderr written since the last
-    call. Deadlines are the caller's: `wait` returns at one, `kill` ends the run. `close`
-    ends it and waits for the server's reply, after which the slot is free again."""
-
-    def __init__(
-        self,
-        slot: _Slot,
-        job: Job,
-        nonce: str,
-        out_r: int,
-        err_r: int,
-        res_r: int,
-        msg_w: int,
-        kill_w: int,
-    ) -> None:
-        assert slot.sock is not None
-        self.slot, self.job, self.nonce = slot, job, nonce
-        self.cap = slot.settings.max_output_bytes
-        self.out, self.err, self.res = bytearray(), bytearray(), bytearray()
-        self.res_bytes = 0
-        self.events: collections.deque[dict[str, Any]] = collections.deque()
-        self.reply: dict[str, Any] | None = None
-        self.over = False  # stdout, stderr or the channel went over its cap (then killed)
-        self.msg_w: int | None = msg_w
-        self.kill_w = kill_w
-        self.pending = b""
-        self.bufs = {out_r: self.out, err_r: self.err, res_r: self.res}
-        self.res_r = res_r
-        self.sel = selectors.DefaultSelector()
-        for fd in self.bufs:
-            os.set_blocking(fd, False)
-            self.sel.register(fd, selectors.EVENT_READ)
-        os.set_blocking(msg_w, False)
-        self.sock = slot.sock
-        self.sock.setblocking(False)
-        self.sel.register(self.sock, selectors.EVENT_READ)
-        self.watchdog = time.monotonic() + (job.budget_s or job.timeout_s) + 10.0
-
-    def send(self, msg: dict[str, Any]) -> None:
-        if self.msg_w is None or self.reply is not None:
-            return
-        if not self.pending:
-            self.sel.register(self.msg_w, selectors.EVENT_WRITE)
-        self.pending += (json.dumps(msg) + "\n").encode()
-
-    def wait(
-        self, want: Callable[[dict[str, Any]], bool], deadline: float
-    ) -> dict[str, Any] | None:
-        """The first report that `want` accepts (the ones before it are dropped), or None
-        when the run ended or `deadline` passed first."""
-        while True:
-            while self.events:
-                event = self.events.popleft()
-                if want(event):
-                    self._drain()  # what it wrote before the report belongs with it
-                    return event
-            now = time.monotonic()
-            if self.reply is not None or now >= deadline:
-                return None
-            if now >= self.watchdog:  # the server does not answer: rebuild the slot
-                self._lose()
-                return None
-            self._pump(min(deadline, self.watchdog) - now)
-
-    def take(self) -> tuple[str, str]:
-        """stdout and stderr since the last call."""
-        out = self.out.decode("utf-8", "replace")
-        err = self.err.decode("utf-8", "replace")
-        self.out.clear()
-        self.err.clear()
-        self.res_bytes = 0
-        return out, err
-
-    def kill(self) -> None:
-        try:
-            os.write(self.kill_w, b"k")
-        except OSError:
-            pass
-
-    def close(self) -> dict[str, Any]:
-        """End the run (its message channel closes, so the harness returns) and wait for the
-        server's reply; returns it."""
-        if self.msg_w is not None:
-            if self.pending:
-                self.sel.unregister(self.msg_w)
-            os.close(self.msg_w)
-            self.msg_w = None
-        grace = time.monotonic() + 2.0
-        while self.reply is None:
-            now = time.monotonic()
-            if now >= grace:
-                self.kill()
-                grace = self.watchdog
-            if now >= self.watchdog:
-                self._lose()
-                break
-            self._pump(min(grace, self.watchdog) - now)
-        self._finish()
-        return self.reply
-
-    def _finish(self) -> None:
-        """After the reply every process of the run is gone: read what is left, close all."""
-        until = time.monotonic() + 0.5
-        while self.bufs and time.monotonic() < until:
-            for key, _ in self.sel.select(max(0.0, until - time.monotonic())):
-                if key.fd in self.bufs:
-                    self._read(key.fd)
-        for fd in list(self.bufs):
-            self._close_fd(fd)
-        self.sel.close()
-        os.close(self.kill_w)
-        if self.slot.sock is self.sock:
-            self.sock.setblocking(True)
-
-    def _lose(self) -> None:
-        """The server hung or died: stop it (the slot starts a new one on its next run)."""
-        if self.reply is None:
-            self.sel.unregister(self.sock)
-        self.reply = {"timed_out": True, "lost": True}
-        self.slot.stop()
-
-    def _close_fd(self, fd: int) -> None:
-        self.sel.unregister(fd)
-        os.close(fd)
-        del self.bufs[fd]
-
-    def _pump(self, timeout: float) -> None:
-        for key, _ in self.sel.select(max(0.0, timeout)):
-            fd = key.fd
-            if fd == self.sock.fileno():
-                self._read_reply()
-            elif fd == self.msg_w:
-                self._write()
-            elif fd in self.bufs:
-                self._read(fd)
-
-    def _write(self) -> None:
-        assert self.msg_w is not None
-        try:
-            self.pending = self.pending[os.write(self.msg_w, self.pending[:65536]) :]
-        except BlockingIOError:
-            return
-        except BrokenPipeError:  # the harness is gone; its end is reported by the server
-            self.pending = b""
-        if not self.pending:
-            self.sel.unregister(self.msg_w)
-
-    def _read(self, fd: int) -> bool:
-        try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:
-            return False
-        if not chunk:
-            self._close_fd(fd)
-            return False
-        if fd == self.res_r:
-            self._lines(chunk)
-            return True
-        buf = self.bufs[fd]
-        buf += chunk
-        if len(buf) > self.cap:
-            del buf[self.cap :]
-            self._overflow()
-        return True
-
-    def _overflow(self) -> None:
-        if not self.over:
-            self.over = True
-            self.kill()
-
-    def _lines(self, chunk: bytes) -> None:
-        self.res_bytes += len(chunk)
-        if self.res_bytes > RES_CAP:
-            self.res.clear()
-            self._overflow()
-            return
-        self.res += chunk
-        if b"\n" not in chunk:
-            return
-        *lines, rest = bytes(self.res).split(b"\n")
-        self.res[:] = rest
-        key = self.nonce.encode()
-        for line in lines:
-            if key not in line:
-                continue
-            try:
-                obj = json.loads(line)
-            except (ValueError, RecursionError):
-                continue
-            if isinstance(obj, dict) and obj.get("nonce") == self.nonce:
-                self.events.append(obj)
-
-    def _drain(self) -> None:
-        for fd in [fd for fd in self.bufs if fd != self.res_r]:
-            while fd in self.bufs and self._read(fd):
-                pass
-
-    def _read_reply(self) -> None:
-        try:
-            chunk = self.sock.recv(65536)
-        except BlockingIOError:
-            return
-        if not chunk:
-            self._lose()
-            raise SandboxError("the sandbox fork server died during a run")
-        self.slot._buf += chunk
-        if b"\n" in self.slot._buf:
-            line, self.slot._buf = self.slot._buf.split(b"\n", 1)
-            self.sel.unregister(self.sock)
-            reply = json.loads(line)
-            self.reply = reply
-            _check_reply(reply)
-            while self.res_r in self.bufs and self._read(self.res_r):  # its last reports
-                pass
-
-    def ended_status(self) -> Status:
-        """How the run ended, once it has (the server's reply)."""
-        reply = self.reply or {}
-        sig = reply.get("signal")
-        if reply.get("oom"):
-            return "memory"
-        if self.over:  # we killed it for that
-            return "output_limit"
-        if reply.get("timed_out") or sig == signal.SIGXCPU:
-            return "timeout"
-        return "error"
-
-    def result(self, status: Status, report: dict[str, Any], wall_s: float) -> RunResult:
-        """One test's result: its report's typed fields, and what it wrote."""
-        out, err = self.take()
-        reply = self.reply or {}
-        return RunResult(
-            status=status,
-            stdout=out,
-            stderr=err,
-            exit_code=reply.get("exit"),
-            signal=reply.get("signal"),
-            wall_s=wall_s,
-            result=report_fields(report),
-            mode=self.slot.settings.mode,
-        )
 
 
 # What the harness may report, and the type of each field. Anything else is ignored.
@@ -938,7 +681,6 @@ def get_sandbox() -> Sandbox:
 
 __all__ = [
     "Job",
-    "LiveRun",
     "RunResult",
     "Sandbox",
     "SandboxError",
