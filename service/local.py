@@ -271,6 +271,10 @@ def serve(
 
     data = private_dir(settings.data_dir.resolve())
     settings = settings.model_copy(update={"data_dir": data})
+    if not settings.models:  # accept its worker's model at once, before it has loaded
+        from service.worker import model_name_for
+
+        settings = settings.model_copy(update={"models": [model_name_for(model_path)]})
     if not os.environ.get("CHECKPOINT_DIR"):
         settings = settings.model_copy(update={"checkpoint_dir": data / "checkpoints"})
     private_dir(settings.checkpoint_dir)

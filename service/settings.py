@@ -7,7 +7,10 @@ Variable (default): meaning
     SDPO_KEY_PREFIX (sdpo): prefix of every Redis key
     SDPO_HOST / SDPO_PORT (127.0.0.1 / 8000): where the API listens
     SDPO_API_KEYS_REQUIRED (true): false turns auth off (loopback only)
-    SDPO_MODELS (toy): model names accepted; the first is the default
+    SDPO_MODELS ((served)): model names accepted, the first the default; unset: the models
+        whose workers heartbeated in the last SDPO_MODELS_SEEN_SECONDS (local mode: its worker's)
+    SDPO_MODELS_SEEN_SECONDS (3600): how long a model stays accepted after its last worker's
+        last heartbeat (so restarts and upgrades do not refuse submits), when SDPO_MODELS is unset
     CHECKPOINT_DIR (./sdpo-data/checkpoints): shared directory for per-problem checkpoints
     SDPO_DATA_DIR (./sdpo-data): local mode: Redis data, checkpoints, API key
     SDPO_MAX_BODY_BYTES (1048576): request body cap (413)
@@ -81,7 +84,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     api_keys_required: bool = True
-    models: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["toy"])
+    models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    models_seen_seconds: float = Field(3600.0, gt=0)
     data_dir: Path = Path("sdpo-data")
     checkpoint_dir: Path | None = Field(
         None, validation_alias=AliasChoices("checkpoint_dir", "CHECKPOINT_DIR")
@@ -142,8 +146,9 @@ class Settings(BaseSettings):
         return self
 
     @property
-    def default_model(self) -> str:
-        return self.models[0]
+    def default_model(self) -> str | None:
+        """SDPO_MODELS' first, or None (then the served models decide)."""
+        return self.models[0] if self.models else None
 
     @property
     def auth_enabled(self) -> bool:

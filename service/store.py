@@ -15,7 +15,8 @@ Keys (P = SDPO_KEY_PREFIX):
     P:apikey_id:{key_id}      string  sha256(key), to revoke by id
     P:keys:revoked            channel sha256(key) of each revoked key (API key caches listen)
     P:workers                 zset    worker name -> last heartbeat (unix seconds)
-    P:worker:{name}           hash    model, host, pid, current problem
+    P:worker:{name}           hash    model, host, pid, current problem, metrics port
+    P:models                  zset    model -> last heartbeat of a worker serving it
 
 Every multi-key change is one Lua script, so a crash never leaves half a transition.
 A finished problem's hash, events and attempts expire SDPO_RETENTION_SECONDS after it
@@ -548,9 +549,16 @@ class Store:
     async def heartbeat(self, name: str, info: dict[str, Any], ttl: float) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zadd(self.key("workers"), {name: time.time()})
+            if info.get("model"):
+                pipe.zadd(self.key("models"), {str(info["model"]): time.time()})
             pipe.hset(self.key("worker", name), mapping={k: str(v) for k, v in info.items()})
             pipe.expire(self.key("worker", name), max(1, math.ceil(ttl * 4)))
             await pipe.execute()
+
+    async def served_models(self, within: float) -> list[str]:
+        """Models a worker served in the last `within` seconds, sorted."""
+        since = time.time() - within
+        return sorted(await self.redis.zrange(self.key("models"), since, "+inf", byscore=True))
 
     async def remove_worker(self, name: str) -> None:
         await self.redis.zrem(self.key("workers"), name)

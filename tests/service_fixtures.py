@@ -79,11 +79,14 @@ def create_api_key(url: str, prefix: str, tenant: str) -> str:
 
 
 def service_env(redis_url: str, prefix: str, checkpoint_dir: Path, **extra: Any) -> dict[str, str]:
-    """Environment for an API or worker process: quick heartbeats, this Redis and prefix."""
+    """Environment for an API or worker process: quick heartbeats, this Redis and prefix;
+    SDPO_MODELS=toy, so an API accepts toy problems before a worker heartbeats (pass
+    SDPO_MODELS="" for the models the live workers serve)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SDPO_")}
     env.update(
         REDIS_URL=redis_url,
         SDPO_KEY_PREFIX=prefix,
+        SDPO_MODELS="toy",
         CHECKPOINT_DIR=str(checkpoint_dir),
         SDPO_HEARTBEAT_SECONDS="0.5",
         SDPO_HEARTBEAT_TIMEOUT="4",

@@ -28,6 +28,8 @@ from service_fixtures import (  # noqa: E402
 )
 
 pytestmark = pytest.mark.slow
+# SDPO_MODELS unset: the API accepts the models its live workers serve (here: toy)
+service_env_extra = {"SDPO_MODELS": ""}
 
 
 def follow(svc: Service, pid: str, **params: str) -> list[dict]:
@@ -167,3 +169,16 @@ def test_cancel_running_problem(sdpo_service: Service) -> None:
         # the worker is free again: a small problem still gets solved
         pid2 = c.post("/v1/problems", json=make_problem(3, 1)).json()["id"]
     assert follow(sdpo_service, pid2)[-1]["event"] in {"solved", "exhausted"}
+
+
+def test_a_model_no_worker_serves_is_refused_at_submit(sdpo_service: Service) -> None:
+    """Without SDPO_MODELS the API accepts what live workers serve (their heartbeats)."""
+    problem = make_problem(7, 1)
+    with sdpo_service.client() as c:
+        r = c.post("/v1/problems", json={**problem, "model": "qwen3-8b"})
+        assert r.status_code == 422, r.text
+        error = r.json()["error"]
+        assert error["field"] == "model" and "workers serve ['toy']" in error["message"]
+        r = c.post("/v1/problems", json={**problem, "model": None})  # the one served model
+        assert r.status_code == 201 and r.json()["model"] == "toy", r.text
+        c.post(f"/v1/problems/{r.json()['id']}/cancel")

@@ -94,7 +94,8 @@ class RedisGauges:
     @classmethod
     async def read(cls, store: Store, settings: Settings) -> RedisGauges:
         depth = {}
-        for model in settings.models:
+        models = settings.models or await store.served_models(settings.models_seen_seconds)
+        for model in models:
             depth[model] = await Queue(store.redis, store.prefix, model).depth()
         queued = await store.redis.scard(store.key("queued"))
         workers = await store.live_workers(settings.heartbeat_timeout)
@@ -118,7 +119,7 @@ class RedisGauges:
         per_model: dict[str, int] = defaultdict(int)
         for info in workers:
             per_model[info.get("model", "")] += 1
-        for model in sorted(set(settings.models) | set(per_model)):
+        for model in sorted(set(models) | set(per_model)):
             w.add_metric([model], per_model.get(model, 0))
         return cls([problems, q, w])
 

@@ -180,9 +180,7 @@ async def create_problem(
     body = await _read_body(request, settings.max_body_bytes)
     spec = await asyncio.to_thread(_parse_submit, body)
     _check_limits(spec, settings)
-    model = spec.model or settings.default_model
-    if model not in settings.models:
-        raise ApiError(422, f"unknown model {model!r}; one of {settings.models}", field="model")
+    model = await _model_of(spec.model, store, settings)
     spec_json = spec.model_dump(mode="json")
     body_hash = sha256(json.dumps(spec_json, sort_keys=True))
     outcome, pid, stored_hash = await store.create_problem(
@@ -221,6 +219,30 @@ async def create_problem(
     if row is None:  # an idempotency key outlived its problem
         raise ApiError(409, "Idempotency-Key refers to a deleted problem", code="conflict")
     return _json(problem_from_row(row), 201, headers)
+
+
+async def _model_of(asked: str | None, store: Store, settings: Settings) -> str:
+    """The model a submit is queued for: SDPO_MODELS when set (the first is the default),
+    else the models live workers serve (heartbeats of the last SDPO_MODELS_SEEN_SECONDS)."""
+    if settings.models:
+        accepted, where = settings.models, "SDPO_MODELS accepts"
+    else:
+        accepted = await store.served_models(settings.models_seen_seconds)
+        where = "workers serve"
+    if asked is None:
+        if settings.models or len(accepted) == 1:
+            return accepted[0]
+        if not accepted:
+            raise ApiError(
+                422,
+                "no worker has served a model yet; start one, or set SDPO_MODELS to "
+                "queue problems before the workers come",
+                field="model",
+            )
+        raise ApiError(422, f"name a model: {where} {accepted}", field="model")
+    if asked not in accepted:
+        raise ApiError(422, f"unknown model {asked!r}: {where} {accepted}", field="model")
+    return asked
 
 
 @router.get(
