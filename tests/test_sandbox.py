@@ -556,12 +556,16 @@ def test_sandbox_python_under_tmp(tmp_path):
     for p in [env, *env.parents]:
         if p != Path("/"):
             p.chmod(p.stat().st_mode | 0o055)  # readable by the slot uid, as a checkout is
-    settings = SandboxSettings(slots=1, python=str(env / "bin/python3"), uid_base=63300)
-    with Sandbox(settings) as sb:
-        for _ in range(2):  # the second run gets a fresh /tmp with the packages bound again
-            code = "import sdpo_probe_mod, os\nprint(sdpo_probe_mod.VALUE)\n"
-            code += "open('/tmp/mine', 'x').write('x')\nprint(sorted(os.listdir('/tmp')))"
-            r, _ = run(sb, code)
-            assert r.status == "ok", r
-            assert r.stdout.splitlines()[0] == "42", r
-            assert "mine" in r.stdout, r
+    # ... also when the environment is reached through a symlink (a worktree's environment
+    # linking to its main checkout's): the link becomes a link in the minimal root
+    (tmp_path / "linked-env").symlink_to(env)
+    for python in (env / "bin/python3", tmp_path / "linked-env/bin/python3"):
+        settings = SandboxSettings(slots=1, python=str(python), uid_base=63300)
+        with Sandbox(settings) as sb:
+            for _ in range(2):  # the second run gets a fresh /tmp with the packages bound again
+                code = "import sdpo_probe_mod, os\nprint(sdpo_probe_mod.VALUE)\n"
+                code += "open('/tmp/mine', 'x').write('x')\nprint(sorted(os.listdir('/tmp')))"
+                r, _ = run(sb, code)
+                assert r.status == "ok", r
+                assert r.stdout.splitlines()[0] == "42", r
+                assert "mine" in r.stdout, r

@@ -155,6 +155,9 @@ def _setup_root(cfg: dict, workdir: str | None) -> str:
         _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, tmpfs)
         for alias, path in WORLD.tmp_roots:
             _bind(alias, path, MS_RDONLY | MS_NOSUID | MS_NODEV)
+        for path, real in WORLD.tmp_links:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.symlink(real, path)
         os.mkdir("/tmp/shm", 0o1777)  # /dev/shm (one tmpfs, one size limit, one mount less)
         os.chmod("/tmp/shm", 0o1777)  # (mkdir applies the umask)
         workdir = "/tmp/work"
@@ -564,6 +567,7 @@ class World:
         # (alias, path) of python roots under /tmp: each run's private /tmp would hide them,
         # so the root keeps them at the alias and every run binds them back in.
         self.tmp_roots: list[tuple[str, str]] = []
+        self.tmp_links: list[tuple[str, str]] = []  # (path, real) of linked roots under /tmp
         self.setup_fd = -1  # in a run: where its setup reports how it failed
 
 
@@ -584,17 +588,24 @@ def _bind(src: str, dst: str, flags: int) -> None:
     _mount("none", dst, None, MS_REMOUNT | MS_BIND | flags, None)
 
 
-def _python_roots() -> list[str]:
-    """Directories the interpreter imports from that /usr does not already hold."""
+def _python_roots() -> tuple[list[str], dict[str, str]]:
+    """Directories the interpreter imports from that /usr does not already hold, and the
+    paths of them reached through a symlink (path -> real directory), e.g. a checkout whose
+    environment links to another's: those become symlinks in the root, not mounts."""
     roots: set[str] = set()
+    links: dict[str, str] = {}
     for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix):
-        for q in {os.path.abspath(p), os.path.realpath(p)}:
+        path, real = os.path.abspath(p), os.path.realpath(p)
+        for q in {path, real}:
             top = q.strip("/").split("/")[0]
             if q == "/":
                 raise OSError(f"the sandbox python's prefix {p!r} would expose the whole host")
             if top not in SYSTEM_DIRS:
                 roots.add(q)
-    return sorted(roots)
+        if path != real and path in roots:
+            roots.discard(path)
+            links[path] = real
+    return sorted(roots), links
 
 
 def _etc(new: str, old: str, uid: int | None) -> None:
@@ -621,7 +632,7 @@ def _etc(new: str, old: str, uid: int | None) -> None:
 
 def _build_root(cfg: dict) -> None:
     """Pivot into the minimal root described in the module docstring (read-only at the end)."""
-    roots = _python_roots()
+    roots, links = _python_roots()
     _mount("none", "/", None, MS_REC | MS_PRIVATE, None)
     _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
     os.mkdir("/tmp/old")
@@ -648,13 +659,19 @@ def _build_root(cfg: dict) -> None:
     for d in ("proc", "tmp", "var"):
         os.mkdir(f"{new}/{d}", 0o755)
     os.symlink("/tmp", f"{new}/var/tmp")
-    for root in roots:  # last: a root may lie under a directory made above (e.g. /var)
+    for root in [*roots, *links]:  # last: a root may lie under a directory made above (/var)
         top = root.split("/")[1]
         if top in ("proc", "dev") or root in ("/var/tmp", "/etc") or root.startswith("/var/tmp/"):
             raise OSError(
                 f"the sandbox python's prefix {root!r} lies where the sandbox mounts "
                 "its own files: install it elsewhere (SDPO_SANDBOX_PYTHON)"
             )
+        if root in links:
+            os.makedirs(os.path.dirname(new + root), exist_ok=True)
+            os.symlink(links[root], new + root)
+            if top == "tmp":
+                WORLD.tmp_links.append((root, links[root]))
+            continue
         if top == "tmp":
             alias = f"/dev/.tmp-roots/{len(WORLD.tmp_roots)}"  # not a new top-level name
             _bind(old + root, new + alias, ro)
