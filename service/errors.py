@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -100,6 +101,19 @@ def install(app: FastAPI) -> None:
         log.warning("redis unavailable: %s", exc)
         return error_response(
             503, "storage unavailable, retry shortly", headers={"Retry-After": "5"}
+        )
+
+    @app.exception_handler(RedisOutOfMemoryError)
+    async def _redis_full(req: Request, exc: Exception) -> JSONResponse:
+        # maxmemory with noeviction (docs/deploy.md): writes fail until finished problems
+        # expire; reads still work
+        log.warning("redis is full: %s", exc)
+        retry = getattr(req.app.state.settings, "retry_after_seconds", 30)
+        return error_response(
+            503,
+            "storage is full (Redis reached its maxmemory), retry later",
+            code="storage_full",
+            headers={"Retry-After": str(retry)},
         )
 
     @app.exception_handler(Exception)

@@ -10,8 +10,8 @@ One worker = one loaded model (one GPU). It
   an event; one async writer per run writes them, in order;
 - stops within one step on cancel (a flag, set when writing its next event reports the
   cancel, or by its heartbeat) or SIGTERM (problem handed back to the queue, status
-  `queued`), and rides out Redis restarts by reconnecting: while Redis is away the run
-  pauses at its next phase and its wall-clock budget stands still;
+  `queued`), and rides out Redis restarts by reconnecting: while Redis is away (or full:
+  maxmemory reached) the run pauses at its next phase and its wall-clock budget stands still;
 - deletes the checkpoints (adapter) of problems past the retention;
 - keeps its Prometheus counters in its own process and serves them on its own port
   (service/worker_metrics.py).
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -54,7 +55,8 @@ from service.store import TERMINAL, Store, connect
 from service.worker_metrics import WorkerMetrics
 
 log = logging.getLogger("sdpo.worker")
-_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+# Redis away, or full (maxmemory, noeviction): the run pauses and the writes are retried
+_TRANSIENT = (RedisConnectionError, RedisTimeoutError, RedisOutOfMemoryError, OSError)
 _WRITTEN = ("ok", "cancel_requested")  # Store.record outcomes that logged the event
 
 

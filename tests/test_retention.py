@@ -121,3 +121,57 @@ def test_default_retention_is_seven_days(retention: int) -> None:
     from service.settings import Settings
 
     assert Settings().retention_seconds == retention
+
+
+def test_a_full_redis_answers_503_and_workers_wait_for_room(tmp_path: Path) -> None:
+    """Redis at its maxmemory with noeviction refuses writes: a submit gets 503 with
+    Retry-After and says why (never a 500), reads still answer, and a worker's write waits
+    until there is room again."""
+    from service.worker import _retry
+
+    server = RedisServer(tmp_path / "redis").start()
+    env = service_env(server.url, PREFIX, tmp_path / "ck", SDPO_RETRY_AFTER_SECONDS="7",
+                      SDPO_READY_REQUIRES_WORKERS="false")  # fmt: skip
+    api, base = start_api(env, tmp_path / "api.log")
+    r = redis_sync.Redis.from_url(server.url)
+    try:
+        h = {"Authorization": f"Bearer {create_api_key(server.url, PREFIX, 'full')}"}
+        with httpx.Client(base_url=base, headers=h, timeout=30) as c:
+            first = c.post("/v1/problems", json=problem(0))
+            assert first.status_code == 201, first.text
+            r.config_set("maxmemory-policy", "noeviction")
+            r.config_set("maxmemory", r.info("memory")["used_memory"] + 256 * 1024)
+            filled = 0
+            with pytest.raises(redis_sync.exceptions.OutOfMemoryError):
+                while filled < 10_000:
+                    r.set(f"fill:{filled}", b"x" * 16384)
+                    filled += 1
+            # Redis checks the limit as each command starts, counting that client's input
+            # buffer: just under it, a small command may still pass. Over it, as a full
+            # Redis stays under noeviction, every write is refused:
+            r.config_set("maxmemory", r.info("memory")["used_memory"] - 64 * 1024)
+
+            full = c.post("/v1/problems", json=problem(1))
+            assert full.status_code == 503, full.text
+            assert full.headers["Retry-After"] == "7"
+            error = full.json()["error"]
+            assert error["code"] == "storage_full" and "maxmemory" in error["message"]
+            assert c.get(f"/v1/problems/{first.json()['id']}").status_code == 200  # reads work
+
+            async def worker_write() -> None:
+                redis = connect(server.url)
+                try:
+                    write = asyncio.create_task(_retry(redis.set, f"{PREFIX}:probe", "1"))
+                    await asyncio.sleep(1.0)
+                    assert not write.done()  # refused, retrying
+                    await redis.delete(*[f"fill:{i}" for i in range(filled)])
+                    await asyncio.wait_for(write, 30)
+                finally:
+                    await redis.aclose()
+
+            asyncio.run(worker_write())
+            assert c.post("/v1/problems", json=problem(2)).status_code == 201  # room again
+    finally:
+        r.close()
+        api.stop()
+        server.stop()
