@@ -32,8 +32,6 @@ from sdpo_core.verifiers.sandbox import (
 Judge = Callable[[int, RunResult], bool]
 MAX_ARGS_CHARS = 1_000_000  # a call's arguments, as the test process writes them
 MAX_ERROR_CHARS = 1000
-
-
 RES_CAP = 16 * 1024 * 1024  # result channel bytes per test of a talked-to run
 
 
