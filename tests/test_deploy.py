@@ -87,7 +87,7 @@ def compose_binary() -> list[str] | None:
 
 
 # ------------------------------------------------------------------ static checks
-@pytest.mark.parametrize("profile", [None, "gpu", "cpu"])
+@pytest.mark.parametrize("profile", [None, "gpu", "cpu", "monitoring"])
 def test_compose_file_validates(profile: str | None) -> None:
     binary = compose_binary()
     if binary is None:
