@@ -175,3 +175,18 @@ def test_a_full_redis_answers_503_and_workers_wait_for_room(tmp_path: Path) -> N
         r.close()
         api.stop()
         server.stop()
+
+
+def test_served_models_are_those_heartbeated_within_the_window(
+    redis_url: str, key_prefix: str
+) -> None:
+    async def go() -> tuple[list[str], list[str]]:
+        store = Store(connect(redis_url), key_prefix)
+        try:
+            await store.heartbeat("w1", {"model": "toy"}, 4)
+            await store.redis.zadd(store.key("models"), {"retired": time.time() - 7200})
+            return await store.served_models(3600), await store.served_models(3 * 3600)
+        finally:
+            await store.redis.aclose()
+
+    assert asyncio.run(go()) == (["toy"], ["retired", "toy"])

@@ -6,6 +6,7 @@ adapter of a run that took SDPO steps and load it with peft; cancel a running pr
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import tarfile
@@ -15,6 +16,7 @@ import pytest
 
 from sdpo_core.contract import PAYLOADS, TERMINAL_EVENTS
 from sdpo_core.toy import HARD_SUITE, make_problem
+from service.store import Store, connect
 
 pytest_plugins = ["service_fixtures"]
 pytest.register_assert_rewrite("service_fixtures")  # before importing it
@@ -181,4 +183,21 @@ def test_a_model_no_worker_serves_is_refused_at_submit(sdpo_service: Service) ->
         assert error["field"] == "model" and "workers serve ['toy']" in error["message"]
         r = c.post("/v1/problems", json={**problem, "model": None})  # the one served model
         assert r.status_code == 201 and r.json()["model"] == "toy", r.text
+        c.post(f"/v1/problems/{r.json()['id']}/cancel")
+
+        # a second model's worker heartbeats (as `sdpo worker` does): both are served, and
+        # "model": null no longer says which
+        async def heartbeat() -> None:
+            store = Store(connect(sdpo_service.redis_url), sdpo_service.prefix)
+            try:
+                await store.heartbeat("other-host-1", {"model": "qwen3-8b"}, 4)
+            finally:
+                await store.redis.aclose()
+
+        asyncio.run(heartbeat())
+        r = c.post("/v1/problems", json={**problem, "model": None})
+        assert r.status_code == 422, r.text
+        assert "workers serve ['qwen3-8b', 'toy']" in r.json()["error"]["message"]
+        r = c.post("/v1/problems", json={**problem, "model": "qwen3-8b"})
+        assert r.status_code == 201 and r.json()["model"] == "qwen3-8b", r.text
         c.post(f"/v1/problems/{r.json()['id']}/cancel")
