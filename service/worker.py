@@ -423,7 +423,7 @@ class Worker:
                 fields={"attempts": event.index},
             )
             if outcome in _WRITTEN:  # a replayed attempt ('dup') is not counted again
-                self.metrics.attempt(v.passed)
+                self.metrics.attempt(v.passed, "verifier_error" in v.details)
             return outcome
         if isinstance(event, StepEvent):
             outcome = await self._retry(

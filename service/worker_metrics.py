@@ -50,6 +50,12 @@ class WorkerMetrics:
             "sdpo_attempts_passed", "Attempts that passed the verifier.", registry=r
         )
         self.verifier_runs = Counter("sdpo_verifier_runs", "Verifier runs.", registry=r)
+        self.verifier_errors = Counter(
+            "sdpo_verifier_errors",
+            "Attempts whose `python` verifier itself failed (raised, overran its limits or "
+            "returned no verdict); such an attempt fails without feedback.",
+            registry=r,
+        )
         self.steps = Counter("sdpo_steps", "SDPO steps taken.", registry=r)
         self.problems_finished = Counter(
             "sdpo_problems_finished",
@@ -77,11 +83,13 @@ class WorkerMetrics:
             registry=r,
         )
 
-    def attempt(self, passed: bool) -> None:
+    def attempt(self, passed: bool, verifier_error: bool = False) -> None:
         self.attempts.inc()
         self.verifier_runs.inc()
         if passed:
             self.attempts_passed.inc()
+        if verifier_error:
+            self.verifier_errors.inc()
 
     def step(self, metrics: Mapping[str, Any]) -> None:
         """One step, from its StepEvent.metrics (`time_*` seconds)."""

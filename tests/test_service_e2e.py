@@ -201,3 +201,27 @@ def test_a_model_no_worker_serves_is_refused_at_submit(sdpo_service: Service) ->
         r = c.post("/v1/problems", json={**problem, "model": "qwen3-8b"})
         assert r.status_code == 201 and r.json()["model"] == "qwen3-8b", r.text
         c.post(f"/v1/problems/{r.json()['id']}/cancel")
+
+
+def test_the_worker_counts_verifier_errors(sdpo_service: Service) -> None:
+    """A `python` verifier that raises fails each attempt; the worker's own /metrics says so."""
+    port = worker_metrics_port(sdpo_service.base_url, f"w0-{sdpo_service.prefix[-4:]}",
+                               sdpo_service.headers)  # fmt: skip
+    before = scrape(port)
+    problem = {
+        "prompt": "Say anything.",
+        "verifier": {"kind": "python", "source": "def verify(response):\n    raise ValueError"},
+        "budget": {"max_attempts": 4, "max_seconds": 120},
+        "sdpo": {"samples_per_step": 4, "max_new_tokens": 8},
+        "model": "toy",
+    }
+    with sdpo_service.client() as c:
+        r = c.post("/v1/problems", json=problem)
+        assert r.status_code == 201, r.text
+        pid = r.json()["id"]
+    events = follow(sdpo_service, pid)
+    assert events[-1]["event"] == "exhausted", events[-1]
+    done = 'sdpo_problems_finished_total{status="exhausted"}'
+    after = wait_for(lambda: (m := scrape(port)).get(done, 0) > before.get(done, 0) and m, 10, done)
+    errors = after["sdpo_verifier_errors_total"] - before["sdpo_verifier_errors_total"]
+    assert errors == len([e for e in events if e["event"] == "attempt"]) == 4

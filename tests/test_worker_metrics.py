@@ -35,12 +35,13 @@ def test_a_taken_port_moves_the_next_worker_up_and_zero_is_off() -> None:
         again = second.serve("127.0.0.1", port)
         assert again is not None and again > got
         first.attempt(passed=True)
-        first.attempt(passed=False)
+        first.attempt(passed=False, verifier_error=True)
         first.step({"time_generate": 0.5, "time_verify": 0.25, "time_swap": 0.1})
         first.finished("solved", 12.0)
         m = samples(got)
         assert m["sdpo_attempts_total"] == 2 and m["sdpo_attempts_passed_total"] == 1
         assert m["sdpo_verifier_runs_total"] == 2 and m["sdpo_steps_total"] == 1
+        assert m["sdpo_verifier_errors_total"] == 1
         assert m['sdpo_problems_finished_total{status="solved"}'] == 1
         assert m['sdpo_solve_seconds_bucket{le="15.0"}'] == 1
         assert m["sdpo_step_seconds_sum"] == 0.85
