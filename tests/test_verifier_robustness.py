@@ -19,6 +19,17 @@ def test_output_comparison_with_non_numbers():
     assert stdout_matches("1e3", "1000") and stdout_matches("1.50", "1.5")
 
 
+@pytest.mark.timeout(60)  # a hang guard: linear takes milliseconds, the old regex minutes
+def test_number_tokens_are_matched_in_linear_time():
+    """A program's wrong line of one long digit run and a letter (the old number pattern
+    `\\d+\\.?\\d*` backtracked quadratically on it: ~100 s of the verifier's CPU per line)."""
+    half = "1" * 50_000 + "." + "1" * 49_999
+    for bad in ("1" * 99_999 + "x", "1" * 99_990 + "e99999", half + "x"):
+        assert not stdout_matches(bad, "1")
+        assert not stdout_matches(f"{bad}\n{bad}", "1\n2", float_tol=1e-6)
+    assert stdout_matches("1" * 99_990, "1" * 99_990 + ".0")
+
+
 def test_answer_parsing_is_bounded():
     assert parse_number("1e999999999") is None
     assert parse_number("1e400") is None  # overflows a float: not a number
