@@ -136,3 +136,30 @@ def test_forged_setup_error_is_a_failing_verdict(sandbox):
     python = {"kind": "python", "source": forged + "def verify(response):\n    return True\n"}
     verdict = make(python, sandbox).verify("anything")
     assert not verdict.passed and "verifier_error" in verdict.details
+
+
+@pytest.mark.parametrize(
+    "mode, code",
+    [
+        ("stdin", "s = input()\nraise ValueError(s)\n"),
+        ("stdin", "import os\ns = input()\nos._exit(ord(s[0]))\n"),
+        ("stdin", "import os, signal\ns = input()\nos.kill(os.getpid(), ord(s[1]) % 32)\n"),
+        ("functional", "def f(s):\n    raise ValueError(s)\n"),
+        ("functional", "def f(s):\n    raise type(s, (Exception,), {})()\n"),
+        ("functional", "import sys\ndef f(s):\n    sys.exit(int.from_bytes(s.encode(), 'big'))\n"),
+    ],
+)
+def test_held_out_input_never_reaches_feedback_through_the_programs_error(sandbox, mode, code):
+    """A held-out test's error text is the program's (its stderr, an exception's message or
+    type name, an exit code, a signal): a program that fails on purpose would write the
+    input there, so a held-out runtime error says only that it was one."""
+    spec: dict = {"kind": "tests", "mode": mode, "timeout_s": 3}
+    spec["tests"] = [{"input": "SECRET", "output": "1", "hidden": True}]
+    if mode == "functional":
+        spec.update(fn_name="f", tests=[{"input": '"SECRET"', "output": '"1"', "hidden": True}])
+    verdict = make(spec, sandbox).verify(f"```python\n{code}```")
+    assert not verdict.passed and verdict.feedback.startswith("Runtime Error")
+    assert verdict.details["tests"][0]["error"].startswith("(not shown")
+    secret = str(int.from_bytes(b"SECRET", "big"))
+    for shown in (verdict.feedback, repr(verdict.details)):
+        assert "SECRET" not in shown and secret not in shown

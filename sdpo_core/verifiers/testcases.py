@@ -395,6 +395,8 @@ class TestsVerifier(VerifierBase):
             out.update(input=None, expected=None)
         if test.get("hidden"):  # held out: the verdict counts it, feedback shows nothing of it
             out.update(hidden=True, input=None, expected=None, actual=None, first_diff=None)
+            if out["status"] == "runtime_error":  # the program's words: it may echo the input
+                out["error"] = HELD_OUT_ERROR
         return out
 
     @staticmethod
@@ -437,6 +439,7 @@ class TestsVerifier(VerifierBase):
 
 
 WITHHELD = "(not shown: the program ran a held-out test before this one)"
+HELD_OUT_ERROR = "(not shown: the program's error output on a held-out test)"
 
 
 def _withhold_after_hidden(outcomes: list[dict[str, Any]]) -> None:
