@@ -30,6 +30,17 @@ def test_number_tokens_are_matched_in_linear_time():
     assert stdout_matches("1" * 99_990, "1" * 99_990 + ".0")
 
 
+@pytest.mark.timeout(60)  # a hang guard: linear takes milliseconds, the old regex a minute
+def test_answer_line_is_found_in_linear_time():
+    """Runs of blanks inside an answer line: around the label (two `[ \\t]*` in a row) and
+    between the answer's words (a lazy group before `[ \\t*_]*$`) backtracked quadratically."""
+    gap = " " * 99_980
+    assert extract_answer("answer" + gap + "x") == ("answer" + gap + "x", "last_line")
+    assert extract_answer("Answer:a" + gap + "b")[0] == "a" + gap + "b"
+    assert extract_answer("Final answer **:** 42 **")[0] == "42"
+    assert extract_answer("answer: **")[0] == "*"
+
+
 def test_answer_parsing_is_bounded():
     assert parse_number("1e999999999") is None
     assert parse_number("1e400") is None  # overflows a float: not a number

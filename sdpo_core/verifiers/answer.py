@@ -24,10 +24,19 @@ from sdpo_core.types import Verdict
 from sdpo_core.verifiers.base import VerifierBase, VerifierSpecError, truncate
 from sdpo_core.verifiers.models import AnswerSpec, parse_spec
 
-# Within one line only ([ \t], not \s): a run of blank lines must not make this quadratic.
+# Within one line only ([ \t], not \s): a run of blank lines must not make this quadratic. No
+# two neighbouring parts may match the same blanks (`[ \t]*[*_]*[ \t]*` did, and a lazy `.+?`
+# before `[ \t*_]*$`): the answer is taken to the line's end and its tail cut in `_answer`.
 ANSWER_LINE = re.compile(
-    r"^[ \t*#>_]*(?:final[ \t]+)?answer[ \t]*[*_]*[ \t]*[:：][ \t*_]*(.+?)[ \t*_]*$", re.I | re.M
+    r"^[ \t*#>_]*(?:final[ \t]+)?answer[ \t]*(?:[*_]+[ \t]*)?[:：][ \t*_]*(.+)$", re.I | re.M
 )
+
+
+def _answer(found: str) -> str:
+    """An answer line's answer without its trailing blanks and emphasis (at least 1 char)."""
+    return found.rstrip(" \t*_") or found[:1]
+
+
 NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?(?:[ \t]*/[ \t]*\d+)?")
 HUGE_EXPONENT = re.compile(r"[eE][-+]?\d{5}")  # 1e999999999: Fraction would expand it
 MAX_ANSWER_CHARS = 2000
@@ -55,7 +64,7 @@ def extract_answer(response: str) -> tuple[str | None, str]:
         return boxed.strip(), "boxed"
     lines = ANSWER_LINE.findall(response)
     if lines:
-        return lines[-1].strip(), "answer_line"
+        return _answer(lines[-1]).strip(), "answer_line"
     rest = [line.strip() for line in response.strip().splitlines() if line.strip()]
     if rest:
         return rest[-1], "last_line"
