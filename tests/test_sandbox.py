@@ -569,3 +569,17 @@ def test_sandbox_python_under_tmp(tmp_path):
                 assert r.status == "ok", r
                 assert r.stdout.splitlines()[0] == "42", r
                 assert "mine" in r.stdout, r
+
+
+def test_assert_tests_with_one_slot():
+    """SDPO_SANDBOX_SLOTS=1: assert tests need two processes at once (the solution's, the test
+    code's), which run in turn; a second slot starts when they first need it, so such a
+    problem is graded (it raised SandboxError, ending the run as failed) and runs stay one
+    at a time."""
+    spec = {"kind": "tests", "mode": "assert", "tests": ["assert add(2, 3) == 5"], "timeout_s": 3}
+    with Sandbox(SandboxSettings(slots=1, uid_base=63400)) as sb:
+        v = build_verifier(spec)
+        v._sandbox = sb
+        right, wrong = "def add(a, b):\n    return a + b\n", "def add(a, b):\n    return a - b\n"
+        assert [r.passed for r in v.verify_batch([right, wrong, right])] == [True, False, True]
+        assert len(sb._slots) == 2 and sb._pool._max_workers == 1
