@@ -6,6 +6,7 @@ per token, to LOGPROB_TOL.
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -106,6 +107,15 @@ def test_seeded_generation_is_reproducible(engine: VLLMEngine, prompt_ids: list[
     assert [c.token_ids for c in a] == [c.token_ids for c in b]
     for x, y in zip(a, b, strict=True):
         assert x.logprobs == pytest.approx(y.logprobs, abs=1e-6)
+
+
+def test_context_window_is_the_servers_max_model_len(
+    engine: VLLMEngine, toy_model_dir: Path
+) -> None:
+    """What solve checks prompt + max_new_tokens against before the first attempt: the managed
+    server's max_model_len, by default the model's own window."""
+    config = json.loads((toy_model_dir / "config.json").read_text())
+    assert engine.context_window() == config["max_position_embeddings"] == 1024
 
 
 def test_adapter_load_swap_unload(
