@@ -7,6 +7,8 @@ result-fd, nonce-from-frame, patched-callable and always-equal routes passed her
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 
 from sdpo_core.verifiers import build_verifier
@@ -163,3 +165,53 @@ def test_held_out_input_never_reaches_feedback_through_the_programs_error(sandbo
     secret = str(int.from_bytes(b"SECRET", "big"))
     for shown in (verdict.feedback, repr(verdict.details)):
         assert "SECRET" not in shown and secret not in shown
+
+
+NONCE = (
+    "import gc, os\n"
+    "def nonce():\n"
+    "    for o in gc.get_objects():\n"
+    "        if type(o).__name__ == '_Channel':\n"
+    "            return o.nonce\n"
+    "    f = sys._getframe()\n"
+    "    while f is not None:\n"
+    "        if isinstance(f.f_locals.get('nonce'), str):\n"
+    "            return f.f_locals['nonce']\n"
+    "        f = f.f_back\n"
+    "import sys\n"
+)
+# One 15 MB line of 5 million empty objects, carrying the nonce: decoded, ~20x its size.
+BLOAT = (
+    'os.write(3, b\'{"nonce": "\' + nonce().encode() + b\'", "x": [\''
+    " + b'{},' * 5_000_000 + b'{}]}\\n')\n"
+)
+
+
+def test_a_report_that_decodes_to_a_mountain_is_not_decoded(sandbox):
+    """The parent decodes only lines shaped like the harness's reports (a flat object, at most
+    a short list in it): 15 MB of `[{},{},...]` on the result channel made ~350 MB of
+    objects in the verifier's process, per slot, per test."""
+    functional = {
+        "kind": "tests",
+        "mode": "functional",
+        "fn_name": "f",
+        "tests": [{"input": "1", "output": "2"}, {"input": "2", "output": "3"}],
+    }
+    python = {
+        "kind": "python",
+        "source": NONCE + "def verify(response):\n    " + BLOAT + "    return False\n",
+    }
+    cases = [
+        (functional, NONCE + "def f(x):\n    " + BLOAT + "    return x + 1\n", True),
+        (python, "anything", False),
+    ]
+    for spec, response, passes in cases:
+        verifier = make(spec, sandbox)
+        tracemalloc.start()
+        try:
+            verdict = verifier.verify(f"```python\n{response}```")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert verdict.passed is passes, verdict
+        assert peak < 100 * 1024 * 1024, f"{peak / 2**20:.0f} MB"

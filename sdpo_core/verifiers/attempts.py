@@ -27,6 +27,7 @@ from sdpo_core.verifiers.sandbox import (
     _check_reply,
     _Slot,
     report_fields,
+    report_line,
 )
 
 Judge = Callable[[int, RunResult], bool]
@@ -219,15 +220,9 @@ class LiveRun:
             return
         *lines, rest = bytes(self.res).split(b"\n")
         self.res[:] = rest
-        key = self.nonce.encode()
         for line in lines:
-            if key not in line:
-                continue
-            try:
-                obj = json.loads(line)
-            except (ValueError, RecursionError):
-                continue
-            if isinstance(obj, dict) and obj.get("nonce") == self.nonce:
+            obj = report_line(line, self.nonce)
+            if obj is not None:
                 self.events.append(obj)
 
     def _drain(self) -> None:

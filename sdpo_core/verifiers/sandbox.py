@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import re
 import secrets
 import selectors
 import signal
@@ -432,6 +433,42 @@ def report_fields(obj: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_JSON_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"')
+MAX_REPORT_STRINGS = 32  # a report has a dozen (keys and values)
+MAX_REPORT_CONTAINERS = 4  # outside strings: the object, a list in it (reply, value)
+
+
+def report_line(line: bytes, nonce: str) -> dict[str, Any] | None:
+    """`line` decoded when it is shaped like a harness report carrying `nonce`, else None.
+
+    Only a flat object (at most a short list in it) is decoded: the channel is the untrusted
+    code's, and 15 MB of `[{},{},...]` decode to ~350 MB of objects. The shape is checked
+    in linear time, string by string, before anything is decoded."""
+    key = nonce.encode()
+    if key not in line:
+        return None
+    pos = containers = 0
+    for _ in range(MAX_REPORT_STRINGS + 1):
+        quote = line.find(b'"', pos)
+        end = len(line) if quote < 0 else quote
+        containers += line.count(b"[", pos, end) + line.count(b"{", pos, end)
+        if containers > MAX_REPORT_CONTAINERS:
+            return None
+        if quote < 0:
+            break
+        string = _JSON_STRING.match(line, quote)
+        if string is None:  # unterminated: not JSON
+            return None
+        pos = string.end()
+    else:
+        return None
+    try:
+        obj = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    return obj if isinstance(obj, dict) and obj.get("nonce") == nonce else None
+
+
 def _reported(res: bytes, nonce: str) -> dict[str, Any]:
     """The result channel's authenticated lines, fields type-checked; the first value wins.
 
@@ -440,13 +477,8 @@ def _reported(res: bytes, nonce: str) -> dict[str, Any]:
     """
     reported: dict[str, Any] = {}
     for line in res.split(b"\n", 64)[:64]:  # the harness writes a handful of lines
-        if nonce.encode() not in line:
-            continue
-        try:
-            obj = json.loads(line)
-        except (ValueError, RecursionError):
-            continue
-        if not isinstance(obj, dict) or obj.get("nonce") != nonce:
+        obj = report_line(line, nonce)
+        if obj is None:
             continue
         if "value" in obj:
             reported["done"] = True  # the harness got to its end
