@@ -133,3 +133,21 @@ def test_hf_engine_logprobs_are_the_raw_logprobs_of_each_sampled_token(
     for c in completions:
         forced = trainer.sequence_logprobs(prompt, c.token_ids)
         assert max(abs(a - b) for a, b in zip(c.logprobs, forced, strict=True)) < 1e-4
+
+
+def test_a_teacher_context_over_the_window_is_named(long_model: Path) -> None:
+    """The teacher reads a longer prompt (feedback) than the student: a response that fits the
+    student's window may not fit the teacher's; the step says which sample and what to lower."""
+    from sdpo_core.config import SDPOConfig
+    from sdpo_core.solve import ContextWindowError, check_teacher_fits
+    from sdpo_core.trainer import RolloutBatch, SDPOTrainer
+
+    trainer = SDPOTrainer(long_model, device="cpu")
+    fits = RolloutBatch([1] * 40, [[5] * LONG, [5] * LONG], [[1] * 512, None])
+    check_teacher_fits(trainer, fits, SDPOConfig())
+    over = RolloutBatch([1] * 40, [[5] * LONG, [5] * LONG], [None, [1] * 513])
+    with pytest.raises(ContextWindowError) as info:
+        check_teacher_fits(trainer, over, SDPOConfig())
+    assert str(info.value).startswith("the teacher context of sample 2 (513 tokens")
+    assert f"context window of {LONG + 512} tokens" in str(info.value)
+    assert "sdpo.max_feedback_chars" in str(info.value)
