@@ -215,3 +215,17 @@ def test_a_report_that_decodes_to_a_mountain_is_not_decoded(sandbox):
             tracemalloc.stop()
         assert verdict.passed is passes, verdict
         assert peak < 100 * 1024 * 1024, f"{peak / 2**20:.0f} MB"
+
+
+def test_test_code_reporting_odd_calls_is_a_failing_verdict(sandbox):
+    """The test process's reports are type-checked too: a test that writes a "call" whose
+    name is a list (unhashable) raised TypeError out of verify()."""
+    test = (
+        NONCE + "import json\n"
+        "os.write(3, (json.dumps({'call': [1], 'args': '((), {})', 'seq': 0, 'nonce': nonce()})"
+        " + '\\n').encode())\n"
+        "assert add(2, 3) == 5\n"
+    )
+    spec = {"kind": "tests", "mode": "assert", "tests": [test], "timeout_s": 3}
+    verdict = make(spec, sandbox).verify("def add(a, b):\n    return a + b\n")
+    assert verdict.passed  # the odd report is skipped; the real call goes on

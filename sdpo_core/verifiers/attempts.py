@@ -423,7 +423,8 @@ def _assert_test(sol: LiveRun, chk: LiveRun, k: int, deadline: float) -> RunResu
             return chk.result(status, event, 0.0)
         name, args, seq = event.get("call"), event.get("args"), event.get("seq")
         if not (
-            name in names
+            isinstance(name, str)
+            and name in names
             and isinstance(args, str)
             and len(args) <= MAX_ARGS_CHARS
             and isinstance(seq, int)
