@@ -220,9 +220,21 @@ def _report(obj: dict, nonce: str) -> None:
 
 
 def _print_exc(exc: BaseException) -> None:
-    tb = exc.__traceback__.tb_next if exc.__traceback__ else None  # drop the harness frame
+    """The traceback without the harness's frames (in the program's, the test's and chained
+    exceptions): they are noise to the program, and named the host path of this file."""
     try:
-        sys.stderr.write("".join(traceback.format_exception(type(exc), exc, tb)))
+        shown = traceback.TracebackException(type(exc), exc, exc.__traceback__)
+        todo, seen = [shown], set()
+        while todo:
+            te = todo.pop()
+            if id(te) in seen:
+                continue
+            seen.add(id(te))
+            ours = _print_exc.__code__.co_filename
+            te.stack = traceback.StackSummary.from_list([f for f in te.stack if f.filename != ours])
+            todo += [t for t in (te.__cause__, te.__context__) if t is not None]
+            todo += getattr(te, "exceptions", None) or []  # an ExceptionGroup's
+        sys.stderr.write("".join(shown.format()))
         sys.stderr.flush()
     except Exception:
         pass
