@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import json
 
 import pytest
 
 from sdpo_core.verifiers import VerifierSpecError, build_verifier
 from sdpo_core.verifiers.answer import extract_answer, parse_number
-from sdpo_core.verifiers.testcases import stdout_matches
+from sdpo_core.verifiers.testcases import literal_value, stdout_matches
 
 
 def test_output_comparison_with_non_numbers():
@@ -39,6 +40,20 @@ def test_answer_line_is_found_in_linear_time():
     assert extract_answer("Answer:a" + gap + "b")[0] == "a" + gap + "b"
     assert extract_answer("Final answer **:** 42 **")[0] == "42"
     assert extract_answer("answer: **")[0] == "*"
+
+
+def test_returned_values_read_as_python_literals():
+    """Lists of numbers are read by the JSON decoder (fast), everything else by literal_eval:
+    the same values either way, and the same failures."""
+    same = ["[[1], [2, -3]]", "-0", "-0.0", "1e5", "1E+5", "1e400", "-1e400", "[1, 2.5e-07]"]
+    same += [".5", "5.", "[1,]", "+1", "[ 1 , 2 ]", "0.1", "123456789012345678901234567890"]
+    for text in same:
+        ok, value = literal_value(text)
+        assert (
+            ok and value == ast.literal_eval(text) and type(value) is type(ast.literal_eval(text))
+        ), text
+    for text in ["", "-", "01", "1 2", "[1", "1" * 5000, "[" * 2000 + "]" * 2000, "1e", "[1]]"]:
+        assert literal_value(text) == (False, None), text
 
 
 def test_answer_parsing_is_bounded():

@@ -99,10 +99,20 @@ MAX_VALUE_CHARS = 1_000_000
 MAX_DEPTH = 100
 
 
+# Numbers in (nested) lists: JSON reads these as Python does, ~75x faster than literal_eval
+# (a returned [[1]] * 190000 took 3 s of the verifier's CPU per comparison).
+_JSON_NUMBERS = re.compile(r"[0-9 \[\],.eE+-]*")
+
+
 def literal_value(text: str) -> tuple[bool, Any]:
     """(True, value) for a Python literal of bounded size, else (False, None). Never raises."""
     if len(text) > MAX_VALUE_CHARS:
         return False, None
+    if _JSON_NUMBERS.fullmatch(text):
+        try:
+            return True, json.loads(text)
+        except (ValueError, RecursionError):
+            pass  # e.g. `1.` or `[1,]`: Python's grammar decides
     try:
         return True, ast.literal_eval(text)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
@@ -293,8 +303,11 @@ class TestsVerifier(VerifierBase):
     def sandbox(self) -> Sandbox:
         return self._sandbox or get_sandbox()
 
-    def _run(self, slots: list[Any], code: str, indices: list[int]) -> list[RunResult]:
-        """The tests `indices` of one attempt, in one run (two for assert tests)."""
+    def _run(
+        self, slots: list[Any], code: str, indices: list[int], judged: dict[int, dict[str, Any]]
+    ) -> list[RunResult]:
+        """The tests `indices` of one attempt, in one run (two for assert tests); each judged
+        outcome goes into `judged` (by id of its result) for the verdict to reuse."""
         common = {
             "timeout_s": self.timeout_s,
             "memory_mb": self.memory_mb,
@@ -303,7 +316,8 @@ class TestsVerifier(VerifierBase):
 
         def judge(k: int, run: RunResult) -> bool:
             i = indices[k]
-            return self._outcome(i, self.tests[i], run)["status"] == "passed"
+            judged[id(run)] = outcome = self._outcome(i, self.tests[i], run)
+            return outcome["status"] == "passed"
 
         if self.mode == "assert":
             assert isinstance(self.spec, AssertTestsSpec)
@@ -340,12 +354,13 @@ class TestsVerifier(VerifierBase):
             units = [(g, [i]) for g in range(len(codes)) for i in range(n)]
         stop_on = {"compile_error"} | ({"timeout"} if self.stop_after_timeout else set())
         stopped: set[int] = set()
+        judged: dict[int, dict[str, Any]] = {}
 
         def one(slots: list[Any], unit: tuple[int, list[int]]) -> list[RunResult]:
             g, indices = unit
             if g in stopped:  # isolation "test": a test of this attempt compiled not or timed out
                 return [RunResult(status="skipped", mode=self.sandbox.mode) for _ in indices]
-            results = self._run(slots, codes[g], indices)
+            results = self._run(slots, codes[g], indices, judged)
             if any(r.status in stop_on for r in results):
                 stopped.add(g)
             return results
@@ -355,7 +370,7 @@ class TestsVerifier(VerifierBase):
         runs: list[list[RunResult]] = [[] for _ in codes]
         for (g, _), results in zip(units, per_unit, strict=True):
             runs[g].extend(results)
-        return [self._verdict(r) for r in runs]
+        return [self._verdict(r, judged) for r in runs]
 
     def _outcome(self, i: int, test: dict[str, Any], run: RunResult) -> dict[str, Any]:
         expected = test["output"]
@@ -413,9 +428,9 @@ class TestsVerifier(VerifierBase):
         tail = shown(run.stderr) if traceback_tail(run.stderr) else ""
         return f"Exit code {run.exit_code}" + (f"\n{tail}" if tail else "")
 
-    def _verdict(self, runs: list[RunResult]) -> Verdict:
+    def _verdict(self, runs: list[RunResult], judged: dict[int, dict[str, Any]]) -> Verdict:
         pairs = enumerate(zip(self.tests, runs, strict=True))
-        outcomes = [self._outcome(i, t, r) for i, (t, r) in pairs]
+        outcomes = [judged.get(id(r)) or self._outcome(i, t, r) for i, (t, r) in pairs]
         if self.isolation == "attempt":
             _withhold_after_hidden(outcomes)
         compile_errors = [o for o in outcomes if o["status"] == "compile_error"]
