@@ -52,7 +52,7 @@ def test_returned_values_read_as_python_literals():
         assert (
             ok and value == ast.literal_eval(text) and type(value) is type(ast.literal_eval(text))
         ), text
-    for text in ["", "-", "01", "1 2", "[1", "1" * 5000, "[" * 2000 + "]" * 2000, "1e", "[1]]"]:
+    for text in ["", "-", "01", "1 2", "[1", "[" * 2000 + "]" * 2000, "1e", "[1]]"]:
         assert literal_value(text) == (False, None), text
 
 
