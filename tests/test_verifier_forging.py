@@ -242,3 +242,23 @@ def test_tracebacks_show_no_harness_frames(sandbox):
         assert "sdpo_core" not in verdict.feedback and "sdpo_core" not in repr(verdict.details)
     assert 'File "test_0.py", line 1' in mbpp.feedback and "ZeroDivisionError" in mbpp.feedback
     assert 'File "solution.py", line 2, in g' in crash.feedback
+
+
+def test_output_of_passed_tests_is_not_kept(sandbox):
+    """A correct program may write almost the output cap (8 MB) to stderr on every test; the
+    verifier kept each passed test's output until the verdict (tests x 8 MB per attempt)."""
+    spec = {
+        "kind": "tests",
+        "tests": [{"input": f"{i}\n", "output": f"{i}\n"} for i in range(12)],
+        "timeout_s": 5,
+    }
+    noisy = "import sys\nx = input()\nsys.stderr.write('d' * (8 * 1024 * 1024 - 100))\nprint(x)\n"
+    verifier = make(spec, sandbox)
+    tracemalloc.start()
+    try:
+        verdict = verifier.verify(noisy)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert verdict.passed, verdict
+    assert peak < 48 * 1024 * 1024, f"{peak / 2**20:.0f} MB"
