@@ -262,3 +262,37 @@ def test_output_of_passed_tests_is_not_kept(sandbox):
         tracemalloc.stop()
     assert verdict.passed, verdict
     assert peak < 48 * 1024 * 1024, f"{peak / 2**20:.0f} MB"
+
+
+# Reads its own process's memory through a pipe (write() from any address fails instead of
+# crashing): a fork server's freed buffers are inherited by every run it forks.
+MEMORY_SCANNER = r"""
+import ctypes, os, re
+libc = ctypes.CDLL(None, use_errno=True)
+libc.write.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
+r, w = os.pipe()
+def add(a, b):
+    pattern = re.compile(rb"add\(%d, %d\) == (-?\d+)" % (a, b))
+    for line in open("/proc/self/maps"):
+        span, perms = line.split()[:2]
+        lo, hi = (int(x, 16) for x in span.split("-"))
+        if "r" not in perms or hi - lo > 1 << 28:
+            continue
+        for at in range(lo, hi, 65536):
+            n = libc.write(w, at, min(65536, hi - at))
+            found = pattern.search(os.read(r, n)) if n > 0 else None
+            if found:
+                return int(found.group(1))
+    return 0
+"""
+
+
+def test_no_run_finds_test_code_left_in_its_fork_servers_memory(sandbox):
+    """A slot whose server once forked a test process (test code in the request it parsed)
+    restarts before it forks a solution: the scanner found `add(2, 3) == 5` in the freed
+    memory of a server that had served the previous attempt's test process, and passed."""
+    right = "def add(a, b):\n    return a + b\n"
+    verifier = make(MBPP, sandbox)
+    for _ in range(2):
+        verdicts = verifier.verify_batch([right, MEMORY_SCANNER, MEMORY_SCANNER])
+        assert [v.passed for v in verdicts] == [True, False, False], verdicts

@@ -378,6 +378,7 @@ def run_asserts(slots: list[_Slot], solution: Job, tests: Job, judge: Judge) -> 
     process (harness serve), which never sees the test code nor touches its process. A test's
     verdict is the test process's report."""
     n = len(tests.tests)
+    slots = sorted(slots, key=lambda s: s.holds_secrets)  # the test process where one was
     sol = talk(slots[0], solution)
     chk: LiveRun | None = None
     try:

@@ -169,6 +169,10 @@ class RunResult:
     mode: Mode = "namespaces"
 
 
+SECRET_HARNESSES = ("check", "verify")  # their requests hold test code, a verifier's source
+UNTRUSTED_HARNESSES = ("serve", "tests", "stdin")  # they run a response's code
+
+
 class _Slot:
     """One uid + one fork server; used by one thread at a time."""
 
@@ -179,6 +183,9 @@ class _Slot:
         self.proc: subprocess.Popen[bytes] | None = None
         self.sock: socket.socket | None = None
         self._buf = b""
+        # The server parsed a request holding test code or a verifier's source: its freed
+        # memory, which every run it forks inherits, may still hold them (see _send).
+        self.holds_secrets = False
         self.cgroup: SlotCgroup | None = None
         if uid is None and settings.cgroup == "required":
             raise SandboxError("SDPO_SANDBOX_CGROUP=required: a cgroup per slot needs root")
@@ -264,8 +271,13 @@ class _Slot:
     def _send(self, job: Job, nonce: str) -> tuple[int, int, int, int, int, int]:
         """Start `job`: our ends of its stdin, stdout, stderr, result channel, message channel
         and kill pipe."""
+        if self.holds_secrets and job.harness in UNTRUSTED_HARNESSES:
+            self.stop()  # a fresh server: a solution scanning its memory found the test code
         if self.proc is None or self.proc.poll() is not None:
             self.start()
+            self.holds_secrets = False
+        if job.harness in SECRET_HARNESSES:
+            self.holds_secrets = True
         assert self.sock is not None
         payload = json.dumps(
             {
