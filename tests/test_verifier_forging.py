@@ -296,3 +296,34 @@ def test_no_run_finds_test_code_left_in_its_fork_servers_memory(sandbox):
     for _ in range(2):
         verdicts = verifier.verify_batch([right, MEMORY_SCANNER, MEMORY_SCANNER])
         assert [v.passed for v in verdicts] == [True, False, False], verdicts
+
+
+def test_no_run_finds_another_attempts_code_in_its_fork_servers_memory(sandbox):
+    """A program with no solution in it that runs the code of an earlier attempt (another
+    tenant's, say) found in memory: the fork server parsed every run's code, and each run
+    inherited its freed buffers. The server now never reads a run's code or data."""
+    spec = {"kind": "tests", "tests": [{"input": "3\n", "output": "9\n"}], "timeout_s": 10}
+    right = "# SOLUTION-MARK\nn = int(input())\nprint(n * n)\n"
+    parasite = MEMORY_SCANNER.split("def add")[0] + (
+        "import json\n"
+        'pattern = re.compile(rb\'"code": ("\\x23 SOLUTION-MARK(?:[^"\\\\]|\\\\.)*")\')\n'
+        "def find():\n"
+        "    for line in open('/proc/self/maps'):\n"
+        "        span, perms = line.split()[:2]\n"
+        "        lo, hi = (int(x, 16) for x in span.split('-'))\n"
+        "        if 'r' not in perms or hi - lo > 1 << 28:\n"
+        "            continue\n"
+        "        for at in range(lo, hi, 65536):\n"
+        "            n = libc.write(w, at, min(65536, hi - at))\n"
+        "            found = pattern.search(os.read(r, n)) if n > 0 else None\n"
+        "            if found:\n"
+        "                return json.loads(found.group(1))\n"
+        "code = find()\n"
+        "exec(code, {'__name__': '__main__'}) if code else print(0)\n"
+    )
+    verifier = make(spec, sandbox)
+    for _ in range(2):
+        verdicts = verifier.verify_batch([right, right])
+        assert all(v.passed for v in verdicts)
+        verdicts = verifier.verify_batch([parasite, parasite])
+        assert not any(v.passed for v in verdicts), verdicts

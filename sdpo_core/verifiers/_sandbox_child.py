@@ -22,8 +22,11 @@ Protocol on the socket whose fd is argv[1] (the JSON config is $SDPO_SANDBOX_SLO
   start:   server -> parent: one JSON line, {"ready": true} or {"error": "..."}
   request: parent -> server: 8-byte big-endian length, sent with 6 fds (stdin read end,
            stdout/stderr/result write ends, message read end, kill pipe read end), then the
-           JSON payload. The run gets the first five as fds 0-4; a byte on the kill pipe (or
-           its end) kills the run.
+           JSON payload: the run's limits only. The run gets the first five as fds 0-4; a
+           byte on the kill pipe (or its end) kills the run. The run's code and data (the
+           harness, nonce, code, tests, ...) are the first line on its message channel, read
+           by the run itself: the server never holds them, so no run finds another's in the
+           memory it inherits from the server.
   reply:   server -> parent: one JSON line {"exit": .., "signal": .., "timed_out": .., ...}
 """
 
@@ -264,9 +267,9 @@ class _Channel:
     """The run's side of the parent's channel: reports out on fd 3 (with the nonce, which
     the parent requires), messages in on fd 4 (one JSON object a line)."""
 
-    def __init__(self, nonce: str) -> None:
+    def __init__(self, nonce: str, ctl: typing.BinaryIO) -> None:
         self.nonce = nonce
-        self.ctl = open(4, "rb", closefd=False)
+        self.ctl = ctl
 
     def report(self, obj: dict) -> None:
         _report(obj, self.nonce)
@@ -504,10 +507,12 @@ def _run_user(req: dict) -> None:
 
     stdin and verify: one program run; tests: all tests of an attempt; serve and check: the
     two processes of assert tests (the solution's, and the test code's)."""
+    ctl = open(4, "rb", closefd=False)
+    req = {**req, **json.loads(ctl.readline())}  # the code and data: never the server's
     nonce = req.pop("nonce")
     harness = req["harness"]
     streams = _Streams()
-    chan = _Channel(nonce)
+    chan = _Channel(nonce, ctl)
     sys.argv = ["solution.py"]
     sys.path.insert(0, os.getcwd())
     if hasattr(sys, "set_int_max_str_digits"):  # as LiveCodeBench: big ints print

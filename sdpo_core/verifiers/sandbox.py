@@ -26,6 +26,7 @@ import math
 import os
 import re
 import secrets
+import select
 import selectors
 import signal
 import socket
@@ -279,14 +280,17 @@ class _Slot:
         if job.harness in SECRET_HARNESSES:
             self.holds_secrets = True
         assert self.sock is not None
+        # The server gets only the limits; the run's code and data go to the run itself, as
+        # the first line on its message channel: a server that parsed them kept them in its
+        # freed memory, which every later run it forked could read (another attempt's code).
         payload = json.dumps(
+            {"timeout_s": job.timeout_s, "budget_s": job.budget_s, "memory_mb": job.memory_mb}
+        ).encode()
+        body = json.dumps(
             {
                 "nonce": nonce,
                 "harness": job.harness,
                 "code": job.code,
-                "timeout_s": job.timeout_s,
-                "budget_s": job.budget_s,
-                "memory_mb": job.memory_mb,
                 "fn_name": job.fn_name,
                 "mode": job.mode,
                 "tests": list(job.tests),
@@ -310,7 +314,40 @@ class _Slot:
             raise SandboxError(f"sandbox slot lost: {exc}") from exc
         for fd in theirs:
             os.close(fd)
+        try:
+            self._write_body(ours[4], body + b"\n")
+        except SandboxError:
+            for fd in ours:
+                os.close(fd)
+            self.stop()
+            raise
         return ours[0], ours[1], ours[2], ours[3], ours[4], ours[5]
+
+    @staticmethod
+    def _write_body(fd: int, body: bytes) -> None:
+        """`body` into the run's message channel; the run reads it first thing. A server that
+        refused the run closed the other end (its reply says why)."""
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, min(max(len(body), 65536), 1 << 20))
+        except OSError:
+            pass
+        os.set_blocking(fd, False)
+        view = memoryview(body)
+        deadline = time.monotonic() + 30.0
+        try:
+            while view:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise SandboxError("sandbox slot lost: the run did not take its request")
+                select.select([], [fd], [], left)
+                try:
+                    view = view[os.write(fd, view) :]
+                except BlockingIOError:
+                    continue
+        except BrokenPipeError:
+            pass
+        finally:
+            os.set_blocking(fd, True)
 
     def run(self, job: Job) -> RunResult:
         nonce = secrets.token_hex(16)
