@@ -67,6 +67,17 @@ class SDPOConfig(BaseModel):
         "and B separately (the public code's rule; its delta lags). docs/algorithm-options.md",
     )
     trust_region_alpha: float = Field(0.01, gt=0.0, le=1.0)
+    teacher_entropy_gate: float | None = Field(
+        None,
+        ge=0.0,
+        description="Response positions where the teacher's entropy is at least this many "
+        "nats (it does not know: e.g. a key its feedback does not name) weigh unsure_weight "
+        "in the loss, so the student is not pulled back towards the teacher's ignorance; "
+        "null = every position weighs 1 (the paper). docs/algorithm-options.md",
+    )
+    unsure_weight: float = Field(
+        0.0, ge=0.0, le=1.0, description="Loss weight of the positions teacher_entropy_gate picks."
+    )
     reprompt_template: str = REPROMPT_TEMPLATE
     solution_template: str = SOLUTION_TEMPLATE
     feedback_template: str = FEEDBACK_TEMPLATE

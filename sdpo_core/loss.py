@@ -175,6 +175,7 @@ def sdpo_loss(
     temperature: float = 1.0,
     old_logprobs: torch.Tensor | None = None,
     is_clip: float | None = 2.0,
+    token_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """SDPO loss, token mean over the masked response tokens of the whole batch.
 
@@ -213,6 +214,8 @@ def sdpo_loss(
     kl = per_tok.detach()
     ratio, clipped = _ratio(s_tok, old_logprobs, is_clip)
     per_tok = per_tok * ratio
+    if token_weights is not None:
+        per_tok = per_tok * token_weights
 
     n = mask.sum()
     denom = n.clamp(min=1).float()
@@ -273,6 +276,7 @@ def sdpo_loss_chunked(
     old_logprobs: torch.Tensor | None = None,
     is_clip: float | None = 2.0,
     rows: int | None = None,
+    token_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
     """sdpo_loss(head(student_hidden), teacher logits, ...) without any [B, T, V] tensor.
 
@@ -297,6 +301,7 @@ def sdpo_loss_chunked(
     r_h = teacher_ref[0].detach()[mask] if teacher_ref is not None else None
     ids = response_ids[mask].long()  # [N]
     old = old_logprobs[mask] if old_logprobs is not None else None
+    w = token_weights[mask].float() if token_weights is not None else None
     N = ids.shape[0]
     denom = float(max(N, 1))
     need_grad = s_h.requires_grad and torch.is_grad_enabled()
@@ -327,7 +332,8 @@ def sdpo_loss_chunked(
                 temperature=temperature,
             )
             ratio, clipped = _ratio(s_tok, old[None, a:b] if old is not None else None, is_clip)
-            chunk_loss = (per_tok * ratio).sum() / denom
+            weighted = per_tok * ratio if w is None else per_tok * ratio * w[None, a:b]
+            chunk_loss = weighted.sum() / denom
         if need_grad:
             (grad[a:b],) = torch.autograd.grad(chunk_loss, h)
         del s_logits, t_logits

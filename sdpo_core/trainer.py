@@ -33,7 +33,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from sdpo_core.chat import encode_chat
 from sdpo_core.config import SDPOConfig
-from sdpo_core.loss import sdpo_loss, sdpo_loss_chunked, token_logprobs
+from sdpo_core.loss import chunk_rows, sdpo_loss, sdpo_loss_chunked, token_logprobs
 
 STUDENT = "student"
 TEACHER = "teacher"
@@ -290,6 +290,24 @@ class SDPOTrainer:
         return torch.lerp(self.head(ref[0]), self.head(hidden), ref[1])
 
     @torch.no_grad()
+    def _teacher_entropy(
+        self, hidden: torch.Tensor, ref: tuple[torch.Tensor, float] | None
+    ) -> torch.Tensor:
+        """Per response position, the entropy of the teacher's distribution (logits
+        head(hidden), or lerp(head(ref), head(hidden), alpha) for the trust-region teacher) at
+        the sampling temperature: [B, T, H] -> [B, T], chunked (no [B, T, V] tensor)."""
+        out = torch.zeros(hidden.shape[:2], dtype=torch.float32, device=hidden.device)
+        rows = chunk_rows(self.head(hidden[:1, :1]).shape[-1])
+        for b in range(hidden.shape[0]):
+            for t in range(0, hidden.shape[1], rows):
+                logits = self.head(hidden[b, t : t + rows])
+                if ref is not None:
+                    logits = torch.lerp(self.head(ref[0][b, t : t + rows]), logits, ref[1])
+                lp = torch.log_softmax(logits.float() / self.cfg.temperature, -1)
+                out[b, t : t + rows] = -(lp.exp() * lp).sum(-1)
+        return out
+
+    @torch.no_grad()
     def sequence_logprobs(self, prompt_ids: list[int], response_ids: list[int]) -> list[float]:
         """The student's log-prob of each response token (for checks against an engine)."""
         self.model.eval()
@@ -311,6 +329,10 @@ class SDPOTrainer:
         t_hidden, ref = self._teacher_hidden(
             [batch.teacher_prompt_ids[i] for i in chunk], responses
         )
+        weights = None  # teacher_entropy_gate: positions where the teacher is unsure
+        if cfg.teacher_entropy_gate is not None:
+            unsure = self._teacher_entropy(t_hidden, ref) >= cfg.teacher_entropy_gate
+            weights = torch.where(unsure, cfg.unsure_weight, 1.0)
         t_teacher = _clock(self.device) - t0
         s_hidden, resp, mask = self._response_hidden([batch.prompt_ids] * len(chunk), responses)
         kw = dict(
@@ -320,6 +342,7 @@ class SDPOTrainer:
             temperature=cfg.temperature,
             old_logprobs=old_logprobs,
             is_clip=cfg.is_clip,
+            token_weights=weights,
         )
         if self.chunked_loss:
             loss, m, lp = sdpo_loss_chunked(

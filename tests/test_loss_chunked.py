@@ -180,3 +180,18 @@ def test_trainer_step_equals_unchunked_large_vocab(tmp_path):
     logits, ids, _ = trainer._response_logits([prompt], [resp])
     want = logits[0].log_softmax(-1).gather(-1, ids[0][:, None])[:, 0]
     torch.testing.assert_close(torch.tensor(trainer.sequence_logprobs(prompt, resp)), want)
+
+
+@pytest.mark.parametrize("top_k", [None, K])
+def test_token_weights_scale_each_position(top_k):
+    """Per-position weights: the chunked and the unchunked loss agree, and a position of
+    weight 0 gets no gradient while the mean stays over all masked positions."""
+    w = torch.rand(B, T, generator=torch.Generator().manual_seed(5))
+    w[0, 1] = w[1, 3] = 0.0
+    a, b = both(5, top_k=top_k, token_weights=w)
+    assert_same(a, b)
+    grad = a[2]
+    assert (grad[0, 1] == 0).all() and (grad[1, 3] == 0).all() and grad[0, 0].abs().sum() > 0
+    unweighted = both(5, top_k=top_k)[0]
+    assert a[1]["num_tokens"] == unweighted[1]["num_tokens"]
+    assert a[0].item() < unweighted[0].item()

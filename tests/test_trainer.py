@@ -155,6 +155,36 @@ def test_trust_region_teacher_interpolates_reference_and_student(runtime) -> Non
     assert TEACHER not in trainer.model.peft_config  # no second adapter needed
 
 
+def test_teacher_entropy_gate_weighs_positions_where_the_teacher_is_unsure(runtime) -> None:
+    """teacher_entropy_gate: positions where the teacher's entropy is at least the gate weigh
+    unsure_weight; the step's loss is the paper's loss with exactly those weights."""
+    from sdpo_core.loss import sdpo_loss
+
+    trainer = runtime.trainer
+    cfg = CFG.merged({"micro_batch_size": 4, "teacher_entropy_gate": 0.5, "unsure_weight": 0.2})
+    trainer.reset(cfg)
+    batch = make_batch(trainer)
+    prompts = [batch.prompt_ids] * len(batch.response_ids)
+    with torch.no_grad():
+        s_logits, ids, mask = trainer._response_logits(prompts, batch.response_ids)
+        t_logits = trainer._teacher_logits(batch.teacher_prompt_ids, batch.response_ids)
+    lp = t_logits.float().log_softmax(-1)
+    entropy = -(lp.exp() * lp).sum(-1)
+    unsure = entropy >= 0.5
+    assert unsure[mask].any() and (~unsure[mask]).any()  # the revealed keys: sure; others not
+    weights = torch.where(unsure, 0.2, 1.0)
+    kw = dict(top_k=cfg.top_k, alpha=cfg.alpha, add_tail=cfg.add_tail, is_clip=cfg.is_clip)
+    want, _ = sdpo_loss(s_logits, t_logits, ids, mask, token_weights=weights, **kw)
+    paper, _ = sdpo_loss(s_logits, t_logits, ids, mask, **kw)
+    got = trainer.step(batch)["loss"]
+    assert got == pytest.approx(want.item(), rel=1e-4)
+    assert got < paper.item()
+
+    trainer.reset(cfg.merged({"teacher_entropy_gate": 0.0, "unsure_weight": 0.0}))
+    metrics = trainer.step(batch)  # every position is unsure: no signal at all
+    assert metrics["loss"] == 0.0 and metrics["grad_norm"] == 0.0
+
+
 def test_adapter_loads_in_peft_with_the_same_logprobs(
     runtime, toy_model_dir: Path, tmp_path
 ) -> None:
