@@ -190,3 +190,39 @@ def test_verdicts_match_livecodebench(sandbox):
     for p, n, o, t in differ:
         print(f"  differs: {p}/{n}: ours={o} lcb={t} ({DOCUMENTED.get((p, n), 'UNDOCUMENTED')})")
     assert [(p, n) for p, n, _, _ in differ if (p, n) not in DOCUMENTED] == []
+
+
+EXTRACTION_CASES = [
+    "```python\nprint(1)\n```",
+    "prose\n```python\nprint(1)\n```\nmore prose\n```\nprint(2)\n```\n",
+    "```python\nprint(1)\n",  # unclosed: cut at max_new_tokens
+    "print(1)",  # no fence at all
+    "text ``` inline ``` text\n```py\nx = 1\n```",
+    "",
+]
+
+
+def test_livecodebench_code_extraction_is_theirs():
+    """`code_extraction: "livecodebench"` takes exactly the code LiveCodeBench's extraction
+    takes; the default differs only where documented (unclosed or missing fences)."""
+    from livecodebench.lm_styles import LMStyle
+    from livecodebench.utils.extraction_utils import extract_code as lcb_extract
+
+    from sdpo_core.verifiers.feedback import extract_code, extract_code_livecodebench
+
+    for response in EXTRACTION_CASES:
+        assert extract_code_livecodebench(response) == lcb_extract(response, LMStyle.OpenAIChat)
+    assert extract_code(EXTRACTION_CASES[2]) == "print(1)\n"  # lenient: unclosed counts
+    assert extract_code(EXTRACTION_CASES[3]) == "print(1)"  # lenient: unfenced taken whole
+
+
+def test_code_extraction_option_changes_the_verdict(sandbox):
+    io = {"inputs": ["1 2\n"], "outputs": ["3\n"]}
+    unclosed = "```python\na, b = map(int, input().split())\nprint(a + b)\n"
+    verdicts = {}
+    for mode in ("lenient", "livecodebench"):
+        v = build_verifier({**our_spec(io), "code_extraction": mode})
+        v._sandbox = sandbox
+        verdicts[mode] = v.verify(unclosed).passed
+    assert verdicts == {"lenient": True, "livecodebench": lcb_verdict(io, unclosed)}
+    assert verdicts["livecodebench"] is False

@@ -105,6 +105,7 @@ OTHER = {
     "memory_mb": 256,
     "stop_after_timeout": False,
     "isolation": "test",
+    "code_extraction": "livecodebench",
     "float_tol": 0.5,
     "match": "numeric",
     "tol": 0.01,

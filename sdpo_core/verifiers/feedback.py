@@ -22,6 +22,16 @@ FENCE = re.compile(r"```[^\n`]*\n(.*?)```", re.S)
 OPEN_FENCE = re.compile(r"```[^\n`]*\n(.*)\Z", re.S)
 
 
+def extract_code_livecodebench(response: str) -> str:
+    """LiveCodeBench's extraction (chat models): the lines between the last two lines that
+    contain a fence, and nothing when there are fewer than two."""
+    lines = response.split("\n")
+    fences = [i for i, line in enumerate(lines) if "```" in line]
+    if len(fences) < 2:
+        return ""
+    return "\n".join(lines[fences[-2] + 1 : fences[-1]])
+
+
 def extract_code(response: str) -> str:
     """The last fenced code block (an unclosed final one counts), else the whole response."""
     blocks = list(FENCE.finditer(response))

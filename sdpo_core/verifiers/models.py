@@ -76,6 +76,11 @@ class _TestsCommon(_Sandboxed):
     stop_after_timeout: bool = Field(
         True, description='isolation "test": skip the rest after a timeout.'
     )
+    code_extraction: Literal["lenient", "livecodebench"] = Field(
+        "lenient",
+        description="lenient: the last fenced block, an unclosed final one too, else the whole "
+        "response; livecodebench: the lines between the last two fence lines, else nothing.",
+    )
     isolation: Literal["attempt", "test"] = Field(
         "attempt",
         description="attempt: all tests in one process, stopping at the first failure, as "

@@ -25,6 +25,7 @@ from sdpo_core.verifiers.attempts import run_asserts, run_tests
 from sdpo_core.verifiers.base import VerifierBase, VerifierSpecError
 from sdpo_core.verifiers.feedback import (
     extract_code,
+    extract_code_livecodebench,
     program_stderr,
     signal_name,
     summarize,
@@ -283,6 +284,7 @@ class TestsVerifier(VerifierBase):
         self.max_feedback_chars = m.max_feedback_chars
         self.stop_after_timeout = m.stop_after_timeout
         self.isolation: str = m.isolation
+        self.code_extraction: str = m.code_extraction
         self.float_tol = 0.0 if isinstance(m, AssertTestsSpec) else m.float_tol  # unused there
         self._sandbox = sandbox
         if isinstance(m, AssertTestsSpec):
@@ -349,7 +351,10 @@ class TestsVerifier(VerifierBase):
         return self.verify_batch([response])[0]
 
     def verify_batch(self, responses: list[str]) -> list[Verdict]:
-        codes = [extract_code(r) for r in responses]
+        extract = (
+            extract_code_livecodebench if self.code_extraction == "livecodebench" else extract_code
+        )
+        codes = [extract(r) for r in responses]
         n = len(self.tests)
         if self.isolation == "attempt":
             units = [(g, list(range(n))) for g in range(len(codes))]
