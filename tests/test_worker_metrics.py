@@ -6,21 +6,10 @@ from __future__ import annotations
 
 import socket
 
-import httpx
-from prometheus_client.parser import text_string_to_metric_families
+from service_fixtures import scrape
 
 from service.local import free_port
 from service.worker_metrics import WorkerMetrics
-
-
-def samples(port: int) -> dict[str, float]:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
-            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
-    return out
 
 
 def test_a_taken_port_moves_the_next_worker_up_and_zero_is_off() -> None:
@@ -38,7 +27,7 @@ def test_a_taken_port_moves_the_next_worker_up_and_zero_is_off() -> None:
         first.attempt(passed=False, verifier_error=True)
         first.step({"time_generate": 0.5, "time_verify": 0.25, "time_swap": 0.1})
         first.finished("solved", 12.0)
-        m = samples(got)
+        m = scrape(got)
         assert m["sdpo_attempts_total"] == 2 and m["sdpo_attempts_passed_total"] == 1
         assert m["sdpo_verifier_runs_total"] == 2 and m["sdpo_steps_total"] == 1
         assert m["sdpo_verifier_errors_total"] == 1
@@ -47,7 +36,7 @@ def test_a_taken_port_moves_the_next_worker_up_and_zero_is_off() -> None:
         assert m["sdpo_step_seconds_sum"] == 0.85
         assert m["sdpo_step_generate_seconds_count"] == 1
         assert m["sdpo_adapter_swap_seconds_count"] == 1
-        assert samples(again)["sdpo_attempts_total"] == 0  # each worker its own registry
+        assert scrape(again)["sdpo_attempts_total"] == 0  # each worker its own registry
     finally:
         first.close()
         second.close()
