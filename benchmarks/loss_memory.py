@@ -13,7 +13,9 @@ student hidden states [B, T, H] (with gradient) and the teacher's [B, T, H], a f
 
 Part 2 (--trainer-step): one whole SDPOTrainer.step of a random 2-layer Qwen3-shaped model at
 V = 151,936 (hidden 64, B = 2 samples of T response tokens, top-K 20 + tail, EMA teacher),
-chunked vs the unchunked reference; the increase of peak memory over the loaded model, measured
+chunked vs the unchunked reference, and chunked without gradient checkpointing
+(`--step-hidden`, `--step-layers` size the model); the increase of peak memory over the
+loaded model, measured
 on the step after a short warm-up step (lazy initialisations and AdamW state already exist).
 
 Memory: each configuration runs in a fresh subprocess. CUDA: max_memory_allocated minus the
@@ -45,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sdpo_core.loss import sdpo_loss, sdpo_loss_chunked
 
 MODES = ("full", "topk", "chunked", "chunked_full")
-STEP_MODES = ("chunked", "unchunked")
+STEP_MODES = ("chunked", "unchunked", "chunked_no_checkpointing")
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -114,16 +116,18 @@ def loss_worker(mode: str, B: int, T: int, H: int, V: int, k: int, a: argparse.N
                       "peak_btv_f32": peak / btv, "time_s": min(times)}))  # fmt: skip
 
 
-def tiny_qwen3(out: Path, vocab: int) -> Path:
-    """A random 2-layer, hidden-64 Qwen3 with `vocab` outputs and the bundled tokenizer."""
+def tiny_qwen3(out: Path, vocab: int, hidden: int = 64, layers: int = 2) -> Path:
+    """A random Qwen3 (default 2 layers, hidden 64) with `vocab` outputs and the bundled
+    tokenizer."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from sdpo_core.toy import DEFAULT_MODEL_DIR
 
     tok = AutoTokenizer.from_pretrained(DEFAULT_MODEL_DIR)
     cfg = AutoConfig.for_model(
-        "qwen3", vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=32768,
+        "qwen3", vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
+        num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1, head_dim=32,
+        max_position_embeddings=32768,
         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None,
         tie_word_embeddings=False,
     )  # fmt: skip
@@ -139,9 +143,12 @@ def step_worker(mode: str, B: int, T: int, a: argparse.Namespace) -> None:
     from sdpo_core.trainer import RolloutBatch, SDPOTrainer
 
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = SDPOTrainer(tiny_qwen3(Path(tmp), a.vocab), device=a.device, dtype="float32")
-    trainer.reset(SDPOConfig(micro_batch_size=B, top_k=a.top_k, seed=1))
-    trainer.chunked_loss = mode == "chunked"
+        model = tiny_qwen3(Path(tmp), a.vocab, a.step_hidden, a.step_layers)
+        trainer = SDPOTrainer(model, device=a.device, dtype="float32")
+    checkpointing = mode != "chunked_no_checkpointing"
+    trainer.reset(SDPOConfig(micro_batch_size=B, top_k=a.top_k, seed=1,
+                             gradient_checkpointing=checkpointing))  # fmt: skip
+    trainer.chunked_loss = mode != "unchunked"
     g = torch.Generator().manual_seed(0)
     n_tok = len(trainer.tokenizer)
     prompt = trainer.encode_chat("Find the hidden table.")
@@ -192,6 +199,8 @@ def main() -> None:
     ap.add_argument("--max-gb", type=float, default=None, help="default 0.8 x MemAvailable")
     ap.add_argument("--trainer-step", action="store_true", help="part 2 instead of part 1")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--step-hidden", type=int, default=64, help="trainer step: model hidden size")
+    ap.add_argument("--step-layers", type=int, default=2, help="trainer step: decoder layers")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--worker", nargs=2, metavar=("MODE", "T"), help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -210,11 +219,16 @@ def main() -> None:
     max_gb = a.max_gb or 0.8 * mem_available_gb()
     common = ["--vocab", str(a.vocab), "--batch", str(B), "--top-k", str(a.top_k),
               "--hidden", str(a.hidden), "--device", a.device, "--dtype", a.dtype,
-              "--repeats", str(a.repeats), "--threads", str(torch.get_num_threads())]  # fmt: skip
+              "--repeats", str(a.repeats), "--threads", str(torch.get_num_threads()),
+              "--step-hidden", str(a.step_hidden), "--step-layers", str(a.step_layers)]  # fmt: skip
     common += ["--trainer-step"] if a.trainer_step else []
     cuda = a.device.startswith("cuda")
     mem = "cuda max_memory_allocated growth" if cuda else "peak RSS (VmHWM reset) growth"
-    what = "whole trainer step, 2-layer hidden-64 Qwen3" if a.trainer_step else f"H={a.hidden}"
+    what = (
+        f"whole trainer step, {a.step_layers}-layer hidden-{a.step_hidden} Qwen3"
+        if a.trainer_step
+        else f"H={a.hidden}"
+    )
     load = os.getloadavg()[0]
     print(
         f"{what}, B={B} V={a.vocab} K={a.top_k} {a.device} {a.dtype}; memory = {mem}, fresh "
@@ -257,7 +271,9 @@ def main() -> None:
             ratios.append(ratio)
             print(f"{T:>6} " + "  ".join(f"{k} {v:.3g}" for k, v in ratio.items() if k != "T"))
     result = {"part": "trainer_step" if a.trainer_step else "loss", "device": a.device,
-              "dtype": a.dtype, "B": B, "V": a.vocab, "H": 64 if a.trainer_step else a.hidden,
+              "dtype": a.dtype, "B": B, "V": a.vocab,
+              "H": a.step_hidden if a.trainer_step else a.hidden,
+              "layers": a.step_layers if a.trainer_step else None,
               "top_k": a.top_k, "memory_method": mem, "command": " ".join(sys.argv[1:]),
               "torch_threads": torch.get_num_threads(), "max_gb": max_gb,
               "load_average": [load, os.getloadavg()[0]],

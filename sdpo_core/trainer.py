@@ -124,6 +124,12 @@ class SDPOTrainer:
             task_type="CAUSAL_LM",
         )
         self.model = get_peft_model(base, lora, adapter_name=STUDENT)
+        if cfg.gradient_checkpointing and base.supports_gradient_checkpointing:
+            # non-reentrant (transformers' default): the EMA teacher's forward hooks run again,
+            # the same, in the recomputation; only in train mode, so the teacher is untouched
+            base.activation_checkpointing_enable()
+        elif base.is_activation_checkpointing:
+            base.activation_checkpointing_disable()
         self.teacher_delta = {}
         if cfg.teacher_regularization == "ema" and cfg.ema_target == "factors":
             self.model.add_adapter(TEACHER, lora)

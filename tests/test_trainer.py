@@ -62,6 +62,26 @@ def test_step_reports_metrics_and_lowers_the_loss(runtime) -> None:
     assert losses[-1] < first["loss"]
 
 
+@pytest.mark.parametrize("ema_target", ["factors", "delta"])
+def test_gradient_checkpointing_gives_the_same_step(runtime, ema_target: str) -> None:
+    """Checkpointing (the default) recomputes activations in backward: on the model for real,
+    and the step's loss and updated adapter equal those of a step without it."""
+    results = {}
+    for checkpointing in (True, False):
+        cfg = CFG.merged({"gradient_checkpointing": checkpointing, "ema_target": ema_target})
+        trainer = runtime.trainer
+        trainer.reset(cfg)
+        base = trainer.model.get_base_model()
+        assert base.is_activation_checkpointing is checkpointing
+        batch = make_batch(trainer, n=2)
+        metrics = [trainer.step(batch) for _ in range(2)]
+        results[checkpointing] = ([m["loss"] for m in metrics], student_params(trainer))
+    (loss_on, params_on), (loss_off, params_off) = results[True], results[False]
+    assert loss_on == pytest.approx(loss_off, rel=1e-5, abs=1e-7)
+    for k in params_off:
+        torch.testing.assert_close(params_on[k], params_off[k], atol=1e-6, rtol=1e-5)
+
+
 def test_masked_samples_give_no_update(runtime) -> None:
     trainer = runtime.trainer
     trainer.reset(CFG)
