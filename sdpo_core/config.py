@@ -49,7 +49,7 @@ class SDPOConfig(BaseModel):
         True,
         description="Keep one hidden state per layer in the student's forward pass and recompute "
         "the rest in backward: activation memory grows with the response length through the "
-        "hidden states only, for about a third more student time (same loss and gradients).",
+        "hidden states only, for one more student forward in backward (same loss and gradients).",
     )
 
     # LoRA
