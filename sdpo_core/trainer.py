@@ -287,13 +287,18 @@ class SDPOTrainer:
         cur = self._response_hidden(prompts, responses)[0]
         return cur, (ref, self.cfg.trust_region_alpha)
 
+    def _teacher_head(
+        self, hidden: torch.Tensor, ref: tuple[torch.Tensor, float] | None, where: Any = ...
+    ) -> torch.Tensor:
+        """The teacher's logits at `hidden[where]`: head(hidden), or lerp(head(ref),
+        head(hidden), alpha) for the trust-region teacher (`ref` from _teacher_hidden)."""
+        logits = self.head(hidden[where])
+        return logits if ref is None else torch.lerp(self.head(ref[0][where]), logits, ref[1])
+
     @torch.no_grad()
     def _teacher_logits(self, prompts: list[list[int]], responses: list[list[int]]) -> torch.Tensor:
         """The teacher's full logits [B, T, V] (the unchunked reference)."""
-        hidden, ref = self._teacher_hidden(prompts, responses)
-        if ref is None:
-            return self.head(hidden)
-        return torch.lerp(self.head(ref[0]), self.head(hidden), ref[1])
+        return self._teacher_head(*self._teacher_hidden(prompts, responses))
 
     @torch.no_grad()
     def _teacher_entropy(
@@ -306,9 +311,7 @@ class SDPOTrainer:
         rows = chunk_rows(self.head(hidden[:1, :1]).shape[-1])
         for b in range(hidden.shape[0]):
             for t in range(0, hidden.shape[1], rows):
-                logits = self.head(hidden[b, t : t + rows])
-                if ref is not None:
-                    logits = torch.lerp(self.head(ref[0][b, t : t + rows]), logits, ref[1])
+                logits = self._teacher_head(hidden, ref, (b, slice(t, t + rows)))
                 lp = torch.log_softmax(logits.float() / self.cfg.temperature, -1)
                 out[b, t : t + rows] = -(lp.exp() * lp).sum(-1)
         return out
@@ -357,9 +360,7 @@ class SDPOTrainer:
             return loss, m, lp, t_teacher
         s_logits = self.head(s_hidden)  # [B, T, V]
         with torch.no_grad():
-            t_logits = self.head(t_hidden)
-            if ref is not None:
-                t_logits = torch.lerp(self.head(ref[0]), t_logits, ref[1])
+            t_logits = self._teacher_head(t_hidden, ref)
             lp = torch.log_softmax(s_logits.float() / cfg.temperature, dim=-1)
             lp = lp.gather(-1, resp[..., None])[..., 0]
         loss, m = sdpo_loss(s_logits, t_logits, resp, mask, **kw)
