@@ -108,7 +108,7 @@ def install(app: FastAPI) -> None:
         # maxmemory with noeviction (docs/deploy.md): writes fail until finished problems
         # expire; reads still work
         log.warning("redis is full: %s", exc)
-        retry = getattr(req.app.state.settings, "retry_after_seconds", 30)
+        retry = req.app.state.settings.retry_after_seconds
         return error_response(
             503,
             "storage is full (Redis reached its maxmemory), retry later",
