@@ -138,6 +138,25 @@ def _sample_batch(runtime: Runtime, prompts: list[list[int]], max_new_tokens: in
     return tok.batch_decode(out[:, width:], skip_special_tokens=True)
 
 
+def _fit_window(trainer, prompt: str, cfg, history: list[str], window: int) -> list[int]:
+    """The chain's context with the most recent feedback that fits `window` tokens (the oldest
+    dropped): a binary search over how many to drop, since fewer feedbacks never encode
+    longer."""
+
+    def encode(start: int) -> list[int]:
+        kept = history[start:]
+        return trainer.encode_chat(render_reprompt(prompt, cfg, feedbacks=kept) if kept else prompt)
+
+    lo, hi = 0, len(history)  # the answer (fewest dropped that fit) is in [lo, hi]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if len(encode(mid)) <= window:
+            hi = mid
+        else:
+            lo = mid + 1
+    return encode(lo)
+
+
 def run_multi_turn(
     runtime: Runtime, problem_json: dict, seed: int, budget: int, sdpo: dict
 ) -> dict:
@@ -153,15 +172,7 @@ def run_multi_turn(
         n = min(len(chains), budget - made)
         prompts = []
         for history in chains[:n]:
-            kept = list(history)
-            while True:  # drop the oldest feedback until the context fits the window
-                message = (
-                    render_reprompt(problem.prompt, cfg, feedbacks=kept) if kept else problem.prompt
-                )
-                ids = trainer.encode_chat(message)
-                if len(ids) <= window or not kept:
-                    break
-                kept.pop(0)
+            ids = _fit_window(trainer, problem.prompt, cfg, history, window)
             prompts.append(ids)
             longest = max(longest, len(ids))
         texts = _sample_batch(runtime, prompts, cfg.max_new_tokens)

@@ -8,6 +8,13 @@ verifier feedback, multi-turn feedback, prompts with a correct solution; the tar
 always the true table) with the loss on response tokens only (EOS included), and saves a
 float32 safetensors checkpoint + tokenizer + generation config. Seeded and deterministic.
 
+The bundled model is cycles 0-1 (the general mixtures; pretrain_log.json keeps their
+history) followed by the reading cycles 2-4 (`READING_CYCLES`), which teach it to read
+feedback about every key in either block. From the cycle-1 model (the bundled model at commit
+9d0750b) they are reproduced by
+
+    python -m sdpo_core.toy.pretrain --init-from CYCLE1_DIR --start-cycle 2 --out DIR
+
 Response digits in the *input* are sometimes replaced by random digits while the targets
 stay true: the digits of a table are independent, so this changes no optimal prediction,
 but it teaches the model that its own earlier (possibly wrong) answers carry no
@@ -32,7 +39,14 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTra
 
 from sdpo_core.config import SDPOConfig
 from sdpo_core.toy.tokenizer import CHAT_TEMPLATE, GENERAL_TEXT, train_tokenizer
-from sdpo_core.toy.world import MIXTURE, RECALL_MIXTURE, training_example
+from sdpo_core.toy.world import (
+    LATE_FAILURES,
+    MIXTURE,
+    READING_MIXTURE,
+    RECALL_MIXTURE,
+    REPAIR_MIXTURE,
+    training_example,
+)
 
 IGNORE = -100
 _REVEALED = re.compile(r"Input: (\S+)\nExpected Output: (\S+)")
@@ -52,13 +66,14 @@ class TrainArgs:
     threads: int = 1  # on a shared 2-core box one thread ran 3x faster than two
     eval_every: int = 200
     max_minutes: float = 75.0  # per cycle, a hard stop (the schedule is sized by `steps`)
-    cycles: int = 2
+    cycles: int = 5  # 2 + len(READING_CYCLES)
     init_from: str = ""  # resume: a directory this script saved after cycle start_cycle - 1
     start_cycle: int = 0
     recall_cycle: int = 1  # cycles from this one on train on RECALL_MIXTURE, with:
     recall_steps: int = 9000
     recall_lr: float = 2e-3
     recall_decay_frac: float = 0.25
+    reading_cycle: int = 2  # cycles from this one follow READING_CYCLES
     # model
     hidden: int = 96
     layers: int = 4
@@ -125,12 +140,43 @@ class Encoder:
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+@dataclass(frozen=True)
+class ReadingCycle:
+    """A cycle that teaches reading feedback about every key (world.READING_MIXTURE)."""
+
+    steps: int
+    lr: float
+    mixture: dict[str, float]
+    long_tables: bool  # at least 4..8 keys
+
+
+# The bundled model's cycles 2-4, run from its cycle-1 model. Each draws its data from
+# random.Random(READING_SEED) with attempts wrong at late keys (world.LATE_FAILURES), warms up
+# for READING_WARMUP steps and decays over the second half.
+READING_CYCLES = (
+    ReadingCycle(3000, 2e-3, READING_MIXTURE, long_tables=True),
+    ReadingCycle(5000, 2e-3, READING_MIXTURE, long_tables=True),
+    ReadingCycle(1500, 1e-3, REPAIR_MIXTURE, long_tables=False),  # short tables' format back
+)
+READING_SEED, READING_WARMUP, READING_DECAY_FRAC = 7, 50, 0.5
+
+
+def cycle_data(args: TrainArgs, cycle: int) -> dict:
+    """`training_example`'s options in a cycle: `MIXTURE`; from `recall_cycle` the recall-heavy
+    `RECALL_MIXTURE`; from `reading_cycle` the `READING_CYCLES`' data."""
+    if cycle >= args.reading_cycle:
+        spec = READING_CYCLES[cycle - args.reading_cycle]
+        return {"mixture": spec.mixture, "late": LATE_FAILURES, "long_tables": spec.long_tables}
+    if cycle >= args.recall_cycle:
+        return {"mixture": RECALL_MIXTURE}
+    return {}
+
+
 def batches(
-    enc: Encoder, rng: random.Random, cfg: SDPOConfig, batch_size: int, recall: bool, pool: int = 16
+    enc: Encoder, rng: random.Random, cfg: SDPOConfig, batch_size: int, kw: dict, pool: int = 16
 ):
     """Endless length-bucketed batches: draw `pool` batches' worth, sort by length, shuffle.
-    `MIXTURE`, or with `recall` the recall-heavy `RECALL_MIXTURE`."""
-    kw = {"mixture": RECALL_MIXTURE} if recall else {}
+    `kw`: the cycle's `cycle_data`."""
     while True:
         examples = enc.encode([training_example(rng, cfg, **kw) for _ in range(batch_size * pool)])
         examples.sort(key=lambda e: len(e.ids))
@@ -246,6 +292,12 @@ def save(out: Path, model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, log: 
 def pretrain(args: TrainArgs) -> dict:
     """Train `args.cycles` cosine cycles of `args.steps` steps each (fresh AdamW and data stream
     per cycle); `--init-from DIR --start-cycle K` resumes after cycle K - 1 saved in DIR."""
+    if args.cycles > args.reading_cycle + len(READING_CYCLES):
+        raise ValueError(
+            f"--cycles {args.cycles}: at most {args.reading_cycle + len(READING_CYCLES)} "
+            f"(reading cycles start at {args.reading_cycle}; READING_CYCLES has "
+            f"{len(READING_CYCLES)})"
+        )
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     cfg = SDPOConfig()
@@ -276,19 +328,34 @@ def pretrain(args: TrainArgs) -> dict:
         kind: enc.encode([training_example(eval_rng, cfg, kind) for _ in range(64)])
         for kind in MIXTURE
     }
+    late = {"late": 1.0, "long_tables": True}  # attempts wrong at late keys only
+    eval_sets["feedback_late"] = enc.encode(
+        [training_example(eval_rng, cfg, "feedback", **late) for _ in range(64)]
+    )
     for cycle in range(args.start_cycle, args.cycles):
         rng = random.Random(args.seed if cycle == 0 else f"{args.seed}-cycle-{cycle}")
+        if cycle >= args.reading_cycle:
+            rng = random.Random(READING_SEED)
 
         def checkpoint(history: list[dict], cycle: int = cycle) -> None:
             save(out, model, tok, log | {"partial": {"cycle": cycle, "history": history}})
 
         cargs = args
-        if cycle >= args.recall_cycle:
+        if cycle >= args.reading_cycle:
+            spec = READING_CYCLES[cycle - args.reading_cycle]
+            cargs = replace(
+                args,
+                steps=spec.steps,
+                lr=spec.lr,
+                warmup=READING_WARMUP,
+                decay_frac=READING_DECAY_FRAC,
+            )
+        elif cycle >= args.recall_cycle:
             cargs = replace(
                 args, steps=args.recall_steps, lr=args.recall_lr, decay_frac=args.recall_decay_frac
             )
         history = train_cycle(model, enc, eval_sets, rng, cfg, cargs, cycle, checkpoint)
-        log["cycles"].append({"cycle": cycle, "history": history})
+        log["cycles"].append({"cycle": cycle, "args": asdict(cargs), "history": history})
         log["train_seconds"] = round(sum(c["history"][-1]["seconds"] for c in log["cycles"]), 1)
         log["final"] = history[-1]
         save(out, model, tok, log)
@@ -310,7 +377,7 @@ def train_cycle(
     opt = torch.optim.AdamW(
         model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay
     )
-    data = batches(enc, rng, cfg, args.batch_size, cycle >= args.recall_cycle)
+    data = batches(enc, rng, cfg, args.batch_size, cycle_data(args, cycle))
     history: list[dict] = []
     ema, tokens = None, 0
     t_train = time.time()

@@ -52,6 +52,27 @@ RECALL_MIXTURE: dict[str, float] = {
     "multi": 0.15,
     "solution": 0.40,
 }
+# The reading cycles (pretrain.py's READING_CYCLES): feedback-heavy, and most attempts wrong
+# at one or two late keys (`late`), as a student that has learned the early keys is. Random
+# attempts are wrong at early keys first and the verifier names at most two failing keys in
+# order, so the earlier mixtures rarely named a late key: the model they gave read feedback
+# about keys a-d and g but never e and f, and a first block only when it named a
+# (benchmarks/toy_reading.py). Reading is learned key by key; spreading failures uniformly
+# over the table, even from scratch, did not start it for e and f; oversampling late keys in
+# long tables did, and a last cycle over all table lengths restores the short answers.
+READING_MIXTURE: dict[str, float] = {
+    "plain": 0.05,
+    "feedback": 0.55,
+    "multi": 0.20,
+    "solution": 0.20,
+}
+REPAIR_MIXTURE: dict[str, float] = {
+    "plain": 0.15,
+    "feedback": 0.45,
+    "multi": 0.20,
+    "solution": 0.20,
+}
+LATE_FAILURES = 0.8  # the reading cycles' share of attempts wrong at one or two late keys
 
 
 # ------------------------------------------------------------------ problems
@@ -137,8 +158,19 @@ def write_examples(directory: str | Path) -> list[Path]:
 # ------------------------------------------------------------------ training data
 
 
-def _attempt(rng: random.Random, keys: list[str], table: dict[str, str]) -> str:
-    """A random attempt: each key right with prob q ~ U(0, 1); some keys missing or garbled."""
+def _attempt(rng: random.Random, keys: list[str], table: dict[str, str], late: float = 0.0) -> str:
+    """A random attempt: each key right with prob q ~ U(0, 1); some keys missing or garbled.
+    With probability `late` instead wrong at one or two keys, drawn from the second half of
+    the table (70%) or from all of it."""
+    if late and len(keys) >= 2 and rng.random() < late:
+        pool = keys[len(keys) // 2 :] if rng.random() < 0.7 else keys
+        wrong = set(rng.sample(pool, min(len(pool), rng.choice([1, 2, 2]))))
+        return " ".join(
+            f"{k}={rng.choice([d for d in string.digits if d != table[k]])}"
+            if k in wrong
+            else f"{k}={table[k]}"
+            for k in keys
+        )
     q = rng.random()
     parts = []
     for k in keys:
@@ -159,17 +191,23 @@ def training_example(
     *,
     mixture: dict[str, float] | None = None,
     shuffle_solution: float = 0.0,
+    late: float = 0.0,
+    long_tables: bool = False,
 ) -> tuple[str, str, dict[str, str]]:
     """One pretraining example: (user message, response, table). The response is always
     the true table; the message is the plain prompt or a teacher context drawn from
     `mixture` (default `MIXTURE`); a solution in the context is listed in shuffled key order
-    with probability `shuffle_solution`."""
+    with probability `shuffle_solution`; `late`: see `_attempt`; `long_tables`: at least
+    4..8 keys (the larger of two draws)."""
     cfg = cfg or SDPOConfig()
     mixture = mixture or MIXTURE
     if kind is None:
         kind = rng.choices(list(mixture), weights=list(mixture.values()))[0]
     while True:
-        pid, keys, table = sample_instance(rng, rng.randint(MIN_KEYS, MAX_KEYS))
+        n_keys = rng.randint(MIN_KEYS, MAX_KEYS)
+        if long_tables:
+            n_keys = max(n_keys, rng.randint(4, MAX_KEYS))
+        pid, keys, table = sample_instance(rng, n_keys)
         if tuple(table.items()) not in _HARD_TABLES:
             break
     prompt = render_prompt(pid, keys)
@@ -177,7 +215,7 @@ def training_example(
     verifier = build_verifier({"kind": "table", "cases": table, "max_failures": 2})
 
     def feedback() -> str:  # the verifier's text for a random failing attempt
-        while (verdict := verifier.verify(_attempt(rng, keys, table))).passed:
+        while (verdict := verifier.verify(_attempt(rng, keys, table, late))).passed:
             pass
         return verdict.feedback
 
