@@ -142,7 +142,8 @@ class Encoder:
 
 @dataclass(frozen=True)
 class ReadingCycle:
-    """A cycle that teaches reading feedback about every key (world.READING_MIXTURE)."""
+    """A cycle that teaches reading feedback about every key (world.READING_MIXTURE; the last
+    one, world.REPAIR_MIXTURE, restores short tables' answers)."""
 
     steps: int
     lr: float
@@ -161,22 +162,31 @@ READING_CYCLES = (
 READING_SEED, READING_WARMUP, READING_DECAY_FRAC = 7, 50, 0.5
 
 
-def cycle_data(args: TrainArgs, cycle: int) -> dict:
-    """`training_example`'s options in a cycle: `MIXTURE`; from `recall_cycle` the recall-heavy
-    `RECALL_MIXTURE`; from `reading_cycle` the `READING_CYCLES`' data."""
+def cycle_setup(args: TrainArgs, cycle: int) -> tuple[TrainArgs, dict, random.Random]:
+    """A cycle's schedule, `training_example` options and data stream: `MIXTURE`; from
+    `recall_cycle` the recall-heavy `RECALL_MIXTURE` and the recall schedule; from
+    `reading_cycle` the `READING_CYCLES`."""
     if cycle >= args.reading_cycle:
         spec = READING_CYCLES[cycle - args.reading_cycle]
-        return {"mixture": spec.mixture, "late": LATE_FAILURES, "long_tables": spec.long_tables}
+        schedule = replace(
+            args, steps=spec.steps, lr=spec.lr, warmup=READING_WARMUP, decay_frac=READING_DECAY_FRAC
+        )
+        data = {"mixture": spec.mixture, "late": LATE_FAILURES, "long_tables": spec.long_tables}
+        return schedule, data, random.Random(READING_SEED)
+    rng = random.Random(args.seed if cycle == 0 else f"{args.seed}-cycle-{cycle}")
     if cycle >= args.recall_cycle:
-        return {"mixture": RECALL_MIXTURE}
-    return {}
+        schedule = replace(
+            args, steps=args.recall_steps, lr=args.recall_lr, decay_frac=args.recall_decay_frac
+        )
+        return schedule, {"mixture": RECALL_MIXTURE}, rng
+    return args, {}, rng
 
 
 def batches(
     enc: Encoder, rng: random.Random, cfg: SDPOConfig, batch_size: int, kw: dict, pool: int = 16
 ):
     """Endless length-bucketed batches: draw `pool` batches' worth, sort by length, shuffle.
-    `kw`: the cycle's `cycle_data`."""
+    `kw`: the cycle's `training_example` options (`cycle_setup`)."""
     while True:
         examples = enc.encode([training_example(rng, cfg, **kw) for _ in range(batch_size * pool)])
         examples.sort(key=lambda e: len(e.ids))
@@ -333,28 +343,12 @@ def pretrain(args: TrainArgs) -> dict:
         [training_example(eval_rng, cfg, "feedback", **late) for _ in range(64)]
     )
     for cycle in range(args.start_cycle, args.cycles):
-        rng = random.Random(args.seed if cycle == 0 else f"{args.seed}-cycle-{cycle}")
-        if cycle >= args.reading_cycle:
-            rng = random.Random(READING_SEED)
+        cargs, data, rng = cycle_setup(args, cycle)
 
         def checkpoint(history: list[dict], cycle: int = cycle) -> None:
             save(out, model, tok, log | {"partial": {"cycle": cycle, "history": history}})
 
-        cargs = args
-        if cycle >= args.reading_cycle:
-            spec = READING_CYCLES[cycle - args.reading_cycle]
-            cargs = replace(
-                args,
-                steps=spec.steps,
-                lr=spec.lr,
-                warmup=READING_WARMUP,
-                decay_frac=READING_DECAY_FRAC,
-            )
-        elif cycle >= args.recall_cycle:
-            cargs = replace(
-                args, steps=args.recall_steps, lr=args.recall_lr, decay_frac=args.recall_decay_frac
-            )
-        history = train_cycle(model, enc, eval_sets, rng, cfg, cargs, cycle, checkpoint)
+        history = train_cycle(model, enc, eval_sets, rng, data, cfg, cargs, cycle, checkpoint)
         log["cycles"].append({"cycle": cycle, "args": asdict(cargs), "history": history})
         log["train_seconds"] = round(sum(c["history"][-1]["seconds"] for c in log["cycles"]), 1)
         log["final"] = history[-1]
@@ -368,6 +362,7 @@ def train_cycle(
     enc: Encoder,
     eval_sets: dict[str, list[Encoded]],
     rng: random.Random,
+    data_options: dict,
     cfg: SDPOConfig,
     args: TrainArgs,
     cycle: int,
@@ -377,7 +372,7 @@ def train_cycle(
     opt = torch.optim.AdamW(
         model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay
     )
-    data = batches(enc, rng, cfg, args.batch_size, cycle_data(args, cycle))
+    data = batches(enc, rng, cfg, args.batch_size, data_options)
     history: list[dict] = []
     ema, tokens = None, 0
     t_train = time.time()

@@ -158,6 +158,10 @@ def write_examples(directory: str | Path) -> list[Path]:
 # ------------------------------------------------------------------ training data
 
 
+def _wrong_digit(rng: random.Random, right: str) -> str:
+    return rng.choice([d for d in string.digits if d != right])
+
+
 def _attempt(rng: random.Random, keys: list[str], table: dict[str, str], late: float = 0.0) -> str:
     """A random attempt: each key right with prob q ~ U(0, 1); some keys missing or garbled.
     With probability `late` instead wrong at one or two keys, drawn from the second half of
@@ -166,10 +170,7 @@ def _attempt(rng: random.Random, keys: list[str], table: dict[str, str], late: f
         pool = keys[len(keys) // 2 :] if rng.random() < 0.7 else keys
         wrong = set(rng.sample(pool, min(len(pool), rng.choice([1, 2, 2]))))
         return " ".join(
-            f"{k}={rng.choice([d for d in string.digits if d != table[k]])}"
-            if k in wrong
-            else f"{k}={table[k]}"
-            for k in keys
+            f"{k}={_wrong_digit(rng, table[k]) if k in wrong else table[k]}" for k in keys
         )
     q = rng.random()
     parts = []
@@ -177,7 +178,7 @@ def _attempt(rng: random.Random, keys: list[str], table: dict[str, str], late: f
         if rng.random() < q:
             parts.append(f"{k}={table[k]}")
         elif rng.random() > 0.08:  # else missing -> "Your Output: (missing)"
-            parts.append(f"{k}={rng.choice([d for d in string.digits if d != table[k]])}")
+            parts.append(f"{k}={_wrong_digit(rng, table[k])}")
     attempt = " ".join(parts)
     if rng.random() < 0.03:
         attempt = rng.choice(["", "I don't know.", attempt.replace("=", ": ")])
