@@ -57,6 +57,13 @@ def digit_probs(model, tok, message: str, response: str) -> torch.Tensor:
     return probs[[t - 1 for t in pos]][:, digits]
 
 
+def wrong_at(rng: random.Random, table: dict[str, str], wrong: set[str]) -> str:
+    """The true answer with a different random digit at the keys in `wrong`."""
+    return " ".join(
+        f"{k}={(int(v) + rng.randrange(1, 10)) % 10 if k in wrong else v}" for k, v in table.items()
+    )
+
+
 def problems(n: int, n_keys: int, seed0: int = 500) -> list[dict]:
     return [make_problem(seed0 + i, n_keys) for i in range(n)]
 
@@ -160,10 +167,7 @@ def test_feedback_reveals_digits_and_nothing_else(model, tok):
         table = p["verifier"]["cases"]
         keys = list(table)
         wrong = set(rng.sample(keys, rng.randint(2, len(keys))))  # which keys the attempt misses
-        attempt = " ".join(
-            f"{k}={(int(table[k]) + rng.randrange(1, 10)) % 10 if k in wrong else table[k]}"
-            for k in keys
-        )
+        attempt = wrong_at(rng, table, wrong)
         fb = build_verifier(p["verifier"]).verify(attempt).feedback
         named = re.findall(r"Input: (\S+)\nExpected Output: (\d)", fb)
         assert len(named) == 2
@@ -202,12 +206,7 @@ def test_feedback_about_any_key_is_read_in_either_block(model, tok):
             if i > 0:
                 cases["second"] = {k, rng.choice(keys[:i])}
             for block, wrong in cases.items():
-                attempt = " ".join(
-                    f"{x}={(int(table[x]) + rng.randrange(1, 10)) % 10}" if x in wrong
-                    else f"{x}={table[x]}"
-                    for x in keys
-                )  # fmt: skip
-                fb = verifier.verify(attempt).feedback
+                fb = verifier.verify(wrong_at(rng, table, wrong)).feedback
                 message = render_reprompt(p["prompt"], CFG, feedbacks=[fb])
                 p_digit = float(digit_probs(model, tok, message, answer)[i, int(table[k])])
                 reads.setdefault(f"{k}/{block}", []).append(p_digit)
