@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import random
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -213,3 +215,18 @@ def test_feedback_about_any_key_is_read_in_either_block(model, tok):
     means = {name: round(sum(v) / len(v), 3) for name, v in sorted(reads.items())}
     print(means)
     assert len(means) == 21 and min(means.values()) > 0.9, means
+
+
+def test_pretrain_refuses_cycles_no_recipe_defines(tmp_path):
+    """`--cycles` past the reading cycles is a usage error naming the flag and the limit (exit 2),
+    before any training or output."""
+    out = tmp_path / "model"
+    run = subprocess.run(
+        [sys.executable, "-m", "sdpo_core.toy.pretrain", "--cycles", "6", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2, run.stderr
+    assert "--cycles 6: at most 5" in run.stderr and "Traceback" not in run.stderr
+    assert not out.exists()

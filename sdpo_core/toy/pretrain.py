@@ -299,15 +299,20 @@ def save(out: Path, model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, log: 
     (out / "pretrain_log.json").write_text(json.dumps(log, indent=1) + "\n")
 
 
-def pretrain(args: TrainArgs) -> dict:
-    """Train `args.cycles` cosine cycles of `args.steps` steps each (fresh AdamW and data stream
-    per cycle); `--init-from DIR --start-cycle K` resumes after cycle K - 1 saved in DIR."""
+def check_args(args: TrainArgs) -> None:
+    """ValueError naming the flag when `args` asks for cycles no recipe defines."""
     if args.cycles > args.reading_cycle + len(READING_CYCLES):
         raise ValueError(
             f"--cycles {args.cycles}: at most {args.reading_cycle + len(READING_CYCLES)} "
             f"(reading cycles start at {args.reading_cycle}; READING_CYCLES has "
             f"{len(READING_CYCLES)})"
         )
+
+
+def pretrain(args: TrainArgs) -> dict:
+    """Train `args.cycles` cosine cycles of `args.steps` steps each (fresh AdamW and data stream
+    per cycle); `--init-from DIR --start-cycle K` resumes after cycle K - 1 saved in DIR."""
+    check_args(args)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     cfg = SDPOConfig()
@@ -424,7 +429,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     for name, value in asdict(TrainArgs()).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
-    pretrain(TrainArgs(**vars(parser.parse_args(argv))))
+    args = TrainArgs(**vars(parser.parse_args(argv)))
+    try:
+        check_args(args)
+    except ValueError as err:
+        parser.error(str(err))  # exit 2 with usage, not a traceback
+    pretrain(args)
 
 
 if __name__ == "__main__":
