@@ -116,7 +116,9 @@ def run_best_of_k(runtime: Runtime, problem_json: dict, seed: int, budget: int, 
 
 @torch.no_grad()
 def _sample_batch(runtime: Runtime, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
-    """One sample per prompt, prompts of different lengths (left padding)."""
+    """One sample per prompt, prompts of different lengths (left padding), from the base model:
+    the adapter is disabled, as multi-turn never trains it (its zero LoRA path only costs
+    time)."""
     trainer = runtime.trainer
     tok = trainer.tokenizer
     width = max(len(p) for p in prompts)
@@ -125,16 +127,17 @@ def _sample_batch(runtime: Runtime, prompts: list[list[int]], max_new_tokens: in
     for i, p in enumerate(prompts):
         ids[i, width - len(p) :] = torch.tensor(p)
         attn[i, width - len(p) :] = 1
-    out = trainer.model.generate(
-        input_ids=ids,
-        attention_mask=attn,
-        do_sample=True,
-        temperature=1.0,
-        top_k=0,
-        max_new_tokens=max_new_tokens,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
+    with trainer.model.disable_adapter():
+        out = trainer.model.generate(
+            input_ids=ids,
+            attention_mask=attn,
+            do_sample=True,
+            temperature=1.0,
+            top_k=0,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
     return tok.batch_decode(out[:, width:], skip_special_tokens=True)
 
 
@@ -143,9 +146,14 @@ def _fit_window(trainer, prompt: str, cfg, history: list[str], window: int) -> l
     dropped): a binary search over how many to drop, since fewer feedbacks never encode
     longer."""
 
+    encoded: dict[int, list[int]] = {}
+
     def encode(start: int) -> list[int]:
-        kept = history[start:]
-        return trainer.encode_chat(render_reprompt(prompt, cfg, feedbacks=kept) if kept else prompt)
+        if start not in encoded:
+            kept = history[start:]
+            text = render_reprompt(prompt, cfg, feedbacks=kept) if kept else prompt
+            encoded[start] = trainer.encode_chat(text)
+        return encoded[start]
 
     lo, hi = 0, len(history)  # the answer (fewest dropped that fit) is in [lo, hi]
     while lo < hi:
