@@ -25,6 +25,7 @@ import torch
 from sdpo_core.runtime import load_runtime
 from sdpo_core.teacher import render_reprompt
 from sdpo_core.toy import HARD_SUITE, make_problem
+from sdpo_core.toy.world import answer_wrong_at
 from sdpo_core.verifiers import build_verifier
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -62,20 +63,14 @@ def main() -> None:
         digits = [i for i, t in enumerate(ids) if tok.decode([t]).strip().isdigit()]
         assert len(digits) == len(keys), answer
 
-        def wrong_at(wrong: set[str], cases: dict[str, str] = cases) -> str:
-            return " ".join(
-                f"{k}={(int(v) + rng.randrange(1, 10)) % 10 if k in wrong else v}"
-                for k, v in cases.items()
-            )
-
         for i, p in enumerate(digit_probs(trainer, problem["prompt"], ids, digits)):
             add(keys[i], "no feedback", p)
         for i, k in enumerate(keys):
-            feedback = verifier.verify(wrong_at({k})).feedback
+            feedback = verifier.verify(answer_wrong_at(rng, cases, {k})).feedback
             message = render_reprompt(problem["prompt"], cfg, feedbacks=[feedback])
             add(k, "one block", digit_probs(trainer, message, ids, digits)[i])
         for i in range(len(keys) - 1):
-            feedback = verifier.verify(wrong_at({keys[i], keys[i + 1]})).feedback
+            feedback = verifier.verify(answer_wrong_at(rng, cases, {keys[i], keys[i + 1]})).feedback
             message = render_reprompt(problem["prompt"], cfg, feedbacks=[feedback])
             probs = digit_probs(trainer, message, ids, digits)
             add(keys[i], "first of two blocks", probs[i])

@@ -18,7 +18,12 @@ from sdpo_core.config import SDPOConfig
 from sdpo_core.problem import parse_problem
 from sdpo_core.teacher import render_reprompt
 from sdpo_core.toy import DEFAULT_MODEL_DIR, DISCOVERY_SUITE, EASY_EXAMPLE, HARD_SUITE, make_problem
-from sdpo_core.toy.world import example_files, render_answer, training_example
+from sdpo_core.toy.world import (
+    answer_wrong_at,
+    example_files,
+    render_answer,
+    training_example,
+)
 from sdpo_core.verifiers import build_verifier
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -57,13 +62,6 @@ def digit_probs(model, tok, message: str, response: str) -> torch.Tensor:
     digits = [tok.convert_tokens_to_ids(str(d)) for d in range(10)]
     pos = [t for t in range(p, ids.shape[1]) if ids[0, t] in digits]
     return probs[[t - 1 for t in pos]][:, digits]
-
-
-def wrong_at(rng: random.Random, table: dict[str, str], wrong: set[str]) -> str:
-    """The true answer with a different random digit at the keys in `wrong`."""
-    return " ".join(
-        f"{k}={(int(v) + rng.randrange(1, 10)) % 10 if k in wrong else v}" for k, v in table.items()
-    )
 
 
 def problems(n: int, n_keys: int, seed0: int = 500) -> list[dict]:
@@ -169,7 +167,7 @@ def test_feedback_reveals_digits_and_nothing_else(model, tok):
         table = p["verifier"]["cases"]
         keys = list(table)
         wrong = set(rng.sample(keys, rng.randint(2, len(keys))))  # which keys the attempt misses
-        attempt = wrong_at(rng, table, wrong)
+        attempt = answer_wrong_at(rng, table, wrong)
         fb = build_verifier(p["verifier"]).verify(attempt).feedback
         named = re.findall(r"Input: (\S+)\nExpected Output: (\d)", fb)
         assert len(named) == 2
@@ -208,7 +206,7 @@ def test_feedback_about_any_key_is_read_in_either_block(model, tok):
             if i > 0:
                 cases["second"] = {k, rng.choice(keys[:i])}
             for block, wrong in cases.items():
-                fb = verifier.verify(wrong_at(rng, table, wrong)).feedback
+                fb = verifier.verify(answer_wrong_at(rng, table, wrong)).feedback
                 message = render_reprompt(p["prompt"], CFG, feedbacks=[fb])
                 p_digit = float(digit_probs(model, tok, message, answer)[i, int(table[k])])
                 reads.setdefault(f"{k}/{block}", []).append(p_digit)

@@ -88,6 +88,15 @@ def render_answer(keys: list[str], table: dict[str, str]) -> str:
     return " ".join(f"{k}={table[k]}" for k in keys)
 
 
+def answer_wrong_at(rng: random.Random, table: dict[str, str], wrong: set[str]) -> str:
+    """The canonical response with a different random digit at the keys in `wrong`: an
+    attempt whose feedback names exactly those keys (the feedback-reading probes of
+    tests/test_toy.py and benchmarks/toy_reading.py)."""
+    return " ".join(
+        f"{k}={(int(v) + rng.randrange(1, 10)) % 10 if k in wrong else v}" for k, v in table.items()
+    )
+
+
 def sample_instance(rng: random.Random, n_keys: int) -> tuple[int, list[str], dict[str, str]]:
     """(pid, keys in prompt order, table) drawn from `rng`."""
     if not MIN_KEYS <= n_keys <= 26:
