@@ -52,6 +52,28 @@ IGNORE = -100
 _REVEALED = re.compile(r"Input: (\S+)\nExpected Output: (\S+)")
 
 
+@dataclass(frozen=True)
+class ReadingCycle:
+    """A cycle that teaches reading feedback about every key (world.READING_MIXTURE; the last
+    one, world.REPAIR_MIXTURE, restores short tables' answers)."""
+
+    steps: int
+    lr: float
+    mixture: dict[str, float]
+    long_tables: bool  # at least 4..8 keys
+
+
+# The bundled model's cycles 2-4, run from its cycle-1 model. Each draws its data from
+# random.Random(READING_SEED) with attempts wrong at late keys (world.LATE_FAILURES), warms up
+# for READING_WARMUP steps and decays over the second half.
+READING_CYCLES = (
+    ReadingCycle(3000, 2e-3, READING_MIXTURE, long_tables=True),
+    ReadingCycle(5000, 2e-3, READING_MIXTURE, long_tables=True),
+    ReadingCycle(1500, 1e-3, REPAIR_MIXTURE, long_tables=False),  # short tables' format back
+)
+READING_SEED, READING_WARMUP, READING_DECAY_FRAC = 7, 50, 0.5
+
+
 @dataclass
 class TrainArgs:
     out: str = "sdpo_core/toy/model"
@@ -66,7 +88,7 @@ class TrainArgs:
     threads: int = 1  # on a shared 2-core box one thread ran 3x faster than two
     eval_every: int = 200
     max_minutes: float = 75.0  # per cycle, a hard stop (the schedule is sized by `steps`)
-    cycles: int = 5  # 2 + len(READING_CYCLES)
+    cycles: int = 2 + len(READING_CYCLES)  # through the last reading cycle
     init_from: str = ""  # resume: a directory this script saved after cycle start_cycle - 1
     start_cycle: int = 0
     recall_cycle: int = 1  # cycles from this one on train on RECALL_MIXTURE, with:
@@ -138,28 +160,6 @@ class Encoder:
             hit &= resp & self.is_digit[ids] & rows
             ids[hit] = self.digit_ids[torch.randint(0, 10, (int(hit.sum()),), generator=gen)]
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-@dataclass(frozen=True)
-class ReadingCycle:
-    """A cycle that teaches reading feedback about every key (world.READING_MIXTURE; the last
-    one, world.REPAIR_MIXTURE, restores short tables' answers)."""
-
-    steps: int
-    lr: float
-    mixture: dict[str, float]
-    long_tables: bool  # at least 4..8 keys
-
-
-# The bundled model's cycles 2-4, run from its cycle-1 model. Each draws its data from
-# random.Random(READING_SEED) with attempts wrong at late keys (world.LATE_FAILURES), warms up
-# for READING_WARMUP steps and decays over the second half.
-READING_CYCLES = (
-    ReadingCycle(3000, 2e-3, READING_MIXTURE, long_tables=True),
-    ReadingCycle(5000, 2e-3, READING_MIXTURE, long_tables=True),
-    ReadingCycle(1500, 1e-3, REPAIR_MIXTURE, long_tables=False),  # short tables' format back
-)
-READING_SEED, READING_WARMUP, READING_DECAY_FRAC = 7, 50, 0.5
 
 
 def cycle_setup(args: TrainArgs, cycle: int) -> tuple[TrainArgs, dict, random.Random]:
