@@ -37,12 +37,13 @@ from pathlib import Path
 
 import torch
 
+from sdpo_core.contract import AttemptPayload, StepPayload
 from sdpo_core.problem import parse_problem
 from sdpo_core.runtime import Runtime, load_runtime
 from sdpo_core.solve import solve
 from sdpo_core.teacher import render_reprompt
 from sdpo_core.toy import DISCOVERY_SUITE, HARD_SUITE, make_problem
-from sdpo_core.types import AttemptEvent, SamplingParams, StepEvent
+from sdpo_core.types import SamplingParams
 from sdpo_core.verifiers import build_verifier
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -68,17 +69,17 @@ def _with_budget(problem_json: dict, budget: int, sdpo: dict) -> dict:
 
 def run_sdpo(runtime: Runtime, problem_json: dict, seed: int, budget: int, sdpo: dict) -> dict:
     problem = parse_problem(_with_budget(problem_json, budget, {**sdpo, "seed": seed}))
-    keys = list(problem.verifier["cases"])
+    keys = list(problem.verifier.cases)
     trace: list[dict] = []
     hits: dict[str, int] = dict.fromkeys(keys, 0)
     scores: list[float] = []
 
     def on_event(event) -> None:
-        if isinstance(event, AttemptEvent):
+        if isinstance(event, AttemptPayload):
             scores.append(event.verdict.score)
             for case in event.verdict.details.get("tests", []):
                 hits[case["input"]] += bool(case["passed"])
-        elif isinstance(event, StepEvent):
+        elif isinstance(event, StepPayload):
             n = max(len(scores), 1)
             trace.append(
                 {

@@ -131,7 +131,7 @@ def check_model(
     for m, (mode, over) in enumerate(MODES):
         cfg = base_cfg.merged(over)
         dev.reset(cfg)
-        dev.save_checkpoint(tmp / mode, {})
+        dev.save_checkpoint(tmp / mode)
         batch = fixed_batch(dev, n)
         if m == 0:  # generate with the initial student adapter
             gen = generate_on_device(dev, batch.prompt_ids, args)

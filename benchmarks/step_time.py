@@ -2,7 +2,7 @@
 
 Runs `sdpo_core.solve` on a hard-suite problem (it does not solve within a few steps, so every
 step is a full step) with a checkpoint directory, as the service does, and reads the split that
-each StepEvent carries: generate, verify, teacher forward, student forward+backward+optimizer,
+each StepPayload carries: generate, verify, teacher forward, student forward+backward+optimizer,
 adapter export and adapter swap. A step's wall time is the interval between two StepEvents;
 "other" is what the six phases leave out (state and trainer checkpoints, teacher-context
 tokenization, events). The first `--warmup` steps are dropped; the table shows the mean over
@@ -32,11 +32,12 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from sdpo_core.contract import AttemptPayload, StepPayload
 from sdpo_core.problem import parse_problem
 from sdpo_core.runtime import Runtime, load_runtime
 from sdpo_core.solve import solve
 from sdpo_core.toy import DEFAULT_MODEL_DIR, HARD_SUITE
-from sdpo_core.types import AttemptEvent, SolveEvent, StepEvent
+from sdpo_core.types import SolveEvent
 
 OUT = Path(__file__).parent / "results" / "step_time.json"
 PHASES = ("generate", "verify", "teacher", "student", "export", "swap")
@@ -82,9 +83,9 @@ def measure_steps(
 
     def on_event(event: SolveEvent) -> None:
         nonlocal last, tokens
-        if isinstance(event, AttemptEvent):
+        if isinstance(event, AttemptPayload):
             tokens += event.num_tokens
-        elif isinstance(event, StepEvent):
+        elif isinstance(event, StepPayload):
             now = time.perf_counter()
             m = event.metrics
             rec = {p: m.get(f"time_{p}", 0.0) for p in PHASES}

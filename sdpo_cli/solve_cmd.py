@@ -45,7 +45,6 @@ def run(args: argparse.Namespace) -> int:
     from sdpo_cli.progress import ProgressDisplay
     from sdpo_core.runtime import load_runtime
     from sdpo_core.solve import latest_adapter_dir, solve
-    from sdpo_core.types import event_to_dict
 
     stem = Path(args.problem).stem
     ckpt = Path(args.checkpoint_dir or f"runs/{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -62,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
             result = solve(
                 problem,
                 runtime,
-                on_event=lambda e: display.update(event_to_dict(e)),
+                on_event=lambda e: display.update(e.model_dump()),
                 checkpoint_dir=ckpt,
             )
     finally:

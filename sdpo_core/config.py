@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 
 # Teacher-context templates of the public SDPO code (docs/design.md).
 REPROMPT_TEMPLATE = "{prompt}{solution}{feedback}\n\nCorrectly solve the original question."
@@ -16,6 +16,25 @@ EMBEDDING_MODULES = ("lm_head", "embed_tokens", "embed_out", "wte", "word_embedd
 FEEDBACK_TEMPLATE = (
     "\nThe following is feedback from your unsuccessful earlier attempt:\n\n{feedback_raw}\n\n"
 )
+
+
+def _no_embedding_modules(value: list[str] | str) -> list[str] | str:
+    bad = (
+        [m for m in value if m.split(".")[-1] in EMBEDDING_MODULES]
+        if isinstance(value, list)
+        else []
+    )
+    if bad:
+        raise ValueError(
+            f"LoRA on {', '.join(bad)} is not supported: the trainer keeps the output head "
+            "and the token embeddings frozen (its loss applies the base head to the "
+            "decoder's hidden states) and vLLM does not serve LoRA there; list only the "
+            'attention and MLP projections (or "all-linear")'
+        )
+    return value
+
+
+TargetModules = Annotated[list[str] | Literal["all-linear"], AfterValidator(_no_embedding_modules)]
 
 
 class SDPOConfig(BaseModel):
@@ -56,7 +75,7 @@ class SDPOConfig(BaseModel):
     lora_rank: int = Field(16, ge=1, le=512)
     lora_alpha: float = Field(32.0, gt=0.0)
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    target_modules: TargetModules = "all-linear"
 
     # loss
     top_k: int | None = Field(20, ge=1, description="Top-K distillation; null = full vocabulary.")
@@ -97,25 +116,26 @@ class SDPOConfig(BaseModel):
         "docs/algorithm-options.md",
     )
 
-    @field_validator("target_modules")
-    @classmethod
-    def _no_embedding_modules(cls, value: list[str] | str) -> list[str] | str:
-        bad = (
-            [m for m in value if m.split(".")[-1] in EMBEDDING_MODULES]
-            if isinstance(value, list)
-            else []
-        )
-        if bad:
-            raise ValueError(
-                f"LoRA on {', '.join(bad)} is not supported: the trainer keeps the output head "
-                "and the token embeddings frozen (its loss applies the base head to the "
-                "decoder's hidden states) and vLLM does not serve LoRA there; list only the "
-                'attention and MLP projections (or "all-linear")'
-            )
-        return value
-
-    def merged(self, overrides: dict | None) -> SDPOConfig:
-        """A copy with `overrides` applied and validated."""
+    def merged(self, overrides: SDPOOverrides | dict[str, Any] | None) -> SDPOConfig:
+        """A copy with `overrides` applied (only the fields they set) and validated."""
+        if isinstance(overrides, BaseModel):
+            overrides = overrides.model_dump(exclude_unset=True)
         if not overrides:
             return self
         return SDPOConfig.model_validate({**self.model_dump(), **overrides})
+
+
+def _partial(model: type[BaseModel], name: str) -> type[BaseModel]:
+    """`model`'s fields with their types, ranges and defaults, each optional to set: the
+    set ones are `model_fields_set` (a default of null is a value here, e.g. top_k)."""
+    fields: dict[str, Any] = {n: (f.annotation, f) for n, f in model.model_fields.items()}
+    return create_model(
+        name,
+        __config__=ConfigDict(extra="forbid", frozen=True),
+        __doc__="Overrides of SDPO settings: only the fields given are applied.",
+        **fields,
+    )
+
+
+# A problem's "sdpo" block: typed like SDPOConfig, applied over the model's defaults.
+SDPOOverrides = _partial(SDPOConfig, "SDPOOverrides")

@@ -1,22 +1,41 @@
-"""The problem spec: the JSON that `sdpo solve` reads and `POST /v1/problems` accepts."""
+"""The problem spec: the JSON that `sdpo solve` reads and `POST /v1/problems` accepts.
+
+`ProblemSpec` is also the run-time object: it is validated once (at submit, or when `sdpo
+solve` reads a file), stored as JSON, and read back by the worker with `from_stored` (types
+only: the checks that compile sources ran at submit). Its `verifier` is the typed spec of
+its kind (`spec.verifier.build()` makes the verifier); its `sdpo` the overrides, typed like
+SDPOConfig, that `sdpo_config` applies over the model's defaults.
+"""
 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_serializer,
+    model_validator,
+)
 
-from sdpo_core.config import SDPOConfig
-from sdpo_core.verifiers.models import VERIFIER_JSON_SCHEMA, inline_schema
+from sdpo_core.config import SDPOConfig, SDPOOverrides
+from sdpo_core.verifiers.base import STORED, VerifierSpecError
+from sdpo_core.verifiers.specs import (
+    VERIFIER_JSON_SCHEMA,
+    VerifierSpec,
+    error_field,
+    inline_schema,
+)
 
-# Kept as plain dicts at run time (the verifiers take dicts); typed in the schema and checked
-# against the typed models on validation.
-VerifierField = Annotated[dict[str, Any], WithJsonSchema(VERIFIER_JSON_SCHEMA)]
-SDPOOverrides = Annotated[
-    dict[str, Any],
+# The OpenAPI document shows each field's schema inline (as it did before these were typed).
+VerifierField = Annotated[VerifierSpec, WithJsonSchema(VERIFIER_JSON_SCHEMA)]
+SDPOField = Annotated[
+    SDPOOverrides,  # type: ignore[valid-type]
     WithJsonSchema({**inline_schema(SDPOConfig.model_json_schema()), "title": "SDPOOverrides"}),
 ]
 
@@ -45,40 +64,45 @@ class ProblemSpec(BaseModel):
     prompt: str = Field(..., min_length=1, description="The question, as the user message.")
     verifier: VerifierField = Field(..., description="Verifier spec, by `kind`.")
     budget: Budget = Field(default_factory=Budget)
-    sdpo: SDPOOverrides = Field(default_factory=dict, description="Overrides of SDPO settings.")
+    sdpo: SDPOField = Field(  # type: ignore[valid-type]
+        default_factory=SDPOOverrides, description="Overrides of SDPO settings."
+    )
     model: str | None = Field(None, description="Model name; null = the worker's model.")
     metadata: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("sdpo")
-    @classmethod
-    def _check_sdpo(cls, value: dict[str, Any]) -> dict[str, Any]:
-        SDPOConfig().merged(value)  # raises ValidationError naming the field
-        return value
+    @field_serializer("sdpo")
+    def _only_set(self, value: BaseModel) -> dict[str, Any]:
+        # Unset fields stay unset, so a worker's model defaults apply to what the user left out.
+        return value.model_dump(mode="json", exclude_unset=True)
 
-    @field_validator("verifier")
-    @classmethod
-    def _check_verifier(cls, value: dict[str, Any]) -> dict[str, Any]:
-        from sdpo_core.verifiers import VerifierSpecError
-        from sdpo_core.verifiers.models import check_verifier_spec
-
-        try:
-            check_verifier_spec(value)
-        except VerifierSpecError as exc:
-            raise ValueError(str(exc)) from exc
-        return value
+    @model_validator(mode="after")
+    def _whole_config(self) -> ProblemSpec:
+        self.sdpo_config()  # rules across settings hold for the overrides as a whole
+        return self
 
     def sdpo_config(self, base: SDPOConfig | None = None) -> SDPOConfig:
+        """`base` (the model's defaults; the generic ones if None) with this problem's
+        overrides applied."""
         return (base or SDPOConfig()).merged(self.sdpo)
 
+    @classmethod
+    def from_stored(cls, text: str | bytes) -> ProblemSpec:
+        """A spec stored after submit: parse types only (its checks ran at submit)."""
+        return cls.model_validate_json(text, context={STORED: True})
 
-def _first_error(exc: ValidationError) -> ProblemError:
+
+def _first_error(exc: ValidationError, data: dict[str, Any]) -> ProblemError:
     err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"])
-    msg = err["msg"].removeprefix("Value error, ")
-    nested = re.match(r"^(verifier(?:\.[^:\s]+)?): (.*)$", msg, re.S)
-    if nested:  # a VerifierSpecError: it knows the field inside the spec
-        loc, msg = nested.groups()
-    return ProblemError(msg, field=loc or None)
+    loc = err["loc"]
+    inner = (err.get("ctx") or {}).get("error")
+    if isinstance(inner, VerifierSpecError):  # a check inside the spec: it knows the field
+        return ProblemError(inner.message, field=inner.field)
+    if loc and loc[0] == "verifier":
+        inside = error_field(loc[1:], data.get("verifier"))
+        field = f"verifier.{inside}" if inside else "verifier"
+    else:
+        field = ".".join(str(p) for p in loc)
+    return ProblemError(err["msg"].removeprefix("Value error, "), field=field or None)
 
 
 def parse_problem(data: Any) -> ProblemSpec:
@@ -88,7 +112,7 @@ def parse_problem(data: Any) -> ProblemSpec:
     try:
         return ProblemSpec.model_validate(data)
     except ValidationError as exc:
-        raise _first_error(exc) from None
+        raise _first_error(exc, data) from None
 
 
 def load_problem(path: str | Path) -> ProblemSpec:

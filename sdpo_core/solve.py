@@ -29,6 +29,13 @@ import torch
 
 from sdpo_core.chat import strip_thinking
 from sdpo_core.config import SDPOConfig
+from sdpo_core.contract import (
+    AttemptPayload,
+    ExhaustedPayload,
+    FailedPayload,
+    SolvedPayload,
+    StepPayload,
+)
 from sdpo_core.engines.base import Engine
 from sdpo_core.problem import ProblemSpec
 from sdpo_core.runtime import Runtime
@@ -40,19 +47,8 @@ from sdpo_core.trainer import (
     rng_state,
     set_rng_state,
 )
-from sdpo_core.types import (
-    AttemptEvent,
-    Completion,
-    ExhaustedEvent,
-    FailedEvent,
-    SamplingParams,
-    SolvedEvent,
-    SolveEvent,
-    SolveResult,
-    StepEvent,
-    Verdict,
-)
-from sdpo_core.verifiers import Verifier, build_verifier
+from sdpo_core.types import Completion, SamplingParams, SolveEvent, SolveResult, Verdict
+from sdpo_core.verifiers import Verifier
 
 EventCallback = Callable[[SolveEvent], None]
 
@@ -135,7 +131,7 @@ class _Checkpoints:
         tmp.mkdir()
         torch.save(state.to_blob(), tmp / "state.pt")
         if runtime is not None:
-            runtime.trainer.save_checkpoint(tmp / "trainer", state.to_blob())
+            runtime.trainer.save_checkpoint(tmp / "trainer")
         elif current is not None and (current / "trainer").is_dir():
             (tmp / "trainer").mkdir()
             for f in (current / "trainer").iterdir():
@@ -198,7 +194,7 @@ def solve(
     state = LoopState()
 
     try:
-        verifier = build_verifier(problem.verifier)
+        verifier = problem.verifier.build()
         trainer.reset(cfg)
         state = ckpt.load(runtime) or state
         if state.result is not None:  # finished before a crash: report it again
@@ -230,7 +226,13 @@ def solve(
             pending = state.pending
             for i, (c, v) in enumerate(zip(pending.completions, pending.verdicts, strict=True)):
                 emit(
-                    AttemptEvent(pending.first_index + i, pending.step, c.text, v, len(c.token_ids))
+                    AttemptPayload(
+                        index=pending.first_index + i,
+                        step=pending.step,
+                        text=c.text,
+                        verdict=v.to_dict(),
+                        num_tokens=len(c.token_ids),
+                    )
                 )
             state.best_score = max([state.best_score, *(v.score for v in pending.verdicts)])
             winner = next((i for i, v in enumerate(pending.verdicts) if v.passed), None)
@@ -248,10 +250,17 @@ def solve(
             state.pending = None
             state.seconds = elapsed()
             ckpt.save(state, runtime)
-            emit(StepEvent(state.steps, state.attempts, state.adapter_version, metrics))
+            emit(
+                StepPayload(
+                    step=state.steps,
+                    attempts=state.attempts,
+                    adapter_version=state.adapter_version,
+                    metrics=metrics,
+                )
+            )
     except Exception as exc:  # reported as a failed run, never swallowed silently
         error = f"{type(exc).__name__}: {exc}"
-        emit(FailedEvent(error, state.attempts, state.steps))
+        emit(FailedPayload(error=error, attempts=state.attempts, steps=state.steps))
         return _result(state, "failed", state.seconds, error=error)
 
 
@@ -430,18 +439,22 @@ def _finish(state: LoopState, emit: EventCallback, result: SolveResult) -> Solve
     """Emit the terminal event of a finished run (again, after a resume)."""
     if result.status == "solved":
         emit(
-            SolvedEvent(
-                result.first_pass_attempt,
-                result.solution,
-                result.attempts,
-                result.steps,
-                result.seconds,
+            SolvedPayload(
+                attempt_index=result.first_pass_attempt,
+                solution=result.solution,
+                attempts=result.attempts,
+                steps=result.steps,
+                seconds=result.seconds,
             )
         )
     else:
         emit(
-            ExhaustedEvent(
-                result.error, result.attempts, result.steps, result.seconds, result.best_score
+            ExhaustedPayload(
+                reason=result.error,
+                attempts=result.attempts,
+                steps=result.steps,
+                seconds=result.seconds,
+                best_score=result.best_score,
             )
         )
     return result

@@ -458,8 +458,9 @@ class SDPOTrainer:
             tmp = final_tmp
         atomic_replace_dir(tmp, path)
 
-    def save_checkpoint(self, path: str | Path, extra: dict[str, Any]) -> None:
-        """Everything needed to continue exactly: both adapters, optimizer, RNG, counters."""
+    def save_checkpoint(self, path: str | Path) -> None:
+        """Everything the trainer needs to continue exactly: both adapters, the optimizer, its
+        update count and settings, the RNG. (The solve loop's own state is the loop's file.)"""
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -478,14 +479,13 @@ class SDPOTrainer:
                 "updates": self.updates,
                 "cfg": self.cfg.model_dump(),
                 "rng": rng_state(),
-                "extra": extra,
             },
             tmp / "trainer.pt",
         )
         atomic_replace_dir(tmp, path)
 
-    def load_checkpoint(self, path: str | Path) -> dict[str, Any]:
-        """Restore a checkpoint written by save_checkpoint; returns its `extra`."""
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore a checkpoint written by save_checkpoint."""
         path = Path(path)
         blob = torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)
         self.reset(SDPOConfig.model_validate(blob["cfg"]))
@@ -500,7 +500,6 @@ class SDPOTrainer:
         self.optimizer.load_state_dict(blob["optimizer"])
         self.updates = blob["updates"]
         set_rng_state(blob["rng"])
-        return blob["extra"]
 
 
 def _clock(device: torch.device) -> float:

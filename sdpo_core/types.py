@@ -5,6 +5,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from sdpo_core.contract import (
+    AttemptPayload,
+    ExhaustedPayload,
+    FailedPayload,
+    SolvedPayload,
+    StepPayload,
+)
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -49,63 +57,9 @@ class Completion:
     finish_reason: Literal["stop", "length"] = "stop"
 
 
-# ---------------------------------------------------------------- solve events
-# The solve loop reports progress through a callback that receives these.
-# `kind` is the SSE event name the service uses for them.
-
-
-@dataclass(frozen=True)
-class AttemptEvent:
-    index: int  # 1-based index over every generation of the problem
-    step: int  # the SDPO step whose rollout batch produced it (0-based)
-    text: str
-    verdict: Verdict
-    num_tokens: int
-    kind: str = "attempt"
-
-
-@dataclass(frozen=True)
-class StepEvent:
-    step: int  # 1-based count of SDPO updates done so far
-    attempts: int  # attempts so far
-    adapter_version: int
-    metrics: dict[str, float]  # loss, kl, grad_norm, masked_fraction, tokens, time_* ...
-    kind: str = "step"
-
-
-@dataclass(frozen=True)
-class SolvedEvent:
-    attempt_index: int
-    solution: str
-    attempts: int
-    steps: int
-    seconds: float
-    kind: str = "solved"
-
-
-@dataclass(frozen=True)
-class ExhaustedEvent:
-    reason: Literal["max_attempts", "max_seconds"]
-    attempts: int
-    steps: int
-    seconds: float
-    best_score: float
-    kind: str = "exhausted"
-
-
-@dataclass(frozen=True)
-class FailedEvent:
-    error: str
-    attempts: int
-    steps: int
-    kind: str = "failed"
-
-
-SolveEvent = AttemptEvent | StepEvent | SolvedEvent | ExhaustedEvent | FailedEvent
-
-
-def event_to_dict(event: SolveEvent) -> dict[str, Any]:
-    return asdict(event)
+# The solve loop reports progress through a callback that receives the wire contract's
+# payloads (sdpo_core/contract.py): the service writes them as they are.
+SolveEvent = AttemptPayload | StepPayload | SolvedPayload | ExhaustedPayload | FailedPayload
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sdpo_core.contract import TERMINAL_EVENTS as TERMINAL_EVENTS  # re-exported
 from sdpo_core.contract import TERMINAL_STATUSES
 
-STATUSES = ("queued", "running", "solved", "exhausted", "cancelled", "failed")
 TERMINAL = TERMINAL_STATUSES  # of the wire contract (sdpo_core/contract.py)
 IDEMPOTENCY_TTL = 24 * 3600
 DEFAULT_RETENTION = 7 * 86400.0

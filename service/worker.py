@@ -20,7 +20,6 @@ One worker = one loaded model (one GPU). It
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import shutil
@@ -38,17 +37,15 @@ from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from sdpo_core.problem import ProblemSpec
-from sdpo_core.types import (
-    AttemptEvent,
-    ExhaustedEvent,
-    FailedEvent,
-    SolvedEvent,
-    SolveEvent,
-    SolveResult,
-    StepEvent,
-    event_to_dict,
+from sdpo_core.contract import (
+    AttemptPayload,
+    ExhaustedPayload,
+    FailedPayload,
+    SolvedPayload,
+    StepPayload,
 )
+from sdpo_core.problem import ProblemSpec
+from sdpo_core.types import SolveEvent, SolveResult
 from service.queue import Entry, Queue
 from service.settings import Settings
 from service.store import TERMINAL, Store, connect
@@ -311,7 +308,7 @@ class Worker:
             return
         job = self.job = _Job(entry, pid, owner)
         log.info("worker %s: running %s (resumed=%s)", self.name, pid, entry.claimed)
-        spec = ProblemSpec.model_validate(json.loads(row["spec"]))
+        spec = ProblemSpec.from_stored(row["spec"])  # validated at submit
         writer = _Writer(self, job)
 
         def stopping() -> bool:
@@ -396,9 +393,8 @@ class Worker:
     async def _publish(self, job: _Job, event: SolveEvent) -> str:
         """Write one solve event to Redis (deduplicated, fenced by the owner token)."""
         store, pid, owner = self.store, job.pid, job.owner
-        data = event_to_dict(event)
-        data.pop("kind", None)
-        if isinstance(event, AttemptEvent):
+        data = event.model_dump(exclude={"kind"})  # the event as the contract declares it
+        if isinstance(event, AttemptPayload):
             v = event.verdict
             record = {
                 "index": event.index,
@@ -425,7 +421,7 @@ class Worker:
             if outcome in _WRITTEN:  # a replayed attempt ('dup') is not counted again
                 self.metrics.attempt(v.passed, "verifier_error" in v.details)
             return outcome
-        if isinstance(event, StepEvent):
+        if isinstance(event, StepPayload):
             outcome = await self._retry(
                 store.record,
                 pid,
@@ -439,7 +435,7 @@ class Worker:
             if outcome in _WRITTEN:
                 self.metrics.step(event.metrics)
             return outcome
-        if isinstance(event, SolvedEvent):
+        if isinstance(event, SolvedPayload):
             fields = {
                 "solution": event.solution,
                 "solved_attempt": event.attempt_index,
@@ -448,14 +444,14 @@ class Worker:
                 "best_score": 1.0,
             }
             return await self._finish(pid, owner, "solved", fields, data)
-        if isinstance(event, ExhaustedEvent):
+        if isinstance(event, ExhaustedPayload):
             fields = {
                 "exhausted_reason": event.reason,
                 "attempts": event.attempts,
                 "steps": event.steps,
             }
             return await self._finish(pid, owner, "exhausted", fields, data)
-        if isinstance(event, FailedEvent):
+        if isinstance(event, FailedPayload):
             fields = {"error": event.error, "attempts": event.attempts, "steps": event.steps}
             return await self._finish(pid, owner, "failed", fields, data)
         raise TypeError(f"unknown event {event!r}")

@@ -21,12 +21,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from sdpo_core.contract import AttemptPayload, FailedPayload, StepPayload
 from sdpo_core.problem import parse_problem
 from sdpo_core.runtime import load_runtime
 from sdpo_core.solve import solve
 from sdpo_core.toy import make_problem
 from sdpo_core.toy.families import build_tiny_model
-from sdpo_core.types import AttemptEvent, FailedEvent, StepEvent
 
 pytestmark = pytest.mark.slow
 
@@ -64,7 +64,7 @@ def test_8192_token_responses_through_the_loop(
         assert rt.engine.context_window() == (LONG + 512 if engine == "vllm" else None)
         assert rt.trainer.context_window == LONG + 512
         events: list = []
-        stepped = lambda: any(isinstance(e, StepEvent) for e in events)  # noqa: E731
+        stepped = lambda: any(isinstance(e, StepPayload) for e in events)  # noqa: E731
         result = solve(
             parse_problem(long_problem()),
             rt,
@@ -73,9 +73,9 @@ def test_8192_token_responses_through_the_loop(
             should_stop=stepped,
         )
         assert result.status == "stopped" and result.steps == 1, result.error
-        attempts = [e for e in events if isinstance(e, AttemptEvent)]
+        attempts = [e for e in events if isinstance(e, AttemptPayload)]
         assert [a.num_tokens for a in attempts] == [LONG] * SAMPLES
-        (step,) = [e for e in events if isinstance(e, StepEvent)]
+        (step,) = [e for e in events if isinstance(e, StepPayload)]
         m = step.metrics
         print(
             f"\n{engine}: generate {m['time_generate']:.1f} s, teacher {m['time_teacher']:.1f} s, "
@@ -107,7 +107,7 @@ def test_a_window_too_small_fails_before_any_attempt(long_model: Path, tmp_path:
     assert result.error.startswith("ContextWindowError: sdpo.max_new_tokens")
     assert f"context window of {LONG + 512} tokens (max_position_embeddings" in result.error
     assert f"at most {too_long - 1}" in result.error
-    assert [type(e) for e in events] == [FailedEvent]
+    assert [type(e) for e in events] == [FailedPayload]
 
 
 def test_hf_engine_logprobs_are_the_raw_logprobs_of_each_sampled_token(

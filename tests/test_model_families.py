@@ -21,12 +21,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from sdpo_core.contract import StepPayload
 from sdpo_core.problem import parse_problem
 from sdpo_core.runtime import FAMILY_TARGET_MODULES, load_runtime
 from sdpo_core.solve import solve
 from sdpo_core.toy import make_problem
 from sdpo_core.toy.families import build_tiny_model
-from sdpo_core.types import StepEvent
 
 pytestmark = pytest.mark.slow  # the vllm-engine tests are also marked vllm
 
@@ -63,7 +63,7 @@ def test_family_through_the_loop_on_vllm(family: str, tmp_path: Path) -> None:
         problem = parse_problem(small_problem())
         result = solve(problem, rt, on_event=events.append, checkpoint_dir=tmp_path / "run")
         assert result.status == "exhausted" and result.attempts == 12, result.error
-        steps = [e for e in events if isinstance(e, StepEvent)]
+        steps = [e for e in events if isinstance(e, StepPayload)]
         assert [s.adapter_version for s in steps] == [1, 2]
         assert all(s.metrics["grad_norm"] > 0 for s in steps)
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from sdpo_core.verifiers import build_verifier
+from sdpo_core.verifiers import build_verifier, parse_verifier
+from sdpo_core.verifiers.kinds.tests import TestsVerifier
 from sdpo_core.verifiers.sandbox import (
     PROJECT_SANDBOX_PYTHON,
     Job,
@@ -23,7 +24,6 @@ from sdpo_core.verifiers.sandbox import (
     SandboxError,
     SandboxSettings,
 )
-from sdpo_core.verifiers.testcases import TestsVerifier
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the namespace sandbox needs root")
@@ -265,10 +265,10 @@ def test_attempts_run_in_parallel_on_distinct_uids(sandbox):
 
 
 def test_verify_batch_contains_hostile_attempts(sandbox):
-    v = TestsVerifier(
-        {"kind": "tests", "tests": [{"input": "2\n", "output": "4\n"}], "timeout_s": 1},
-        sandbox=sandbox,
+    spec = parse_verifier(
+        {"kind": "tests", "tests": [{"input": "2\n", "output": "4\n"}], "timeout_s": 1}
     )
+    v = spec.build(sandbox=sandbox)
     good = "```python\nprint(int(input()) * 2)\n```"
     bomb = "```python\nimport os\nwhile True:\n    os.fork()\n```"
     start = time.monotonic()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from sdpo_core.contract import AttemptPayload, ExhaustedPayload, SolvedPayload, StepPayload
 from sdpo_core.problem import parse_problem
 from sdpo_core.solve import latest_adapter_dir, solve
 from sdpo_core.toy import make_problem
-from sdpo_core.types import AttemptEvent, ExhaustedEvent, SolvedEvent, StepEvent
 from sdpo_core.verifiers import build_verifier
 
 FAST = {"samples_per_step": 8, "lora_rank": 4, "lr": 2e-3}
@@ -26,7 +26,7 @@ def run(problem, runtime, **kw):
 
 
 def attempts_of(events) -> list[tuple[int, str]]:
-    return [(e.index, e.text) for e in events if isinstance(e, AttemptEvent)]
+    return [(e.index, e.text) for e in events if isinstance(e, AttemptPayload)]
 
 
 def test_budget_events_and_adapter(runtime, tmp_path) -> None:
@@ -34,11 +34,11 @@ def test_budget_events_and_adapter(runtime, tmp_path) -> None:
     assert result.status == "exhausted" and result.error == "max_attempts"
     assert result.attempts == 20  # 8 + 8 + 4: the last batch is cut to the budget
     assert [i for i, _ in attempts_of(events)] == list(range(1, 21))
-    steps = [e for e in events if isinstance(e, StepEvent)]
+    steps = [e for e in events if isinstance(e, StepPayload)]
     assert [s.step for s in steps] == [1, 2] and [s.adapter_version for s in steps] == [1, 2]
     for key in ("loss", "kl", "grad_norm", "time_generate", "time_verify", "time_export"):
         assert key in steps[0].metrics
-    assert isinstance(events[-1], ExhaustedEvent) and events[-1].attempts == 20
+    assert isinstance(events[-1], ExhaustedPayload) and events[-1].attempts == 20
     assert latest_adapter_dir(tmp_path) is not None
 
 
@@ -46,7 +46,7 @@ def test_max_seconds_ends_the_run(runtime) -> None:
     data = make_problem(9001, 6, max_attempts=10_000, max_seconds=0.001)
     result, events = run(parse_problem(data), runtime)
     assert result.status == "exhausted" and result.error == "max_seconds"
-    assert isinstance(events[-1], ExhaustedEvent) and events[-1].reason == "max_seconds"
+    assert isinstance(events[-1], ExhaustedPayload) and events[-1].reason == "max_seconds"
 
 
 def test_same_seed_same_attempts(runtime) -> None:
@@ -62,11 +62,11 @@ def test_solves_an_easy_problem_and_stops_at_the_first_pass(runtime) -> None:
     result, events = run(problem, runtime)
     assert result.solved and result.status == "solved"
     solved = events[-1]
-    assert isinstance(solved, SolvedEvent) and solved.attempt_index == result.first_pass_attempt
+    assert isinstance(solved, SolvedPayload) and solved.attempt_index == result.first_pass_attempt
     assert build_verifier(problem.verifier).verify(result.solution).passed
-    first_pass = next(e for e in events if isinstance(e, AttemptEvent) and e.verdict.passed)
+    first_pass = next(e for e in events if isinstance(e, AttemptPayload) and e.verdict.passed)
     assert first_pass.index == result.first_pass_attempt
-    assert not any(isinstance(e, StepEvent) for e in events[events.index(first_pass) :])
+    assert not any(isinstance(e, StepPayload) for e in events[events.index(first_pass) :])
 
 
 @pytest.mark.parametrize("stop_after", ["step", "attempts"])
@@ -80,8 +80,8 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(
     seen: list = []
 
     def should_stop() -> bool:
-        steps = sum(isinstance(e, StepEvent) for e in seen)
-        attempts = sum(isinstance(e, AttemptEvent) for e in seen)
+        steps = sum(isinstance(e, StepPayload) for e in seen)
+        attempts = sum(isinstance(e, AttemptPayload) for e in seen)
         return steps >= 2 if stop_after == "step" else attempts >= 24
 
     first = solve(
@@ -97,8 +97,8 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(
     for index, text in attempts_of(resumed):
         assert log.setdefault(index, text) == text  # a replayed index has identical content
     assert sorted(log.items()) == attempts_of(reference)
-    ref_steps = [e.metrics["loss"] for e in reference if isinstance(e, StepEvent)]
-    got_steps = [e.metrics["loss"] for e in seen + resumed if isinstance(e, StepEvent)]
+    ref_steps = [e.metrics["loss"] for e in reference if isinstance(e, StepPayload)]
+    got_steps = [e.metrics["loss"] for e in seen + resumed if isinstance(e, StepPayload)]
     assert got_steps == pytest.approx(ref_steps, abs=1e-6)
 
 
@@ -106,7 +106,7 @@ def test_a_finished_run_resumed_reports_its_result_again(runtime, tmp_path) -> N
     first, _ = run(hard(8), runtime, checkpoint_dir=tmp_path)
     again, events = run(hard(8), runtime, checkpoint_dir=tmp_path)
     assert again == first
-    assert [type(e) for e in events] == [ExhaustedEvent]
+    assert [type(e) for e in events] == [ExhaustedPayload]
 
 
 def test_errors_become_a_failed_result(runtime, tmp_path) -> None:
@@ -129,4 +129,4 @@ def test_one_checkpoint_directory_and_a_pointer(runtime, tmp_path) -> None:
     (tmp_path / "ckpt" / "999999.tmp").mkdir()
     (tmp_path / "ckpt" / "999999.tmp" / "state.pt").write_text("half written")
     again, events = run(hard(8), runtime, checkpoint_dir=tmp_path)
-    assert again == first and [type(e) for e in events] == [ExhaustedEvent]
+    assert again == first and [type(e) for e in events] == [ExhaustedPayload]

@@ -7,14 +7,10 @@ import pytest
 
 from sdpo_core.problem import ProblemError, parse_problem
 from sdpo_core.verifiers import build_verifier
-from sdpo_core.verifiers.models import (
-    AnswerSpec,
-    AssertTestsSpec,
-    FunctionalTestsSpec,
-    PythonSpec,
-    StdinTestsSpec,
-    TableSpec,
-)
+from sdpo_core.verifiers.kinds.answer import AnswerSpec
+from sdpo_core.verifiers.kinds.python import PythonSpec
+from sdpo_core.verifiers.kinds.table import TableSpec
+from sdpo_core.verifiers.kinds.tests import AssertTestsSpec, FunctionalTestsSpec, StdinTestsSpec
 
 VALID = [
     (TableSpec, {"kind": "table", "cases": {"a": "1"}}),

@@ -12,8 +12,8 @@ import tracemalloc
 import pytest
 
 from sdpo_core.verifiers import build_verifier
+from sdpo_core.verifiers.kinds.tests import solution_names
 from sdpo_core.verifiers.sandbox import Sandbox, SandboxSettings
-from sdpo_core.verifiers.testcases import solution_names
 
 HUMANEVAL = {
     "kind": "tests",

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from sdpo_core.verifiers import VerifierSpecError, build_verifier
-from sdpo_core.verifiers.answer import extract_answer, parse_number
-from sdpo_core.verifiers.testcases import literal_value, stdout_matches
+from sdpo_core.verifiers.kinds.answer import extract_answer, parse_number
+from sdpo_core.verifiers.kinds.tests import literal_value, stdout_matches
 
 
 def test_output_comparison_with_non_numbers():

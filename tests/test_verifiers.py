@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 
 from sdpo_core.problem import ProblemError, parse_problem
-from sdpo_core.verifiers import VerifierSpecError, build_verifier, validate_spec
-from sdpo_core.verifiers.answer import extract_answer, parse_number
+from sdpo_core.verifiers import VerifierSpecError, build_verifier, parse_verifier
 from sdpo_core.verifiers.converters import humaneval_problem, livecodebench_problem
 from sdpo_core.verifiers.feedback import extract_code, summarize
+from sdpo_core.verifiers.kinds.answer import extract_answer, parse_number
+from sdpo_core.verifiers.kinds.tests import stdout_matches
 from sdpo_core.verifiers.sandbox import Sandbox, SandboxSettings
-from sdpo_core.verifiers.testcases import stdout_matches
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the namespace sandbox needs root")
@@ -473,9 +473,9 @@ def test_a_bad_spec_runs_nothing(tmp_path):
     marker = tmp_path / "ran"
     source = f"open({str(marker)!r}, 'w').write('x')\n"  # no verify(): rejected unrun
     with pytest.raises(VerifierSpecError):
-        validate_spec({"kind": "python", "source": source})
+        parse_verifier({"kind": "python", "source": source})
     with pytest.raises(VerifierSpecError):
-        validate_spec({"kind": "tests", "mode": "assert", "test": source + "(", "prefix": source})
+        parse_verifier({"kind": "tests", "mode": "assert", "test": source + "(", "prefix": source})
     assert not marker.exists()
 
 
@@ -501,7 +501,7 @@ def test_livecodebench_stdin_record(sandbox):
         "metadata": "{}",
     }
     problem = livecodebench_problem(record)
-    assert parse_problem(problem).verifier["mode"] == "stdin"
+    assert parse_problem(problem).verifier.mode == "stdin"
     assert "Read the inputs from stdin" in problem["prompt"]
     assert len(problem["verifier"]["tests"]) == 2
     assert len(livecodebench_problem(record, include_private=False)["verifier"]["tests"]) == 1

@@ -261,11 +261,11 @@ def test_solve_loop_through_vllm_swaps_adapters_that_match_the_trainer(
 ) -> None:
     """The whole loop on the vllm engine: each SDPO step's adapter is exported, loaded under a
     new name, the old one unloaded, and the served log-probs equal the trainer's."""
+    from sdpo_core.contract import StepPayload
     from sdpo_core.problem import parse_problem
     from sdpo_core.runtime import Runtime
     from sdpo_core.solve import solve
     from sdpo_core.toy import make_problem
-    from sdpo_core.types import StepEvent
 
     data = make_problem(9003, 6, max_attempts=24)
     data["sdpo"].update(samples_per_step=8, lora_rank=8, lr=3e-3)
@@ -275,7 +275,7 @@ def test_solve_loop_through_vllm_swaps_adapters_that_match_the_trainer(
     result = solve(parse_problem(data), rt, on_event=events.append, checkpoint_dir=tmp_path)
     try:
         assert result.status == "exhausted" and result.attempts == 24
-        steps = [e for e in events if isinstance(e, StepEvent)]
+        steps = [e for e in events if isinstance(e, StepPayload)]
         assert [s.adapter_version for s in steps] == [1, 2]
         assert engine.adapter_version == 2 and engine.adapter_name is not None
         served = [m for m in engine.loaded_models() if m.startswith("sdpo-v")]

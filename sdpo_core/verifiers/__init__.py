@@ -1,13 +1,26 @@
 """Verifiers: turn a response into a Verdict (passed, score, feedback, details).
 
 Public API:
-    build_verifier(spec) -> Verifier      # spec: the "verifier" object of a problem JSON
-    validate_spec(spec)                   # raises VerifierSpecError naming the field; runs nothing
+    parse_verifier(data) -> spec      # typed; raises VerifierSpecError naming the field
+    spec.build() -> Verifier          # each kind's spec builds its verifier
+    build_verifier(spec or data) -> Verifier
 """
 
 from __future__ import annotations
 
 from sdpo_core.verifiers.base import Verifier, VerifierSpecError
-from sdpo_core.verifiers.registry import build_verifier, validate_spec
+from sdpo_core.verifiers.specs import (
+    AnyVerifierSpec,
+    VerifierSpec,
+    build_verifier,
+    parse_verifier,
+)
 
-__all__ = ["Verifier", "VerifierSpecError", "build_verifier", "validate_spec"]
+__all__ = [
+    "AnyVerifierSpec",
+    "Verifier",
+    "VerifierSpec",
+    "VerifierSpecError",
+    "build_verifier",
+    "parse_verifier",
+]

@@ -7,7 +7,7 @@ from typing import Any
 
 from sdpo_core import records
 from sdpo_core.records import HUMANEVAL_FORMAT, LCB_FUNCTIONAL_FORMAT, LCB_STDIN_FORMAT
-from sdpo_core.verifiers.registry import validate_spec
+from sdpo_core.verifiers.specs import parse_verifier
 
 __all__ = [
     "HUMANEVAL_FORMAT",
@@ -21,12 +21,12 @@ __all__ = [
 def livecodebench_problem(record: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
     """A problem dict from a LiveCodeBench record (public + private tests)."""
     problem = records.livecodebench_problem(record, **kwargs)
-    validate_spec(problem["verifier"])
+    parse_verifier(problem["verifier"])
     return problem
 
 
 def humaneval_problem(record: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
     """A problem dict from a HumanEval record: assert mode, the record's prompt as prefix."""
     problem = records.humaneval_problem(record, **kwargs)
-    validate_spec(problem["verifier"])
+    parse_verifier(problem["verifier"])
     return problem

@@ -129,19 +129,20 @@ def _check_limits(spec: ProblemSpec, s: Settings) -> None:
         raise too_big("budget.max_attempts", f"at most {s.max_budget_attempts} attempts")
     if spec.budget.max_seconds > s.max_budget_seconds:
         raise too_big("budget.max_seconds", f"at most {s.max_budget_seconds:g} seconds")
-    rank = spec.sdpo.get("lora_rank")
-    if isinstance(rank, int) and rank > s.max_lora_rank:  # the vLLM server could not load it
+    rank = spec.sdpo.lora_rank if "lora_rank" in spec.sdpo.model_fields_set else None
+    if rank is not None and rank > s.max_lora_rank:  # the vLLM server could not load it
         raise too_big("sdpo.lora_rank", f"at most {s.max_lora_rank} (the server's max LoRA rank)")
-    for name in ("tests", "cases"):
-        tests = spec.verifier.get(name)
-        if not isinstance(tests, (list, dict)):
-            continue
-        if len(tests) > s.max_tests:
-            raise too_big(f"verifier.{name}", f"at most {s.max_tests} {name}")
-        items = tests.items() if isinstance(tests, dict) else enumerate(tests)
-        for key, value in items:
-            if len(json.dumps([key, value])) > s.max_test_bytes:
-                raise too_big(f"verifier.{name}.{key}", f"over {s.max_test_bytes} bytes")
+    tests = getattr(spec.verifier, "tests", None) or getattr(spec.verifier, "cases", None)
+    if tests is None:
+        return
+    name = "cases" if isinstance(tests, dict) else "tests"
+    if len(tests) > s.max_tests:
+        raise too_big(f"verifier.{name}", f"at most {s.max_tests} {name}")
+    items = tests.items() if isinstance(tests, dict) else enumerate(tests)
+    for key, value in items:
+        shown = value.model_dump() if isinstance(value, BaseModel) else value
+        if len(json.dumps([key, shown])) > s.max_test_bytes:
+            raise too_big(f"verifier.{name}.{key}", f"over {s.max_test_bytes} bytes")
 
 
 @router.post(

@@ -18,11 +18,19 @@ import builtins
 import json
 import re
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from sdpo_core.types import Verdict
 from sdpo_core.verifiers.attempts import run_asserts, run_tests
-from sdpo_core.verifiers.base import VerifierBase, VerifierSpecError
+from sdpo_core.verifiers.base import (
+    Identifier,
+    SandboxedSpec,
+    VerifierBase,
+    VerifierSpecError,
+    check_python_source,
+)
 from sdpo_core.verifiers.feedback import (
     extract_code,
     extract_code_livecodebench,
@@ -31,22 +39,7 @@ from sdpo_core.verifiers.feedback import (
     summarize,
     traceback_tail,
 )
-from sdpo_core.verifiers.models import (
-    AssertTestsSpec,
-    FunctionalTestsSpec,
-    StdinTestsSpec,
-    parse_spec,
-)
 from sdpo_core.verifiers.sandbox import Job, RunResult, Sandbox, get_sandbox
-from sdpo_core.verifiers.spec import check_python_source
-
-MODELS: dict[str, type[StdinTestsSpec | FunctionalTestsSpec | AssertTestsSpec]] = {
-    "stdin": StdinTestsSpec,
-    "functional": FunctionalTestsSpec,
-    "assert": AssertTestsSpec,
-}
-TestsSpec = StdinTestsSpec | FunctionalTestsSpec | AssertTestsSpec
-
 
 # ------------------------------------------------------------------------- comparisons
 
@@ -218,52 +211,126 @@ def solution_names(test: str, entry: str | None) -> list[str]:
 # ---------------------------------------------------------------------------- the spec
 
 
-def _check_tests(m: StdinTestsSpec | FunctionalTestsSpec) -> None:
-    for i, test in enumerate(m.tests):
+class IOTest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    input: str
+    output: str
+    hidden: bool = Field(False, description="Held out: counts, never shown in feedback.")
+
+
+class _TestsCommon(SandboxedSpec):
+    kind: Literal["tests"]
+    stop_after_timeout: bool = Field(
+        True, description='isolation "test": skip the rest after a timeout.'
+    )
+    code_extraction: Literal["lenient", "livecodebench"] = Field(
+        "lenient",
+        description="lenient: the last fenced block, an unclosed final one too, else the whole "
+        "response; livecodebench: the lines between the last two fence lines, else nothing.",
+    )
+    isolation: Literal["attempt", "test"] = Field(
+        "attempt",
+        description="attempt: all tests in one process, stopping at the first failure, as "
+        "LiveCodeBench; test: each test in a fresh process, all run.",
+    )
+
+    def build(self, sandbox: Sandbox | None = None) -> TestsVerifier:
+        return TestsVerifier(self, sandbox)  # type: ignore[arg-type]
+
+
+def _check_io_tests(tests: list[IOTest], json_values: bool) -> None:
+    for i, test in enumerate(tests):
         for key in ("input", "output"):
             try:
                 getattr(test, key).encode("utf-8")
             except UnicodeEncodeError:
                 raise VerifierSpecError("is not valid UTF-8 text", f"tests.{i}.{key}") from None
-    if isinstance(m, FunctionalTestsSpec):
-        for i, test in enumerate(m.tests):
-            for key in ("input", "output"):
-                text = getattr(test, key)
-                lines = text.split("\n") if key == "input" else [text]
-                what = "each line must be" if key == "input" else "must be"
-                try:
-                    values = [json.loads(line) for line in lines]
-                except (ValueError, RecursionError):
-                    raise VerifierSpecError(f"{what} JSON", f"tests.{i}.{key}") from None
-                if any(_depth(v) > MAX_DEPTH for v in values):
-                    raise VerifierSpecError(
-                        f"{what} JSON nested at most {MAX_DEPTH} deep", f"tests.{i}.{key}"
-                    )
+    if not json_values:
+        return
+    for i, test in enumerate(tests):
+        for key in ("input", "output"):
+            text = getattr(test, key)
+            lines = text.split("\n") if key == "input" else [text]
+            what = "each line must be" if key == "input" else "must be"
+            try:
+                values = [json.loads(line) for line in lines]
+            except (ValueError, RecursionError):
+                raise VerifierSpecError(f"{what} JSON", f"tests.{i}.{key}") from None
+            if any(_depth(v) > MAX_DEPTH for v in values):
+                raise VerifierSpecError(
+                    f"{what} JSON nested at most {MAX_DEPTH} deep", f"tests.{i}.{key}"
+                )
 
 
-def validate_tests_spec(spec: dict[str, Any]) -> TestsSpec:
-    """The typed spec of its mode (models.*TestsSpec: types, defaults, ranges), after the
-    checks of values a type cannot express."""
-    mode = spec.get("mode", "stdin")
-    if not isinstance(mode, str) or mode not in MODELS:
-        raise VerifierSpecError(f"must be one of {list(MODELS)}", "mode")
-    m = parse_spec(spec, MODELS[mode])
-    if isinstance(m, AssertTestsSpec):
-        if (m.test is None) == (m.tests is None):
+class StdinTestsSpec(_TestsCommon):
+    """LiveCodeBench stdin/stdout tests: the program reads input, prints output."""
+
+    mode: Literal["stdin"] = "stdin"
+    tests: list[IOTest] = Field(..., min_length=1)
+    float_tol: float = Field(
+        0.0, ge=0.0, le=1.0, description="Relative tolerance for numbers; 0 = exact."
+    )
+
+    def check(self) -> None:
+        _check_io_tests(self.tests, json_values=False)
+
+
+class FunctionalTestsSpec(_TestsCommon):
+    """LiveCodeBench functional tests: `fn_name` is called with JSON arguments, one per line."""
+
+    mode: Literal["functional"]
+    fn_name: Identifier
+    tests: list[IOTest] = Field(..., min_length=1)
+    float_tol: float = Field(
+        0.0, ge=0.0, le=1.0, description="Tolerance for returned numbers; 0 = exact."
+    )
+
+    def check(self) -> None:
+        _check_io_tests(self.tests, json_values=True)
+
+
+class AssertTestsSpec(_TestsCommon):
+    """HumanEval-style test code (`check(candidate)` or bare asserts)."""
+
+    mode: Literal["assert"]
+    test: str | None = Field(None, description="Test code; give `test` or `tests`.")
+    tests: list[str] | None = Field(
+        None, min_length=1, description="Test snippets, each run on its own."
+    )
+    entry_point: Identifier | None = Field(None, description="Function passed to `check`.")
+    prefix: str = Field("", description="Code put before the answer (e.g. imports).")
+
+    def check(self) -> None:
+        if (self.test is None) == (self.tests is None):
             raise VerifierSpecError("give either 'test' (code) or 'tests' (list of code)", "test")
-        if m.test is not None:
-            if not m.test.strip():
+        if self.test is not None:
+            if not self.test.strip():
                 raise VerifierSpecError("must be a non-empty string", "test")
-            check_python_source(m.test, "test")
-        for i, code in enumerate(m.tests or ()):
+            check_python_source(self.test, "test")
+        for i, code in enumerate(self.tests or ()):
             if not code.strip():
                 raise VerifierSpecError("must be a non-empty string", f"tests.{i}")
             check_python_source(code, f"tests.{i}")
-        if m.prefix:
-            check_python_source(m.prefix, "prefix")
-    else:
-        _check_tests(m)
-    return m
+        if self.prefix:
+            check_python_source(self.prefix, "prefix")
+
+
+TEST_MODES = ("stdin", "functional", "assert")
+
+
+def _tests_mode(value: Any) -> str:
+    if isinstance(value, dict):
+        return value.get("mode", "stdin")
+    return getattr(value, "mode", "stdin")
+
+
+TestsSpec = Annotated[
+    Annotated[StdinTestsSpec, Tag("stdin")]
+    | Annotated[FunctionalTestsSpec, Tag("functional")]
+    | Annotated[AssertTestsSpec, Tag("assert")],
+    Discriminator(_tests_mode),
+]
+AnyTestsSpec = StdinTestsSpec | FunctionalTestsSpec | AssertTestsSpec
 
 
 # ------------------------------------------------------------------------ the verifier
@@ -276,8 +343,8 @@ class TestsVerifier(VerifierBase):
 
     __test__ = False  # not a pytest class
 
-    def __init__(self, spec: dict[str, Any], sandbox: Sandbox | None = None) -> None:
-        m = self.spec = validate_tests_spec(spec)
+    def __init__(self, m: AnyTestsSpec, sandbox: Sandbox | None = None) -> None:
+        self.spec = m
         self.mode: str = m.mode
         self.timeout_s = m.timeout_s
         self.memory_mb = m.memory_mb

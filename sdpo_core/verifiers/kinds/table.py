@@ -8,11 +8,41 @@ Feedback follows LiveCodeBench's wrong-answer wording, one block per failing cas
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field
 
 from sdpo_core.types import Verdict
-from sdpo_core.verifiers.base import VerifierBase, VerifierSpecError, truncate
-from sdpo_core.verifiers.models import TableSpec, parse_spec
+from sdpo_core.verifiers.base import (
+    FeedbackChars,
+    SpecBase,
+    VerifierBase,
+    VerifierSpecError,
+    truncate,
+)
+
+
+class TableSpec(SpecBase):
+    """The answer is `key=value` pairs checked against a table (trusted, runs no code)."""
+
+    kind: Literal["table"]
+    cases: dict[str, str | int] = Field(
+        ..., min_length=1, description="Input key -> expected word."
+    )
+    max_failures: int = Field(2, ge=1, le=10_000, description="Failing cases shown in feedback.")
+    max_feedback_chars: FeedbackChars = 2000
+
+    def check(self) -> None:
+        for key, value in self.cases.items():
+            if not str(key) or re.search(r"[\s=]", str(key)):
+                raise VerifierSpecError(
+                    f"key {key!r} must be non-empty without spaces or '='", "cases"
+                )
+            if re.search(r"\s", str(value)) or str(value) == "":
+                raise VerifierSpecError(f"value for {key!r} must be a word without spaces", "cases")
+
+    def build(self, sandbox: Any = None) -> TableVerifier:
+        return TableVerifier(self)
 
 
 def wrong_answer_block(key: str, expected: str, actual: str | None) -> str:
@@ -21,8 +51,7 @@ def wrong_answer_block(key: str, expected: str, actual: str | None) -> str:
 
 
 class TableVerifier(VerifierBase):
-    def __init__(self, spec: dict[str, Any]) -> None:
-        m = validate_table_spec(spec)
+    def __init__(self, m: TableSpec) -> None:
         self.cases: dict[str, str] = {str(k): str(v) for k, v in m.cases.items()}
         self.max_failures = m.max_failures
         self.max_feedback_chars = m.max_feedback_chars
@@ -50,15 +79,3 @@ class TableVerifier(VerifierBase):
             feedback=truncate(feedback, self.max_feedback_chars),
             details={"tests": outcomes},
         )
-
-
-def validate_table_spec(spec: dict[str, Any]) -> TableSpec:
-    """The typed spec (models.TableSpec: types, defaults, ranges), after the checks of
-    values a type cannot express."""
-    m = parse_spec(spec, TableSpec)
-    for key, value in m.cases.items():
-        if not str(key) or re.search(r"[\s=]", str(key)):
-            raise VerifierSpecError(f"key {key!r} must be non-empty without spaces or '='", "cases")
-        if re.search(r"\s", str(value)) or str(value) == "":
-            raise VerifierSpecError(f"value for {key!r} must be a word without spaces", "cases")
-    return m

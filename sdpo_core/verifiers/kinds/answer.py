@@ -18,11 +18,18 @@ import sys
 import threading
 import time
 from fractions import Fraction
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field
 
 from sdpo_core.types import Verdict
-from sdpo_core.verifiers.base import VerifierBase, VerifierSpecError, truncate
-from sdpo_core.verifiers.models import AnswerSpec, parse_spec
+from sdpo_core.verifiers.base import (
+    FeedbackChars,
+    SpecBase,
+    VerifierBase,
+    VerifierSpecError,
+    truncate,
+)
 
 # Within one line only ([ \t], not \s): a run of blank lines must not make this quadratic. No
 # two neighbouring parts may match the same blanks (`[ \t]*[*_]*[ \t]*` did, and a lazy `.+?`
@@ -186,26 +193,43 @@ _math = _MathWorker()
 # ------------------------------------------------------------------------- the verifier
 
 
-def validate_answer_spec(spec: dict[str, Any]) -> AnswerSpec:
-    """The typed spec (models.AnswerSpec: types, defaults, ranges), after the checks of
-    values a type cannot express."""
-    m = parse_spec(spec, AnswerSpec)
-    expected = m.expected
-    if isinstance(expected, str) and not expected.strip():
-        raise VerifierSpecError("must not be empty", "expected")
-    if m.match == "numeric" and parse_number(str(expected)) is None:
-        raise VerifierSpecError("is not a number (match is numeric)", "expected")
-    if m.match == "regex":
-        try:
-            re.compile(str(expected))
-        except (re.error, OverflowError, RecursionError, MemoryError) as exc:
-            raise VerifierSpecError(f"is not a valid regex: {exc}", "expected") from None
-    return m
+class AnswerSpec(SpecBase):
+    """A final answer compared with `expected` (exact, numeric, regex or math)."""
+
+    kind: Literal["answer"]
+    expected: str | int | float
+    match: Literal["exact", "numeric", "regex", "math"] = "exact"
+    tol: float = Field(
+        1e-6, ge=0.0, le=1e6, allow_inf_nan=False, description="Relative tolerance of `numeric`."
+    )
+    abs_tol: float = Field(
+        0.0, ge=0.0, le=1e300, allow_inf_nan=False, description="Absolute tolerance of `numeric`."
+    )
+    case_sensitive: bool = True
+    reveal_expected: bool = Field(False, description="Show `expected` in the feedback.")
+    timeout_s: float = Field(
+        5.0, ge=0.1, le=60.0, allow_inf_nan=False, description="Limit of a `math` check."
+    )
+    max_feedback_chars: FeedbackChars = 2000
+
+    def check(self) -> None:
+        expected = self.expected
+        if isinstance(expected, str) and not expected.strip():
+            raise VerifierSpecError("must not be empty", "expected")
+        if self.match == "numeric" and parse_number(str(expected)) is None:
+            raise VerifierSpecError("is not a number (match is numeric)", "expected")
+        if self.match == "regex":
+            try:
+                re.compile(str(expected))
+            except (re.error, OverflowError, RecursionError, MemoryError) as exc:
+                raise VerifierSpecError(f"is not a valid regex: {exc}", "expected") from None
+
+    def build(self, sandbox: Any = None) -> AnswerVerifier:
+        return AnswerVerifier(self)
 
 
 class AnswerVerifier(VerifierBase):
-    def __init__(self, spec: dict[str, Any]) -> None:
-        m = validate_answer_spec(spec)
+    def __init__(self, m: AnswerSpec) -> None:
         self.expected = str(m.expected)
         self.match: str = m.match
         self.tol = m.tol

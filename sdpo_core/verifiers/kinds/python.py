@@ -9,42 +9,54 @@ from __future__ import annotations
 
 import ast
 import logging
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field
 
 from sdpo_core.types import Verdict
-from sdpo_core.verifiers.base import VerifierBase, VerifierSpecError, truncate
+from sdpo_core.verifiers.base import (
+    SandboxedSpec,
+    VerifierBase,
+    VerifierSpecError,
+    check_python_source,
+    truncate,
+)
 from sdpo_core.verifiers.feedback import traceback_tail
-from sdpo_core.verifiers.models import PythonSpec, parse_spec
 from sdpo_core.verifiers.sandbox import Job, RunResult, Sandbox, get_sandbox
-from sdpo_core.verifiers.spec import check_python_source
 
 log = logging.getLogger(__name__)
 
 
-def validate_python_spec(spec: dict[str, Any]) -> PythonSpec:
-    """The typed spec (models.PythonSpec: types, defaults, ranges), after the checks of
-    values a type cannot express."""
-    m = parse_spec(spec, PythonSpec)
-    source = m.source
-    if not source.strip():
-        raise VerifierSpecError("must be a non-empty string", "source")
-    check_python_source(source, "source")
-    names: set[str] = set()
-    for node in ast.parse(source).body:
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-            names.add(node.name)
-        elif isinstance(node, ast.Assign):
-            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
-        elif isinstance(node, ast.ImportFrom | ast.Import):
-            names.update((a.asname or a.name) for a in node.names)
-    if "verify" not in names:
-        raise VerifierSpecError("must define verify(response)", "source")
-    return m
+class PythonSpec(SandboxedSpec):
+    """Your own `verify(response)` in Python, run in the sandbox."""
+
+    kind: Literal["python"]
+    source: str = Field(..., description="Python source defining verify(response).")
+    timeout_s: float = Field(
+        10.0, ge=0.1, le=120.0, allow_inf_nan=False, description="Per call, seconds."
+    )
+
+    def check(self) -> None:
+        if not self.source.strip():
+            raise VerifierSpecError("must be a non-empty string", "source")
+        check_python_source(self.source, "source")
+        names: set[str] = set()
+        for node in ast.parse(self.source).body:
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                names.add(node.name)
+            elif isinstance(node, ast.Assign):
+                names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+            elif isinstance(node, ast.ImportFrom | ast.Import):
+                names.update((a.asname or a.name) for a in node.names)
+        if "verify" not in names:
+            raise VerifierSpecError("must define verify(response)", "source")
+
+    def build(self, sandbox: Sandbox | None = None) -> PythonVerifier:
+        return PythonVerifier(self, sandbox)
 
 
 class PythonVerifier(VerifierBase):
-    def __init__(self, spec: dict[str, Any], sandbox: Sandbox | None = None) -> None:
-        m = validate_python_spec(spec)
+    def __init__(self, m: PythonSpec, sandbox: Sandbox | None = None) -> None:
         self.source = m.source
         self.timeout_s = m.timeout_s
         self.memory_mb = m.memory_mb

@@ -1,0 +1,1 @@
+"""One module per verifier kind: its typed spec (fields, `check`, `build`) and its verifier."""
