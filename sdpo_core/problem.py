@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     WithJsonSchema,
     field_serializer,
     model_validator,
@@ -76,8 +77,9 @@ class ProblemSpec(BaseModel):
         return value.model_dump(mode="json", exclude_unset=True)
 
     @model_validator(mode="after")
-    def _whole_config(self) -> ProblemSpec:
-        self.sdpo_config()  # rules across settings hold for the overrides as a whole
+    def _whole_config(self, info: ValidationInfo) -> ProblemSpec:
+        if not (info.context or {}).get(STORED):
+            self.sdpo_config()  # rules across settings hold for the overrides as a whole
         return self
 
     def sdpo_config(self, base: SDPOConfig | None = None) -> SDPOConfig:

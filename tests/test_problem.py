@@ -6,9 +6,10 @@ import json
 import re
 
 import pytest
+from pydantic import ValidationError
 
 from sdpo_core.config import SDPOConfig
-from sdpo_core.problem import ProblemError, parse_problem
+from sdpo_core.problem import ProblemError, ProblemSpec, parse_problem
 from sdpo_core.toy import HARD_SUITE
 from tests.conftest import REPO
 
@@ -68,3 +69,33 @@ def test_examples_and_hard_suite_are_valid() -> None:
         parse_problem(problem)
     for path in (REPO / "examples").glob("*.json"):
         parse_problem(json.loads(path.read_text()))
+
+
+def test_stored_spec_keeps_only_the_overrides_given() -> None:
+    """What the worker reads back applies the user's overrides over the worker's model
+    defaults: fields the user left out stay unset (a null default like top_k's is a value)."""
+    spec = parse_problem({**GOOD, "sdpo": {"lr": 0.5, "top_k": None}})
+    stored = spec.model_dump_json()
+    assert json.loads(stored)["sdpo"] == {"lr": 0.5, "top_k": None}
+    back = ProblemSpec.from_stored(stored)
+    model_defaults = SDPOConfig(lora_rank=8, samples_per_step=4)
+    cfg = back.sdpo_config(model_defaults)
+    assert (cfg.lr, cfg.top_k, cfg.lora_rank, cfg.samples_per_step) == (0.5, None, 8, 4)
+    assert back.verifier.build().verify("a=1").passed
+
+
+def test_stored_spec_is_parsed_not_checked_again() -> None:
+    """Validated once: the value checks (compiling sources) run at submit, not on read-back;
+    types are still parsed into the typed spec."""
+    source = "def verify(response):\n    return True\n"
+    spec = parse_problem({"prompt": "p", "verifier": {"kind": "python", "source": source}})
+    data = json.loads(spec.model_dump_json())
+    data["verifier"]["source"] = "def verify(:"  # would fail the submit check
+    with pytest.raises(ProblemError) as info:
+        parse_problem(data)
+    assert info.value.field == "verifier.source"
+    back = ProblemSpec.from_stored(json.dumps(data))
+    assert back.verifier.kind == "python" and back.verifier.source == "def verify(:"
+    data["verifier"]["timeout_s"] = "soon"  # a wrong type is still refused
+    with pytest.raises(ValidationError):
+        ProblemSpec.from_stored(json.dumps(data))

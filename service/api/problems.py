@@ -6,8 +6,6 @@ import asyncio
 import json
 import logging
 import os
-import tarfile
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,7 +14,8 @@ from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel
 from starlette.background import BackgroundTask
 
-from sdpo_core.problem import ProblemError, ProblemSpec, parse_problem
+from service.api.adapter_archive import archive_adapter
+from service.api.intake import check_limits, parse_submit, queue_model, read_body
 from service.api.metrics import CANCELS, PROBLEMS_CREATED
 from service.deps import HubDep, SettingsDep, StoreDep, TenantDep
 from service.errors import ApiError
@@ -29,16 +28,13 @@ from service.models import (
     attempt_from_record,
     problem_from_row,
 )
-from service.settings import Settings
 from service.sse import parse_event_id
 from service.store import Store, sha256
 
 log = logging.getLogger("sdpo.service")
 router = APIRouter(prefix="/v1/problems", tags=["problems"])
 
-_SPEC_REF = "#/components/schemas/ProblemSpec"
 PROBLEM_ID = r"^prb_[0-9a-f]{20}$"
-MAX_JSON_DEPTH = 64  # nesting levels a submitted body may have
 
 
 def _json(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -46,42 +42,6 @@ def _json(model: BaseModel, status: int = 200, headers: dict[str, str] | None = 
     return Response(
         model.model_dump_json(), status_code=status, headers=headers, media_type="application/json"
     )
-
-
-def _too_deep(value: Any, limit: int) -> bool:
-    """True when `value` nests more than `limit` lists/objects (iterative: no recursion)."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict | list):
-            if depth > limit:
-                return True
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
-    return False
-
-
-def _parse_submit(body: bytes) -> ProblemSpec:
-    """Body -> spec (in a worker thread: compiling a verifier can take a while).
-    Whatever the input, the outcome is a spec or an ApiError: never a 500."""
-    try:
-        data = json.loads(body)
-    except RecursionError:
-        msg = "body is not valid JSON: nested too deeply"
-        raise ApiError(400, msg, code="invalid_json") from None
-    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, >4300-digit integers
-        raise ApiError(400, f"body is not valid JSON: {exc}", code="invalid_json") from None
-    if isinstance(data, dict):
-        for name, value in data.items():
-            if _too_deep(value, MAX_JSON_DEPTH - 1):
-                raise ApiError(422, f"nested deeper than {MAX_JSON_DEPTH} levels", field=name)
-    try:
-        return parse_problem(data)
-    except ProblemError as exc:
-        raise ApiError(422, exc.message, field=exc.field) from None
-    except (RecursionError, MemoryError, OverflowError, ValueError) as exc:
-        name = type(exc).__name__
-        raise ApiError(422, f"the problem spec cannot be checked ({name})") from None
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -104,45 +64,6 @@ async def _owned(store: Store, pid: str, tenant: str) -> dict[str, str]:
     if row is None or row.get("tenant") != tenant:
         raise ApiError(404, f"no problem {pid}", code="not_found")
     return row
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, f"request body over {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"request body over {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _check_limits(spec: ProblemSpec, s: Settings) -> None:
-    def too_big(field: str, message: str) -> ApiError:
-        return ApiError(422, message, code="limit_exceeded", field=field)
-
-    if len(spec.prompt) > s.max_prompt_chars:
-        raise too_big("prompt", f"prompt longer than {s.max_prompt_chars} characters")
-    if spec.budget.max_attempts > s.max_budget_attempts:
-        raise too_big("budget.max_attempts", f"at most {s.max_budget_attempts} attempts")
-    if spec.budget.max_seconds > s.max_budget_seconds:
-        raise too_big("budget.max_seconds", f"at most {s.max_budget_seconds:g} seconds")
-    rank = spec.sdpo.lora_rank if "lora_rank" in spec.sdpo.model_fields_set else None
-    if rank is not None and rank > s.max_lora_rank:  # the vLLM server could not load it
-        raise too_big("sdpo.lora_rank", f"at most {s.max_lora_rank} (the server's max LoRA rank)")
-    tests = getattr(spec.verifier, "tests", None) or getattr(spec.verifier, "cases", None)
-    if tests is None:
-        return
-    name = "cases" if isinstance(tests, dict) else "tests"
-    if len(tests) > s.max_tests:
-        raise too_big(f"verifier.{name}", f"at most {s.max_tests} {name}")
-    items = tests.items() if isinstance(tests, dict) else enumerate(tests)
-    for key, value in items:
-        shown = value.model_dump() if isinstance(value, BaseModel) else value
-        if len(json.dumps([key, shown])) > s.max_test_bytes:
-            raise too_big(f"verifier.{name}.{key}", f"over {s.max_test_bytes} bytes")
 
 
 @router.post(
@@ -178,10 +99,10 @@ async def create_problem(
     ] = None,
 ) -> Response:
     """Queue a problem (the JSON that `sdpo solve` reads) for a worker of its model."""
-    body = await _read_body(request, settings.max_body_bytes)
-    spec = await asyncio.to_thread(_parse_submit, body)
-    _check_limits(spec, settings)
-    model = await _model_of(spec.model, store, settings)
+    body = await read_body(request, settings.max_body_bytes)
+    spec = await asyncio.to_thread(parse_submit, body)
+    check_limits(spec, settings)
+    model = await queue_model(spec.model, store, settings)
     spec_json = spec.model_dump(mode="json")
     body_hash = sha256(json.dumps(spec_json, sort_keys=True))
     outcome, pid, stored_hash = await store.create_problem(
@@ -220,30 +141,6 @@ async def create_problem(
     if row is None:  # an idempotency key outlived its problem
         raise ApiError(409, "Idempotency-Key refers to a deleted problem", code="conflict")
     return _json(problem_from_row(row), 201, headers)
-
-
-async def _model_of(asked: str | None, store: Store, settings: Settings) -> str:
-    """The model a submit is queued for: SDPO_MODELS when set (the first is the default),
-    else the models live workers serve (heartbeats of the last SDPO_MODELS_SEEN_SECONDS)."""
-    if settings.models:
-        accepted, where = settings.models, "SDPO_MODELS accepts"
-    else:
-        accepted = await store.served_models(settings.models_seen_seconds)
-        where = "workers serve"
-    if asked is None:
-        if settings.models or len(accepted) == 1:
-            return accepted[0]
-        if not accepted:
-            raise ApiError(
-                422,
-                "no worker has served a model yet; start one, or set SDPO_MODELS to "
-                "queue problems before the workers come",
-                field="model",
-            )
-        raise ApiError(422, f"name a model: {where} {accepted}", field="model")
-    if asked not in accepted:
-        raise ApiError(422, f"unknown model {asked!r}: {where} {accepted}", field="model")
-    return asked
 
 
 @router.get(
@@ -400,7 +297,7 @@ async def download_adapter(problem_id: str, tenant: TenantDep, store: StoreDep) 
     src = Path(row.get("checkpoint_dir") or "") / "adapter"
     if not row.get("checkpoint_dir") or not (src / "adapter_config.json").is_file():
         raise ApiError(404, "no adapter yet: no SDPO step has finished", code="no_adapter")
-    path = await asyncio.to_thread(_archive, src)
+    path = await asyncio.to_thread(archive_adapter, src)
     version = row.get("adapter_version") or "0"
     return FileResponse(
         path,
@@ -408,19 +305,3 @@ async def download_adapter(problem_id: str, tenant: TenantDep, store: StoreDep) 
         filename=f"{problem_id}-adapter-v{version}.tar.gz",
         background=BackgroundTask(os.unlink, path),
     )
-
-
-def _archive(src: Path) -> str:
-    """tar.gz of the adapter directory; retried if a checkpoint replaces it mid-read."""
-    for attempt in range(5):
-        fd, path = tempfile.mkstemp(suffix=".tar.gz")
-        os.close(fd)
-        try:
-            with tarfile.open(path, "w:gz") as tar:
-                tar.add(src, arcname="adapter")
-            return path
-        except FileNotFoundError:
-            os.unlink(path)
-            if attempt == 4:
-                raise
-    raise AssertionError("unreachable")
