@@ -56,13 +56,19 @@ def _test_list(raw: Any) -> list[dict[str, Any]]:
     return json.loads(data) if isinstance(data, str | bytes) else data
 
 
+def run_limits(timeout_s: float | None, memory_mb: int | None) -> dict[str, Any]:
+    """The limits given; one left None takes the verifier kind's default (the server's)."""
+    given = {"timeout_s": timeout_s, "memory_mb": memory_mb}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def livecodebench_problem(
     record: Mapping[str, Any],
     *,
     include_private: bool = True,
     hide_private: bool = True,
-    timeout_s: float = 6.0,
-    memory_mb: int = 512,
+    timeout_s: float | None = None,
+    memory_mb: int | None = None,
 ) -> dict[str, Any]:
     """A problem dict from a LiveCodeBench record (public + private tests). Private tests are
     held out by default: they count for the verdict, feedback never shows them."""
@@ -84,8 +90,7 @@ def livecodebench_problem(
             | ({"hidden": True} if hide_private and i >= n_public else {})
             for i, t in enumerate(tests)
         ],
-        "timeout_s": timeout_s,
-        "memory_mb": memory_mb,
+        **run_limits(timeout_s, memory_mb),
     }
     question = record.get("question_content", "").strip()
     if functional:
@@ -99,7 +104,7 @@ def livecodebench_problem(
 
 
 def humaneval_problem(
-    record: Mapping[str, Any], *, timeout_s: float = 6.0, memory_mb: int = 512
+    record: Mapping[str, Any], *, timeout_s: float | None = None, memory_mb: int | None = None
 ) -> dict[str, Any]:
     """A problem dict from a HumanEval record: assert mode, the record's prompt as prefix."""
     verifier = {
@@ -108,8 +113,7 @@ def humaneval_problem(
         "test": record["test"],
         "entry_point": record["entry_point"],
         "prefix": record["prompt"],
-        "timeout_s": timeout_s,
-        "memory_mb": memory_mb,
+        **run_limits(timeout_s, memory_mb),
     }
     meta = {"source": "humaneval", "task_id": record.get("task_id")}
     return {

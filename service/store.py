@@ -43,11 +43,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sdpo_core.contract import TERMINAL_EVENTS as TERMINAL_EVENTS  # re-exported
 from sdpo_core.contract import TERMINAL_STATUSES
+from service.settings import Settings
 
 TERMINAL = TERMINAL_STATUSES  # of the wire contract (sdpo_core/contract.py)
 IDEMPOTENCY_TTL = 24 * 3600
-DEFAULT_RETENTION = 7 * 86400.0
-DEFAULT_EVENTS_MAXLEN = 10_000
+# A Store built without them (tests, tools) keeps what the settings' defaults say.
+DEFAULT_RETENTION: float = Settings.model_fields["retention_seconds"].default
+DEFAULT_EVENTS_MAXLEN: int = Settings.model_fields["events_maxlen"].default
 
 
 def connect(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,41 @@ def test_sandbox_settings_nest_under_their_documented_names(
     monkeypatch.setenv("SDPO_SANDBOX", "docker")
     with pytest.raises(ValueError, match=r"SDPO_SANDBOX='docker'.*unsafe-local"):
         Settings.from_env()
+
+
+def test_the_documented_defaults_are_the_fields_defaults() -> None:
+    """The module docstring lists each variable with its default: it states the fields'
+    defaults, not a second set of them."""
+    import service.settings as module
+
+    doc = module.__doc__ or ""
+    checked = 0
+    for names, default in re.findall(r"^    ([A-Z_][A-Z_ /]*?) \((.*?)\): ", doc, re.M):
+        values = [v.strip() for v in default.split(" / ")]
+        for name, value in zip([n.strip() for n in names.split(" / ")], values, strict=False):
+            field = name.removeprefix("SDPO_").lower()
+            info = Settings.model_fields.get(field)
+            assert info is not None, f"{name} is documented but not a setting"
+            if value.startswith("("):  # (none), (served): described, not a value
+                continue
+            want = info.get_default(call_default_factory=True)
+            if want is None:  # derived from another setting (CHECKPOINT_DIR: under the data dir)
+                want = getattr(Settings(), field)
+            if isinstance(want, bool):
+                assert value == str(want).lower(), name
+            elif isinstance(want, int | float):
+                assert float(value) == want, (name, value, want)
+            else:
+                assert value == str(want) or value.removeprefix("./") == str(want), (name, value)
+            checked += 1
+    assert checked >= 25, checked
+
+
+def test_store_defaults_are_the_settings_defaults() -> None:
+    import inspect
+
+    from service.store import Store
+
+    params = inspect.signature(Store).parameters
+    assert params["retention_s"].default == Settings.model_fields["retention_seconds"].default
+    assert params["events_maxlen"].default == Settings.model_fields["events_maxlen"].default

@@ -95,8 +95,8 @@ def from_io_tests(
     *,
     mode: Literal["stdin", "functional"] = "stdin",
     fn_name: str | None = None,
-    timeout_s: float = 6.0,
-    memory_mb: int = 512,
+    timeout_s: float | None = None,
+    memory_mb: int | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Code checked on input/output tests: `(stdin, expected stdout)` pairs, or in
@@ -109,7 +109,7 @@ def from_io_tests(
         if not fn_name:
             raise ValueError("functional mode needs fn_name")
         verifier["fn_name"] = fn_name
-    verifier.update(timeout_s=timeout_s, memory_mb=memory_mb)
+    verifier.update(records.run_limits(timeout_s, memory_mb))
     return problem(prompt, verifier, **options)
 
 
@@ -119,8 +119,8 @@ def from_asserts(
     *,
     entry_point: str | None = None,
     prefix: str | None = None,
-    timeout_s: float = 6.0,
-    memory_mb: int = 512,
+    timeout_s: float | None = None,
+    memory_mb: int | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """HumanEval/MBPP style: `prefix`, the solution, then `test` (calling `check(entry_point)`
@@ -130,7 +130,7 @@ def from_asserts(
         verifier["entry_point"] = entry_point
     if prefix:
         verifier["prefix"] = prefix
-    verifier.update(timeout_s=timeout_s, memory_mb=memory_mb)
+    verifier.update(records.run_limits(timeout_s, memory_mb))
     return problem(prompt, verifier, **options)
 
 
@@ -159,16 +159,15 @@ def from_verifier_function(
     prompt: str,
     fn: Callable[[str], Any] | str,
     *,
-    timeout_s: float = 10.0,
-    memory_mb: int = 512,
+    timeout_s: float | None = None,
+    memory_mb: int | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """A `python` verifier from your own function `f(response) -> bool | (bool, feedback)`."""
     verifier = {
         "kind": "python",
         "source": verifier_source(fn),
-        "timeout_s": timeout_s,
-        "memory_mb": memory_mb,
+        **records.run_limits(timeout_s, memory_mb),
     }
     return problem(prompt, verifier, **options)
 
@@ -178,8 +177,8 @@ def from_livecodebench(
     record: Mapping[str, Any],
     *,
     include_private: bool = True,
-    timeout_s: float = 6.0,
-    memory_mb: int = 512,
+    timeout_s: float | None = None,
+    memory_mb: int | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """A LiveCodeBench `code_generation_lite` record, with LiveCodeBench's prompt wording
@@ -191,7 +190,11 @@ def from_livecodebench(
 
 
 def from_humaneval(
-    record: Mapping[str, Any], *, timeout_s: float = 6.0, memory_mb: int = 512, **options: Any
+    record: Mapping[str, Any],
+    *,
+    timeout_s: float | None = None,
+    memory_mb: int | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
     """A HumanEval record (prompt, test, entry_point) as an `assert` verifier."""
     base = records.humaneval_problem(record, timeout_s=timeout_s, memory_mb=memory_mb)
