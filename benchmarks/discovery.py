@@ -16,9 +16,9 @@ Suites (sdpo_core/toy/world.py): `discovery` (8 problems, N = 4 keys, base pass@
 
 Discovery time = index of the first passing attempt, counting every generation; an unsolved
 run counts at the budget. Prints discovery@k, mean attempts and the ratio lines
-`ratio METHOD/sdpo = X`; writes benchmarks/results/discovery_SUITE[TAG].{json,png}, the json
-with every run's first pass and, for SDPO, per-step diagnostics (mean score and per-key
-accuracy of the student's samples).
+`ratio METHOD/sdpo = X`; writes benchmarks/results/discovery_SUITE[TAG].json with every run's
+first pass and, for SDPO, per-step diagnostics (mean score and per-key accuracy of the
+student's samples). benchmarks/plot_discovery.py draws the discovery@k curves from it.
 
     python benchmarks/discovery.py --suite very_hard --seeds 3 --budget 3000 --jobs 2
     python benchmarks/discovery.py --suite very_hard --methods sdpo \
@@ -244,33 +244,6 @@ def summarise(found: list[int | None], budget: int) -> dict:
     }
 
 
-def plot(summary: dict, budget: int, title: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    xs = list(range(1, budget + 1))
-    for method, s in summary.items():
-        if method == "best_of_k_exact":
-            ps = s["p_correct"]
-            ys = [statistics.fmean(1 - (1 - p) ** x for p in ps) for x in xs]
-            ax.plot(xs, ys, "--", label=f"best-of-k exact (mean {s['mean_attempts']:.0f})")
-            continue
-        found = [r["first_pass"] for r in s["runs"]]
-        ys = [sum(f is not None and f <= x for f in found) / len(found) for x in xs]
-        ax.plot(xs, ys, label=f"{method} (mean {s['mean_attempts']:.0f})")
-    ax.set_xscale("log")
-    ax.set_xlabel("attempts k")
-    ax.set_ylabel("discovery@k (fraction of runs solved)")
-    ax.set_title(title)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--suite", choices=sorted(SUITES), default="discovery")
@@ -342,8 +315,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     stem = f"discovery_{args.suite}{args.tag}"
     (RESULTS / f"{stem}.json").write_text(json.dumps(out, indent=1) + "\n")
-    plot(summary, args.budget, title, RESULTS / f"{stem}.png")
-    print(f"wrote {RESULTS / stem}.json and {stem}.png")
+    print(f"wrote benchmarks/results/{stem}.json (curves: benchmarks/plot_discovery.py FILE)")
     for key, value in out.items():
         if key.startswith("ratio_"):
             name = key.removeprefix("ratio_").replace("_over_", "/")

@@ -47,6 +47,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _paths import repo_relative
 from loss_memory import tiny_qwen3
 from step_time import format_table, measure_steps
 
@@ -410,7 +411,11 @@ def main() -> int:
                     f"{timing['peak_cuda_mb']:.0f} MB"
                 )
             failures += [f"{label}: {f}" for f in check["failures"]]
-            report["models"][label] = {"path": path, "check": check, "step_time": timing}
+            report["models"][label] = {
+                "path": repo_relative(path),
+                "check": check,
+                "step_time": timing,
+            }
         print(f"[chunked loss] V=151936 T={args.chunk_check_tokens} on {args.device} ...")
         chunk = chunked_loss_check(args, Path(tmp))
         print(f"[chunked loss] {json.dumps({k: v for k, v in chunk.items() if k != 'failures'})}")

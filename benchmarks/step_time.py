@@ -39,6 +39,9 @@ from sdpo_core.solve import solve
 from sdpo_core.toy import DEFAULT_MODEL_DIR, HARD_SUITE
 from sdpo_core.types import SolveEvent
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _paths import repo_relative
+
 OUT = Path(__file__).parent / "results" / "step_time.json"
 PHASES = ("generate", "verify", "teacher", "student", "export", "swap")
 LABELS = {
@@ -229,7 +232,7 @@ def main() -> None:
                 f"{name}: server start-up {res['vllm_server_startup_seconds']:.1f} s (not counted)"
             )
     report = {
-        "model": model,
+        "model": repo_relative(model),
         "bundled_model": Path(model).resolve() == Path(DEFAULT_MODEL_DIR).resolve(),
         "problem": {"index": args.problem, **problem["metadata"]},
         "host": {

@@ -24,11 +24,15 @@ import multiprocessing as mp
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 from sdpo_core.verifiers import build_verifier
 from sdpo_core.verifiers.sandbox import Sandbox, SandboxSettings
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _paths import repo_relative
 
 STDIN_PROGRAMS = {
     "sum": (
@@ -182,7 +186,7 @@ def main() -> None:
         "tests_per_s_isolated": round(tps_isolated, 1),
         "sandbox_mode": settings.mode,
         "cgroup": cgroup,
-        "sandbox_python": settings.python,
+        "sandbox_python": repo_relative(settings.python),
         "cpus": os.cpu_count(),
         "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
         "kernel": platform.release(),

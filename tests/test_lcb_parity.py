@@ -1,4 +1,4 @@
-"""Differential test: our `tests` verifier against LiveCodeBench's own grader (issue 10).
+"""Differential test: our `tests` verifier against LiveCodeBench's own grader.
 
 LiveCodeBench's `testing_util.run_test` (package nvidia-livecodebench, a test dependency) runs
 in a subprocess per program (its reliability_guard disables parts of the interpreter). Both

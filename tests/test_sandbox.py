@@ -326,7 +326,7 @@ def test_bad_settings_are_reported(monkeypatch):
         SandboxSettings.from_env()
 
 
-# ------------------------------------------------- the minimal world (issue 10's escapes)
+# ---------------- the minimal world: the files, sockets, keyrings and syscalls a run must not reach
 
 
 def test_project_and_data_directories_are_not_visible(sandbox, tmp_path):

@@ -12,10 +12,12 @@ import ast
 import asyncio
 import base64
 import inspect
+import itertools
 import json
 import pickle
 import socket
 import threading
+import time
 import uuid
 import zlib
 from pathlib import Path
@@ -190,6 +192,69 @@ def test_retries_only_where_safe() -> None:
         with pytest.raises(Exception):  # noqa: B017 (the 200 body is not a problem)
             c.submit(QUEUED, idempotency_key="x")
         assert calls == ["POST", "POST"]
+
+
+def _problem_json(pid: str, status: str) -> dict:
+    now = "2026-01-01T00:00:00Z"
+    return {"id": pid, "status": status, "model": "toy", "attempts": 0, "steps": 0,
+            "created_at": now, "updated_at": now, "spec": QUEUED}  # fmt: skip
+
+
+def test_events_reconnect_after_the_servers_retry_time() -> None:
+    """A stream closed without its terminal event is reopened with Last-Event-ID only after
+    the `retry:` time the server sent (SSE's reconnection time), by both twins; a `retry`
+    value that is not ASCII digits is ignored. (A transport stub: the SDK's policy.)"""
+    opened: list[tuple[float, str | None]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        opened.append((time.monotonic(), request.headers.get("Last-Event-ID")))
+        if len(opened) % 2:  # the first connection: one event, then a clean close
+            body = "retry: 400\n\nretry: \u00b2\n\n"  # a superscript 2 is no ASCII digit
+            body += 'id: 1-0\nevent: status\ndata: {"status": "running"}\n\n'
+        else:
+            body = 'id: 2-0\nevent: cancelled\ndata: {"attempts": 0, "steps": 0}\n\n'
+        return httpx.Response(200, headers={"Content-Type": "text/event-stream"}, text=body)
+
+    with Client("http://sdpo.test", "k", http_client=httpx.Client(
+            transport=httpx.MockTransport(handler))) as c:  # fmt: skip
+        kinds = [e.kind for e in c.events("p1")]
+    assert kinds == ["status", "cancelled"]
+    (t0, first), (t1, resumed) = opened
+    assert first is None and resumed == "1-0"
+    assert t1 - t0 >= 0.4, t1 - t0
+
+    async def go() -> list[str]:
+        http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+        async with AsyncClient("http://sdpo.test", "k", http_client=http) as ac:
+            return [e.kind async for e in ac.events("p1")]
+
+    opened.clear()
+    assert asyncio.run(go()) == ["status", "cancelled"]
+    (t0, _), (t1, resumed) = opened
+    assert resumed == "1-0" and t1 - t0 >= 0.4, t1 - t0
+
+
+def test_events_stream_closed_without_events_backs_off_and_gives_up() -> None:
+    """A stream that keeps closing without an event (the problem still running) is not
+    reopened in a busy loop: each reconnect waits, and after `max_stream_reconnects` in a
+    row the SDK raises APIConnectionError."""
+    streams: list[float] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events"):
+            streams.append(time.monotonic())
+            if len(streams) > 20:  # the SDK never gave up: end the test, do not hang
+                return httpx.Response(404, json={"error": {"code": "not_found"}})
+            return httpx.Response(200, headers={"Content-Type": "text/event-stream"},
+                                  text="retry: 100\n\n: ping\n\n")  # fmt: skip
+        return httpx.Response(200, json=_problem_json("p1", "running"))
+
+    http = httpx.Client(transport=httpx.MockTransport(handler))
+    with Client("http://sdpo.test", "k", http_client=http, max_stream_reconnects=3) as c:
+        with pytest.raises(sdpo_client.APIConnectionError, match="4 times in a row"):
+            list(c.events("p1"))
+    assert len(streams) == 4
+    assert all(b - a >= 0.1 for a, b in itertools.pairwise(streams))
 
 
 # ------------------------------------------------------------------ problem builders

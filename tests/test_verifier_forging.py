@@ -1,4 +1,4 @@
-"""A wrong solution must not obtain a pass: each route a hostile model found (issue 10).
+"""A wrong solution must not obtain a pass: each route to a forged verdict found so far.
 
 Every solution below is wrong (`add` subtracts, or returns nothing useful) and tries to forge
 the verdict. On the code before the test was moved out of the solution's process, the

@@ -1,4 +1,4 @@
-"""One response can never crash or stall a verifier; a bad spec fails at build time (issue 10)."""
+"""One response can never crash or stall a verifier; a bad spec fails at build time."""
 
 from __future__ import annotations
 

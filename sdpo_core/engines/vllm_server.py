@@ -72,12 +72,6 @@ class VLLMServer:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def log_tail(self, n_chars: int = 4000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-n_chars:]
-        except OSError:
-            return ""
-
     def failure_report(self, n_lines: int = 25) -> str:
         """What a user needs when a request to this server fails: whether it is still running,
         the errors its log names (the root cause of an HTTP 500 is only there), and its tail."""

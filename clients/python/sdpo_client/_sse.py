@@ -13,20 +13,28 @@ class SSEMessage:
 
 
 class SSEDecoder:
-    """Feed it lines (without their newline); it returns a message at each blank line."""
+    """Feed it lines (without their newline); it returns a message at each blank line.
+
+    `retry_ms` is the reconnection time the server last sent (`retry:`); it outlives
+    `restart()`, which a client calls on each new connection of the same stream.
+    """
 
     def __init__(self) -> None:
+        self.retry_ms: int | None = None
+        self.restart()
+
+    def restart(self) -> None:
+        """A new connection: a message cut in half by the old one is dropped."""
         self._id: str | None = None
         self._event = ""
         self._data: list[str] = []
-        self.retry_ms: int | None = None
 
     def feed(self, line: str) -> SSEMessage | None:
         if line == "":
             if not self._data and self._id is None and not self._event:
                 return None
             msg = SSEMessage(self._id, self._event or "message", "\n".join(self._data))
-            self._id, self._event, self._data = None, "", []
+            self.restart()
             return msg
         if line.startswith(":"):  # a comment: heartbeat
             return None
@@ -38,6 +46,6 @@ class SSEDecoder:
             self._event = value
         elif name == "id" and "\0" not in value:
             self._id = value
-        elif name == "retry" and value.isdigit():
+        elif name == "retry" and value.isascii() and value.isdigit():
             self.retry_ms = int(value)
         return None

@@ -3,7 +3,7 @@
 Retries (with exponential backoff and jitter) happen only where a retry cannot do anything
 twice: reads, submits that carry an Idempotency-Key, and any request whose connection was
 never made. `events()` reconnects by itself with Last-Event-ID, so a dropped stream loses
-and repeats nothing.
+and repeats nothing; it waits the server's SSE `retry:` time before reconnecting.
 """
 
 from __future__ import annotations
@@ -85,6 +85,20 @@ class _Base:
         if attempt >= self.max_retries or not (safe or isinstance(exc, _NOT_SENT)):
             return None
         return self._delay(attempt)
+
+    def _reconnect_delay(self, failures: int, retry_ms: int | None) -> float:
+        """Seconds before reopening a dropped event stream: the server's `retry:` time (at
+        most `max_retry_delay`), or the backoff after `failures` in a row if that is longer."""
+        backoff = self._delay(failures)
+        if retry_ms is None:
+            return backoff
+        return max(min(retry_ms / 1000, self.max_retry_delay), backoff)
+
+    def _stream_closed_error(self, pid: str) -> APIConnectionError:
+        return APIConnectionError(
+            f"the event stream of problem {pid} closed {self.max_stream_reconnects + 1} "
+            "times in a row without an event"
+        )
 
     def _stream_timeout(self, deadline: float | None) -> httpx.Timeout:
         read = self.stream_read_timeout
@@ -236,7 +250,7 @@ class Client(_Base):
     def _events(
         self, pid: str, after: str | None, deadline: float | None, timeout: float | None
     ) -> Iterator[AnyEvent]:
-        last, failures = after, 0
+        last, failures, decoder = after, 0, SSEDecoder()
         while True:
             got = 0
             headers = {"Accept": "text/event-stream", **({"Last-Event-ID": last} if last else {})}
@@ -255,7 +269,7 @@ class Client(_Base):
                         failures += 1
                         time.sleep(delay)
                         continue
-                    decoder = SSEDecoder()
+                    decoder.restart()
                     for line in r.iter_lines():
                         if self._timed_out(deadline):
                             raise _wait_error(pid, timeout)
@@ -272,15 +286,20 @@ class Client(_Base):
                     raise _wait_error(pid, timeout) from exc
                 if failures >= self.max_stream_reconnects:
                     raise self._connection_error(exc) from exc
-                time.sleep(self._delay(failures))
+                time.sleep(self._reconnect_delay(failures, decoder.retry_ms))
                 failures += 1
                 continue
             if self._timed_out(deadline):
                 raise _wait_error(pid, timeout)
             # A clean end without the terminal event: either we resumed after it (the server
             # ends such a stream at once) or something between us closed it: reconnect.
-            if got == 0 and self.get(pid).done:
-                return
+            if got == 0:
+                if self.get(pid).done:
+                    return
+                if failures >= self.max_stream_reconnects:
+                    raise self._stream_closed_error(pid)
+                failures += 1
+            time.sleep(self._reconnect_delay(failures, decoder.retry_ms))
 
     def wait(self, problem_id: str, timeout: float | None = None) -> Problem:
         """Block until the problem finishes; return it. Raises WaitTimeoutError."""
@@ -435,7 +454,7 @@ class AsyncClient(_Base):
     async def _events(
         self, pid: str, after: str | None, deadline: float | None, timeout: float | None
     ) -> AsyncIterator[AnyEvent]:
-        last, failures = after, 0
+        last, failures, decoder = after, 0, SSEDecoder()
         while True:
             got = 0
             headers = {"Accept": "text/event-stream", **({"Last-Event-ID": last} if last else {})}
@@ -454,7 +473,7 @@ class AsyncClient(_Base):
                         failures += 1
                         await asyncio.sleep(delay)
                         continue
-                    decoder = SSEDecoder()
+                    decoder.restart()
                     async for line in r.aiter_lines():
                         if self._timed_out(deadline):
                             raise _wait_error(pid, timeout)
@@ -471,13 +490,18 @@ class AsyncClient(_Base):
                     raise _wait_error(pid, timeout) from exc
                 if failures >= self.max_stream_reconnects:
                     raise self._connection_error(exc) from exc
-                await asyncio.sleep(self._delay(failures))
+                await asyncio.sleep(self._reconnect_delay(failures, decoder.retry_ms))
                 failures += 1
                 continue
             if self._timed_out(deadline):
                 raise _wait_error(pid, timeout)
-            if got == 0 and (await self.get(pid)).done:
-                return
+            if got == 0:
+                if (await self.get(pid)).done:
+                    return
+                if failures >= self.max_stream_reconnects:
+                    raise self._stream_closed_error(pid)
+                failures += 1
+            await asyncio.sleep(self._reconnect_delay(failures, decoder.retry_ms))
 
     async def wait(self, problem_id: str, timeout: float | None = None) -> Problem:
         """See `Client.wait`."""
