@@ -126,6 +126,84 @@ def _wait_error(pid: str, timeout: float | None) -> WaitTimeoutError:
     return WaitTimeoutError(f"problem {pid} did not finish within {timeout} s")
 
 
+class _EventFollower:
+    """The decisions of following one problem's event stream, without I/O: both clients run
+    the same follower and only open connections, read lines and sleep in their own way.
+
+    It resumes after the last event seen (Last-Event-ID), waits the server's `retry:` time
+    (or the backoff) before reconnecting, gives up after `max_stream_reconnects` failures in
+    a row, and raises WaitTimeoutError past the deadline."""
+
+    def __init__(
+        self,
+        client: _Base,
+        pid: str,
+        after: str | None,
+        deadline: float | None,
+        timeout: float | None,
+    ) -> None:
+        self.client, self.pid, self.deadline, self.timeout = client, pid, deadline, timeout
+        self.last, self.failures, self.got = after, 0, 0
+        self.decoder = SSEDecoder()
+        self.path = f"/v1/problems/{pid}/events"
+
+    def open(self) -> dict[str, Any]:
+        """Keyword arguments of the next connection's stream request."""
+        self.got = 0
+        headers = {"Accept": "text/event-stream"}
+        if self.last:
+            headers["Last-Event-ID"] = self.last
+        return {"headers": headers, "timeout": self.client._stream_timeout(self.deadline)}
+
+    def check_deadline(self, cause: BaseException | None = None) -> None:
+        if self.client._timed_out(self.deadline):
+            raise _wait_error(self.pid, self.timeout) from cause
+
+    def refused(self, response: httpx.Response) -> float:
+        """An error status on connecting: seconds to wait before retrying, or raise it."""
+        delay = self.client._retry_status(response, True, self.failures)
+        if delay is None:
+            raise error_from_response(response)
+        self.failures += 1
+        return delay
+
+    def connected(self) -> None:
+        self.decoder.restart()
+
+    def line(self, line: str) -> AnyEvent | None:
+        """A line of the stream: the event it completes, if any."""
+        self.check_deadline()
+        msg = self.decoder.feed(line)
+        if msg is None or msg.id is None:
+            return None
+        self.last, self.got, self.failures = msg.id, self.got + 1, 0
+        return parse_event(msg.id, msg.event, msg.data)
+
+    def dropped(self, exc: httpx.TransportError) -> float:
+        """The connection failed: seconds to wait before reconnecting, or raise."""
+        self.check_deadline(exc)
+        if self.failures >= self.client.max_stream_reconnects:
+            raise self.client._connection_error(exc) from exc
+        delay = self.client._reconnect_delay(self.failures, self.decoder.retry_ms)
+        self.failures += 1
+        return delay
+
+    def ended(self) -> bool:
+        """The server closed the stream before the terminal event. True: the problem may be
+        done (ask the server, then `ended_done`); False: reconnect after `reconnect_delay`."""
+        self.check_deadline()
+        return self.got == 0
+
+    def closed_empty(self) -> None:
+        """A stream that closed with no event, for a problem not done: count it."""
+        if self.failures >= self.client.max_stream_reconnects:
+            raise self.client._stream_closed_error(self.pid)
+        self.failures += 1
+
+    def reconnect_delay(self) -> float:
+        return self.client._reconnect_delay(self.failures, self.decoder.retry_ms)
+
+
 class Client(_Base):
     """A blocking client.
 
@@ -250,56 +328,30 @@ class Client(_Base):
     def _events(
         self, pid: str, after: str | None, deadline: float | None, timeout: float | None
     ) -> Iterator[AnyEvent]:
-        last, failures, decoder = after, 0, SSEDecoder()
+        f = _EventFollower(self, pid, after, deadline, timeout)
         while True:
-            got = 0
-            headers = {"Accept": "text/event-stream", **({"Last-Event-ID": last} if last else {})}
             try:
-                with self._http.stream(
-                    "GET",
-                    f"/v1/problems/{pid}/events",
-                    headers=headers,
-                    timeout=self._stream_timeout(deadline),
-                ) as r:
+                with self._http.stream("GET", f.path, **f.open()) as r:
                     if r.status_code >= 400:
                         r.read()
-                        delay = self._retry_status(r, True, failures)
-                        if delay is None:
-                            raise error_from_response(r)
-                        failures += 1
-                        time.sleep(delay)
+                        time.sleep(f.refused(r))
                         continue
-                    decoder.restart()
+                    f.connected()
                     for line in r.iter_lines():
-                        if self._timed_out(deadline):
-                            raise _wait_error(pid, timeout)
-                        msg = decoder.feed(line)
-                        if msg is None or msg.id is None:
-                            continue
-                        event = parse_event(msg.id, msg.event, msg.data)
-                        last, got, failures = msg.id, got + 1, 0
-                        yield event
-                        if event.terminal:
-                            return
+                        if (event := f.line(line)) is not None:
+                            yield event
+                            if event.terminal:
+                                return
             except httpx.TransportError as exc:
-                if self._timed_out(deadline):
-                    raise _wait_error(pid, timeout) from exc
-                if failures >= self.max_stream_reconnects:
-                    raise self._connection_error(exc) from exc
-                time.sleep(self._reconnect_delay(failures, decoder.retry_ms))
-                failures += 1
+                time.sleep(f.dropped(exc))
                 continue
-            if self._timed_out(deadline):
-                raise _wait_error(pid, timeout)
             # A clean end without the terminal event: either we resumed after it (the server
             # ends such a stream at once) or something between us closed it: reconnect.
-            if got == 0:
+            if f.ended():
                 if self.get(pid).done:
                     return
-                if failures >= self.max_stream_reconnects:
-                    raise self._stream_closed_error(pid)
-                failures += 1
-            time.sleep(self._reconnect_delay(failures, decoder.retry_ms))
+                f.closed_empty()
+            time.sleep(f.reconnect_delay())
 
     def wait(self, problem_id: str, timeout: float | None = None) -> Problem:
         """Block until the problem finishes; return it. Raises WaitTimeoutError."""
@@ -454,54 +506,28 @@ class AsyncClient(_Base):
     async def _events(
         self, pid: str, after: str | None, deadline: float | None, timeout: float | None
     ) -> AsyncIterator[AnyEvent]:
-        last, failures, decoder = after, 0, SSEDecoder()
+        f = _EventFollower(self, pid, after, deadline, timeout)
         while True:
-            got = 0
-            headers = {"Accept": "text/event-stream", **({"Last-Event-ID": last} if last else {})}
             try:
-                async with self._http.stream(
-                    "GET",
-                    f"/v1/problems/{pid}/events",
-                    headers=headers,
-                    timeout=self._stream_timeout(deadline),
-                ) as r:
+                async with self._http.stream("GET", f.path, **f.open()) as r:
                     if r.status_code >= 400:
                         await r.aread()
-                        delay = self._retry_status(r, True, failures)
-                        if delay is None:
-                            raise error_from_response(r)
-                        failures += 1
-                        await asyncio.sleep(delay)
+                        await asyncio.sleep(f.refused(r))
                         continue
-                    decoder.restart()
+                    f.connected()
                     async for line in r.aiter_lines():
-                        if self._timed_out(deadline):
-                            raise _wait_error(pid, timeout)
-                        msg = decoder.feed(line)
-                        if msg is None or msg.id is None:
-                            continue
-                        event = parse_event(msg.id, msg.event, msg.data)
-                        last, got, failures = msg.id, got + 1, 0
-                        yield event
-                        if event.terminal:
-                            return
+                        if (event := f.line(line)) is not None:
+                            yield event
+                            if event.terminal:
+                                return
             except httpx.TransportError as exc:
-                if self._timed_out(deadline):
-                    raise _wait_error(pid, timeout) from exc
-                if failures >= self.max_stream_reconnects:
-                    raise self._connection_error(exc) from exc
-                await asyncio.sleep(self._reconnect_delay(failures, decoder.retry_ms))
-                failures += 1
+                await asyncio.sleep(f.dropped(exc))
                 continue
-            if self._timed_out(deadline):
-                raise _wait_error(pid, timeout)
-            if got == 0:
+            if f.ended():
                 if (await self.get(pid)).done:
                     return
-                if failures >= self.max_stream_reconnects:
-                    raise self._stream_closed_error(pid)
-                failures += 1
-            await asyncio.sleep(self._reconnect_delay(failures, decoder.retry_ms))
+                f.closed_empty()
+            await asyncio.sleep(f.reconnect_delay())
 
     async def wait(self, problem_id: str, timeout: float | None = None) -> Problem:
         """See `Client.wait`."""
