@@ -6,13 +6,15 @@ Suites (sdpo_core/toy/world.py): `discovery` (8 problems, N = 4 keys, base pass@
 
 - sdpo:           the solve loop (hf engine, bundled model) with the model's defaults file
                   (sdpo_core/toy/model/sdpo_defaults.json), the problem's block and --sdpo.
-- best_of_k:      the same sampler with no updates, 16 at a time, until a pass or the budget.
+- best_of_k:      the problem with `"method": "best_of_k"`: the same loop and sampler with
+                  no updates (the base model), 16 at a time, until a pass or the budget.
 - best_of_k_exact: best-of-k's expectation from the model's own probability p of the correct
                   answer (as benchmarks/toy_passk.py computes it): discovery@k = 1-(1-p)^k,
                   mean attempts capped at the budget B = (1-(1-p)^B)/p. Not sampled.
-- multi_turn:     16 parallel chains; each attempt sees all its chain's past feedback in the
-                  context (the teacher's reprompt format), oldest dropped to fit the model's
-                  window (max_position_embeddings minus the response length).
+- multi_turn:     the problem with `"method": "multi_turn"` (sdpo_core/methods.py): 16
+                  conversations; each attempt sees all its conversation's past feedback in
+                  the context (the teacher's reprompt format), oldest dropped to fit the
+                  model's window (max_position_embeddings minus the response length).
 
 Discovery time = index of the first passing attempt, counting every generation; an unsolved
 run counts at the budget. Prints discovery@k, mean attempts and the ratio lines
@@ -28,6 +30,7 @@ student's samples). benchmarks/plot_discovery.py draws the discovery@k curves fr
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing as mp
 import statistics
@@ -41,10 +44,7 @@ from sdpo_core.contract import AttemptPayload, StepPayload
 from sdpo_core.problem import parse_problem
 from sdpo_core.runtime import Runtime, load_runtime
 from sdpo_core.solve import solve
-from sdpo_core.teacher import render_reprompt
 from sdpo_core.toy import DISCOVERY_SUITE, HARD_SUITE, make_problem
-from sdpo_core.types import SamplingParams
-from sdpo_core.verifiers import build_verifier
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from toy_passk import answer_prob
@@ -97,103 +97,23 @@ def run_sdpo(runtime: Runtime, problem_json: dict, seed: int, budget: int, sdpo:
     return {"first_pass": result.first_pass_attempt, "trace": trace}
 
 
-def run_best_of_k(runtime: Runtime, problem_json: dict, seed: int, budget: int, sdpo: dict) -> dict:
-    problem = parse_problem(_with_budget(problem_json, budget, sdpo))
-    cfg = problem.sdpo_config(runtime.defaults).merged({"seed": seed})
-    runtime.trainer.reset(cfg)  # a fresh adapter is the base model; sets the seed
-    verifier = build_verifier(problem.verifier)
-    prompt_ids = runtime.trainer.encode_chat(problem.prompt)
-    made = 0
-    while made < budget:
-        n = min(cfg.samples_per_step, budget - made)
-        sampling = SamplingParams(n=n, max_new_tokens=cfg.max_new_tokens, temperature=1.0)
-        completions = runtime.engine.generate(prompt_ids, sampling)
-        for i, v in enumerate(verifier.verify_batch([c.text for c in completions])):
-            if v.passed:
-                return {"first_pass": made + i + 1}
-        made += n
-    return {"first_pass": None}
-
-
-@torch.no_grad()
-def _sample_batch(runtime: Runtime, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
-    """One sample per prompt, prompts of different lengths (left padding), from the base model:
-    the adapter is disabled, as multi-turn never trains it (its zero LoRA path only costs
-    time)."""
-    trainer = runtime.trainer
-    tok = trainer.tokenizer
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), tok.pad_token_id)
-    attn = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p) :] = torch.tensor(p)
-        attn[i, width - len(p) :] = 1
-    with trainer.model.disable_adapter():
-        out = trainer.model.generate(
-            input_ids=ids,
-            attention_mask=attn,
-            do_sample=True,
-            temperature=1.0,
-            top_k=0,
-            max_new_tokens=max_new_tokens,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-        )
-    return tok.batch_decode(out[:, width:], skip_special_tokens=True)
-
-
-def _fit_window(trainer, prompt: str, cfg, history: list[str], window: int) -> list[int]:
-    """The chain's context with the most recent feedback that fits `window` tokens (the oldest
-    dropped): a binary search over how many to drop, since fewer feedbacks never encode
-    longer."""
-
-    encoded: dict[int, list[int]] = {}
-
-    def encode(start: int) -> list[int]:
-        if start not in encoded:
-            kept = history[start:]
-            text = render_reprompt(prompt, cfg, feedbacks=kept) if kept else prompt
-            encoded[start] = trainer.encode_chat(text)
-        return encoded[start]
-
-    lo, hi = 0, len(history)  # the answer (fewest dropped that fit) is in [lo, hi]
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if len(encode(mid)) <= window:
-            hi = mid
-        else:
-            lo = mid + 1
-    return encode(lo)
-
-
-def run_multi_turn(
-    runtime: Runtime, problem_json: dict, seed: int, budget: int, sdpo: dict
+def run_baseline(
+    method: str, runtime: Runtime, problem_json: dict, seed: int, budget: int, sdpo: dict
 ) -> dict:
-    problem = parse_problem(_with_budget(problem_json, budget, sdpo))
-    cfg = problem.sdpo_config(runtime.defaults).merged({"seed": seed})
-    trainer = runtime.trainer
-    trainer.reset(cfg)
-    verifier = build_verifier(problem.verifier)
-    window = trainer.base.config.max_position_embeddings - cfg.max_new_tokens
-    chains: list[list[str]] = [[] for _ in range(cfg.samples_per_step)]
-    made = longest = 0
-    while made < budget:
-        n = min(len(chains), budget - made)
-        prompts = []
-        for history in chains[:n]:
-            ids = _fit_window(trainer, problem.prompt, cfg, history, window)
-            prompts.append(ids)
-            longest = max(longest, len(ids))
-        texts = _sample_batch(runtime, prompts, cfg.max_new_tokens)
-        for i, v in enumerate(verifier.verify_batch(texts)):
-            if v.passed:
-                return {"first_pass": made + i + 1, "longest_context": longest}
-            chains[i].append(v.feedback)
-        made += n
-    return {"first_pass": None, "longest_context": longest}
+    """best_of_k or multi_turn: the service's own method (sdpo_core/methods.py), run by the
+    same solve loop as SDPO."""
+    data = _with_budget(problem_json, budget, {**sdpo, "seed": seed})
+    result = solve(parse_problem({**data, "method": method}), runtime)
+    if result.status == "failed":
+        raise RuntimeError(result.error)
+    return {"first_pass": result.first_pass_attempt}
 
 
-METHODS = {"sdpo": run_sdpo, "best_of_k": run_best_of_k, "multi_turn": run_multi_turn}
+METHODS = {
+    "sdpo": run_sdpo,
+    "best_of_k": functools.partial(run_baseline, "best_of_k"),
+    "multi_turn": functools.partial(run_baseline, "multi_turn"),
+}
 
 _RUNTIME: Runtime | None = None
 

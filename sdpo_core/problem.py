@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from sdpo_core.config import SDPOConfig, SDPOOverrides
+from sdpo_core.methods import Method
 from sdpo_core.verifiers.base import STORED, VerifierSpecError
 from sdpo_core.verifiers.specs import (
     VERIFIER_JSON_SCHEMA,
@@ -65,6 +66,11 @@ class ProblemSpec(BaseModel):
     prompt: str = Field(..., min_length=1, description="The question, as the user message.")
     verifier: VerifierField = Field(..., description="Verifier spec, by `kind`.")
     budget: Budget = Field(default_factory=Budget)
+    method: Method = Field(
+        "sdpo",
+        description="sdpo: test-time SDPO; best_of_k: independent samples from the base "
+        "model; multi_turn: conversations in which each attempt sees its earlier feedback.",
+    )
     sdpo: SDPOField = Field(  # type: ignore[valid-type]
         default_factory=SDPOOverrides, description="Overrides of SDPO settings."
     )

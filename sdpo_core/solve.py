@@ -37,6 +37,7 @@ from sdpo_core.contract import (
     StepPayload,
 )
 from sdpo_core.engines.base import Engine
+from sdpo_core.methods import conversation_prompt
 from sdpo_core.problem import ProblemSpec
 from sdpo_core.runtime import Runtime
 from sdpo_core.teacher import build_teacher_contexts, remember_feedback
@@ -74,6 +75,8 @@ class LoopState:
     seconds: float = 0.0  # wall time spent before this run (resumed runs)
     pending: Pending | None = None
     feedback_pool: list[str] = dataclasses.field(default_factory=list)  # distinct, oldest first
+    # multi_turn: each conversation's feedback so far, oldest first (sdpo_core/methods.py)
+    conversations: list[list[str]] = dataclasses.field(default_factory=list)
     result: dict[str, Any] | None = None  # set once the problem is finished
 
     def to_blob(self) -> dict[str, Any]:
@@ -196,6 +199,7 @@ def solve(
     try:
         verifier = problem.verifier.build()
         trainer.reset(cfg)
+        engine.serve_base()  # not the adapter of the problem before this one
         state = ckpt.load(runtime) or state
         if state.result is not None:  # finished before a crash: report it again
             return _finish(state, emit, SolveResult(**state.result))
@@ -204,6 +208,8 @@ def solve(
             engine.load_adapter(str(version_dir), state.adapter_version)
         prompt_ids = trainer.encode_chat(problem.prompt)
         check_prompt_fits(runtime, len(prompt_ids), cfg.max_new_tokens)
+        if problem.method == "multi_turn" and not state.conversations:
+            state.conversations = [[] for _ in range(cfg.samples_per_step)]
         started = clock() - state.seconds
 
         def elapsed() -> float:
@@ -217,9 +223,13 @@ def solve(
                 if left <= 0 or elapsed() >= budget.max_seconds:
                     reason = "max_attempts" if left <= 0 else "max_seconds"
                     return _exhausted(state, reason, elapsed(), ckpt, emit)
-                state.pending = _rollout(
-                    state, engine, verifier, prompt_ids, cfg, min(left, cfg.samples_per_step)
+                n = min(left, cfg.samples_per_step)
+                rows = (
+                    _conversation_prompts(state, runtime, problem.prompt, cfg, n)
+                    if problem.method == "multi_turn"
+                    else None
                 )
+                state.pending = _rollout(state, engine, verifier, prompt_ids, cfg, n, rows)
                 state.attempts += len(state.pending.completions)
                 state.seconds = elapsed()
                 ckpt.save(state)
@@ -244,6 +254,15 @@ def solve(
             if stop():
                 return _stopped(state, elapsed())
 
+            if problem.method != "sdpo":  # a baseline: no training, the base model samples
+                if problem.method == "multi_turn":
+                    limit = cfg.max_feedback_chars or None
+                    for i, v in enumerate(pending.verdicts):  # the first n conversations
+                        state.conversations[i].append(v.feedback[:limit])
+                state.pending = None
+                state.seconds = elapsed()
+                ckpt.save(state)
+                continue
             metrics = _update(
                 state, pending, runtime, problem.prompt, prompt_ids, cfg, checkpoint_dir
             )
@@ -271,16 +290,36 @@ def _rollout(
     prompt_ids: list[int],
     cfg: SDPOConfig,
     n: int,
+    rows: list[list[int]] | None = None,
 ) -> Pending:
+    """Sample `n` attempts of the prompt (or one of each prompt in `rows`) and verify them."""
     t0 = time.perf_counter()
     sampling = SamplingParams(
         n=n, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p
     )
-    completions = engine.generate(prompt_ids, sampling)
+    if rows is None:
+        completions = engine.generate(prompt_ids, sampling)
+    else:
+        completions = engine.generate_many(rows, sampling)
     t1 = time.perf_counter()
     verdicts = verifier.verify_batch([strip_thinking(c.text) for c in completions])
     t2 = time.perf_counter()
     return Pending(state.steps, state.attempts + 1, completions, verdicts, t1 - t0, t2 - t1)
+
+
+def _conversation_prompts(
+    state: LoopState, runtime: Runtime, prompt: str, cfg: SDPOConfig, n: int
+) -> list[list[int]]:
+    """multi_turn: the next prompt of each of the first `n` conversations, fitted to the
+    smaller of the model's and the engine's windows minus the response length."""
+    windows = [runtime.trainer.context_window, runtime.engine.context_window()]
+    known = [w for w in windows if w is not None]
+    window = (min(known) if known else 1 << 30) - cfg.max_new_tokens
+    encode = runtime.trainer.encode_chat
+    return [
+        conversation_prompt(encode, prompt, cfg, feedbacks, window)
+        for feedbacks in state.conversations[:n]
+    ]
 
 
 def _update(

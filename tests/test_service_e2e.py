@@ -225,3 +225,22 @@ def test_the_worker_counts_verifier_errors(sdpo_service: Service) -> None:
     after = wait_for(lambda: (m := scrape(port)).get(done, 0) > before.get(done, 0) and m, 10, done)
     errors = after["sdpo_verifier_errors_total"] - before["sdpo_verifier_errors_total"]
     assert errors == len([e for e in events if e["event"] == "attempt"]) == 4
+
+
+@pytest.mark.parametrize("method", ["best_of_k", "multi_turn"])
+def test_a_baseline_method_runs_as_a_problem(sdpo_service: Service, method: str) -> None:
+    """A baseline is an ordinary problem: same events and statuses, no steps, no adapter."""
+    problem = {**HARD_SUITE[0], "budget": {"max_attempts": 12, "max_seconds": 300}}
+    problem["sdpo"] = {**problem.get("sdpo", {}), "samples_per_step": 4}
+    with sdpo_service.client() as c:
+        pid = c.post("/v1/problems", json={**problem, "method": method}).json()["id"]
+        events = follow(sdpo_service, pid)
+        p = c.get(f"/v1/problems/{pid}").json()
+        assert p["status"] == "exhausted" and p["attempts"] == 12, p
+        assert p["spec"]["method"] == method
+        check_log(events, 12)
+        assert p["steps"] == 0 and p["adapter_version"] == 0
+        assert not [e for e in events if e["event"] == "step"]
+        assert c.get(f"/v1/problems/{pid}/adapter").status_code == 404
+        bad = c.post("/v1/problems", json={**problem, "method": "beam"})
+        assert bad.status_code == 422 and bad.json()["error"]["field"] == "method"

@@ -167,6 +167,32 @@ def test_adapter_load_swap_unload(
     )
 
 
+def test_generate_many_and_serve_base(
+    engine: VLLMEngine, prompt_ids: list[int], toy_model_dir: Path, tmp_path: Path
+) -> None:
+    """One completion per prompt, in order, each with its own prompt's log-probs (the
+    multi_turn method's conversations); serve_base drops the adapter a previous problem
+    left (a new problem starts from the base model)."""
+    other = prompt_ids[:-4] + prompt_ids[-2:]  # a different, shorter context
+    sampling = SamplingParams(n=1, max_new_tokens=12, seed=5)
+    got = engine.generate_many([prompt_ids, other, prompt_ids], sampling)
+    assert len(got) == 3
+    for prompt, c in zip([prompt_ids, other, prompt_ids], got, strict=True):
+        ref = hf_logprobs(toy_model_dir, prompt, c.token_ids)
+        assert max_abs_diff(c.logprobs, ref) < LOGPROB_TOL
+
+    adapter = make_random_adapter(toy_model_dir, tmp_path / "v1", seed=1)
+    engine.load_adapter(str(adapter), 1)
+    name = engine.adapter_name
+    engine.serve_base()
+    assert engine.adapter_name is None and engine.adapter_version == 0
+    assert name not in engine.loaded_models()
+    c = engine.generate(prompt_ids, sampling)[0]
+    assert max_abs_diff(c.logprobs, hf_logprobs(toy_model_dir, prompt_ids, c.token_ids)) < (
+        LOGPROB_TOL
+    )
+
+
 def test_adapter_load_failure_keeps_previous(
     engine: VLLMEngine, prompt_ids: list[int], tmp_path: Path
 ) -> None:

@@ -22,12 +22,22 @@ class Engine(Protocol):
         """`sampling.n` completions of one prompt."""
         ...
 
+    def generate_many(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Completion]:
+        """One completion of each prompt, in order (`sampling.n` is not used): rows whose
+        contexts differ, as the multi-turn method's conversations."""
+        ...
+
     def context_window(self) -> int | None:
         """The most tokens (prompt + response) it generates over; None: the trainer's model's."""
         ...
 
     def load_adapter(self, path: str, version: int) -> None:
         """Serve the PEFT adapter saved at `path` as `version` from now on."""
+        ...
+
+    def serve_base(self) -> None:
+        """Serve the base model (version 0) from now on: a new problem's first rollouts must
+        not come from the adapter of the problem before it."""
         ...
 
     def close(self) -> None: ...

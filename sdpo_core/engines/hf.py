@@ -53,17 +53,31 @@ class HFEngine:
         remaining = sampling.n
         while remaining > 0:
             n = min(remaining, self.max_batch)
-            out.extend(self._generate(prompt_ids, n, sampling))
+            out.extend(self._generate([prompt_ids] * n, sampling))
             remaining -= n
         return out
 
-    def _generate(
-        self, prompt_ids: list[int], n: int, sampling: SamplingParams
-    ) -> list[Completion]:
+    @torch.no_grad()
+    def generate_many(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Completion]:
+        out: list[Completion] = []
+        for start in range(0, len(prompts), self.max_batch):
+            out.extend(self._generate(prompts[start : start + self.max_batch], sampling))
+        return out
+
+    def _generate(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Completion]:
+        """One completion per prompt; prompts of different lengths are left-padded (the
+        attention mask hides the padding, and positions count from each row's first token)."""
         model = self.trainer.model if self.trainer.model is not None else self.trainer.base
         tok = self.trainer.tokenizer
         model.eval()
-        ids = torch.tensor([prompt_ids] * n, device=self.trainer.device)
+        width = max(len(p) for p in prompts)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        ids = torch.full((len(prompts), width), pad, dtype=torch.long)  # [n, width]
+        attention = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p) :] = torch.tensor(p)
+            attention[i, width - len(p) :] = 1
+        ids, attention = ids.to(self.trainer.device), attention.to(self.trainer.device)
         eos = tok.eos_token_id
         # a config of its own: the checkpoint's generation_config.json (repetition penalty,
         # top_k, ...) must not change what is sampled or what the recorder sees
@@ -74,12 +88,12 @@ class HFEngine:
             top_k=0,
             max_new_tokens=sampling.max_new_tokens,
             eos_token_id=eos,
-            pad_token_id=tok.pad_token_id,
+            pad_token_id=pad,
         )
         recorder = _LogProbRecorder()
         sequences = model.generate(
             input_ids=ids,
-            attention_mask=torch.ones_like(ids),
+            attention_mask=attention,
             generation_config=config,
             logits_processor=LogitsProcessorList([recorder]),
         )
@@ -99,6 +113,10 @@ class HFEngine:
     def load_adapter(self, path: str, version: int) -> None:
         # The trainer's student adapter already holds these weights.
         self.adapter_version = version
+
+    def serve_base(self) -> None:
+        # trainer.reset starts the student adapter at zero: the base model
+        self.adapter_version = 0
 
     def close(self) -> None:
         pass

@@ -182,10 +182,21 @@ class VLLMEngine:
     # ------------------------------------------------------------ generation
     def generate(self, prompt_ids: list[int], sampling: SamplingParams) -> list[Completion]:
         """`sampling.n` completions of the token-id prompt, with ids and raw log-probs."""
+        return self._sample(list(prompt_ids), sampling.n, sampling)
+
+    def generate_many(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Completion]:
+        """One completion of each token-id prompt, in order (one request: vLLM batches it)."""
+        return self._sample([list(p) for p in prompts], 1, sampling)
+
+    def _sample(
+        self, prompt: list[int] | list[list[int]], n: int, sampling: SamplingParams
+    ) -> list[Completion]:
+        """`n` completions of each prompt (`prompt`: one token-id list, or a list of them),
+        choices in order."""
         payload: dict[str, Any] = {
             "model": self.served_model,
-            "prompt": list(prompt_ids),
-            "n": sampling.n,
+            "prompt": prompt,
+            "n": n,
             "max_tokens": sampling.max_new_tokens,
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
@@ -198,8 +209,9 @@ class VLLMEngine:
             payload["seed"] = sampling.seed  # vLLM gives sample i the seed `seed + i`
         body = self._post_json("/v1/completions", payload, "generate")
         choices = sorted(self._choices(body, "generate"), key=lambda c: c.get("index", 0))
-        if len(choices) != sampling.n:
-            raise VLLMResponseError(f"generate: asked for {sampling.n} samples, got {len(choices)}")
+        rows = len(prompt) if prompt and isinstance(prompt[0], list) else 1
+        if len(choices) != n * rows:
+            raise VLLMResponseError(f"generate: asked for {n * rows} samples, got {len(choices)}")
         return [self._completion(c) for c in choices]
 
     @staticmethod
@@ -301,6 +313,12 @@ class VLLMEngine:
                 "unloading adapter %s failed: HTTP %s: %s", name, r.status_code, _server_message(r)
             )
 
+    def serve_base(self) -> None:
+        """Requests name the base model again; this engine's adapter is unloaded."""
+        previous, self.adapter_name, self.adapter_version = self.adapter_name, None, 0
+        if previous is not None:
+            self._unload(previous)
+
     def context_window(self) -> int | None:
         """The server's max_model_len for the base model (GET /v1/models; its --max-model-len,
         by default the model's own window); None when the server does not say."""
@@ -322,9 +340,7 @@ class VLLMEngine:
 
     def close(self) -> None:
         """Unload this engine's adapter (best effort; the server may be shared) and disconnect."""
-        if self.adapter_name is not None:
-            self._unload(self.adapter_name)
-            self.adapter_name = None
+        self.serve_base()
         self._client.close()
 
     def __enter__(self) -> VLLMEngine:

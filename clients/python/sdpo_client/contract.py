@@ -16,6 +16,10 @@ Status = Literal["queued", "running", "solved", "exhausted", "cancelled", "faile
 STATUSES: tuple[str, ...] = get_args(Status)
 TERMINAL_STATUSES: frozenset[str] = frozenset({"solved", "exhausted", "cancelled", "failed"})
 ExhaustedReason = Literal["max_attempts", "max_seconds"]
+# How a problem is attacked: test-time SDPO, or a baseline to compare it with
+# (sdpo_core/methods.py says what each does).
+Method = Literal["sdpo", "best_of_k", "multi_turn"]
+METHODS: tuple[str, ...] = get_args(Method)
 
 
 class _Payload(BaseModel):

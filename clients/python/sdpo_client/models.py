@@ -34,6 +34,7 @@ class ProblemSpec(_Model):
     prompt: str
     verifier: dict[str, Any]
     budget: Budget = Field(default_factory=Budget)
+    method: str = "sdpo"  # one of contract.METHODS (a newer server may have more)
     sdpo: dict[str, Any] = Field(default_factory=dict)
     model: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)

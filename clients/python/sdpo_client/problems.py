@@ -26,6 +26,7 @@ def problem(
     *,
     max_attempts: int | None = None,
     max_seconds: float | None = None,
+    method: str | None = None,
     sdpo: Mapping[str, Any] | None = None,
     model: str | None = None,
     metadata: Mapping[str, Any] | None = None,
@@ -41,6 +42,8 @@ def problem(
         budget["max_seconds"] = float(max_seconds)
     if budget:
         out["budget"] = budget
+    if method is not None:
+        out["method"] = method  # sdpo, best_of_k or multi_turn
     if sdpo:
         out["sdpo"] = dict(sdpo)
     if model is not None:

@@ -548,6 +548,7 @@
       try {
         const p = await refreshProblem();
         $("prompt").textContent = p.spec.prompt;
+        $("s-method").textContent = p.spec.method || "sdpo";
         $("problem").hidden = false;
       } catch (e) {
         if (e.status === 404) $("not-found").hidden = false;
