@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 
 from sdpo_core.contract import AttemptPayload, StepPayload
+from sdpo_core.discovery_stats import KS, summarise
 from sdpo_core.problem import parse_problem
 from sdpo_core.runtime import Runtime, load_runtime
 from sdpo_core.solve import solve
@@ -50,7 +51,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from toy_passk import answer_prob
 
 RESULTS = Path(__file__).resolve().parent / "results"
-KS = [16, 32, 64, 128, 256, 512, 1024, 2048, 3000]
 # Fresh problems: seeds no tuning run saw (tuning used the fixed suites only).
 FRESH_SEED = 31001
 SUITES = {
@@ -151,16 +151,6 @@ def exact_best_of_k(runtime: Runtime, problems: list[dict], budget: int) -> dict
         "mean_attempts_uncapped": statistics.fmean(1 / p for p in ps),
         "solved_fraction": statistics.fmean(1 - (1 - p) ** budget for p in ps),
         "p_correct": ps,
-    }
-
-
-def summarise(found: list[int | None], budget: int) -> dict:
-    return {
-        "discovery_at_k": {
-            k: sum(f is not None and f <= k for f in found) / len(found) for k in KS if k <= budget
-        },
-        "mean_attempts": statistics.fmean(budget if f is None else f for f in found),
-        "solved_fraction": sum(f is not None for f in found) / len(found),
     }
 
 

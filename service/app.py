@@ -18,7 +18,8 @@ from pydantic.json_schema import models_json_schema
 
 from sdpo_core.problem import ProblemSpec
 from service import errors
-from service.api import health, metrics, problems, ui
+from service.api import health, metrics, problems, suites, ui
+from service.api.suites import SuiteSubmit
 from service.keycache import KeyCache
 from service.models import STORED_SPEC_MARK
 from service.queue import Queue
@@ -81,6 +82,7 @@ def create_app(
     app.add_middleware(metrics.HttpMetrics)
     errors.install(app)
     app.include_router(problems.router)
+    app.include_router(suites.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(ui.router)
@@ -93,7 +95,8 @@ def create_app(
             title=app.title, version=app.version, description=app.description, routes=app.routes
         )
         _, defs = models_json_schema(
-            [(ProblemSpec, "validation")], ref_template="#/components/schemas/{model}"
+            [(ProblemSpec, "validation"), (SuiteSubmit, "validation")],
+            ref_template="#/components/schemas/{model}",
         )
         schema.setdefault("components", {}).setdefault("schemas", {}).update(defs["$defs"])
         app.openapi_schema = schema = _link_stored_specs(schema)

@@ -48,6 +48,7 @@ class Problem(BaseModel):
     updated_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    suite: str | None = Field(None, description="The suite this problem is a run of, if any.")
     spec: StoredSpec
 
 
@@ -122,6 +123,7 @@ def problem_from_row(row: dict[str, str]) -> Problem:
         updated_at=_ts(row.get("updated_at") or row["created_at"]),  # type: ignore[arg-type]
         started_at=_ts(row.get("started_at")),
         finished_at=_ts(row.get("finished_at")),
+        suite=row.get("suite") or None,
         spec=json.loads(row["spec"]),
     )
 

@@ -104,26 +104,39 @@ local function retire(pkey, ekey, akey, fkey, now)
 end
 """
 
-# KEYS: problem, tenant index, tenant active, queued set, events, queue, idem key or ""
-# ARGV: id, max_active, max_queued, idem value, event data, now, n, field/value * n
+# Creates n problems at once (a submit: one; a suite: its runs, and the suite's hash), all
+# or none, within the tenant's and the queue's limits.
+# KEYS: tenant index, tenant active, queued set, queue, idem key or "", suite key or "",
+#       then for each problem: its hash, its events
+# ARGV: max_active, max_queued, idem value, status event data, now, n, suite id or "",
+#       suite n fields, suite field/value * n, then for each problem: id, n fields,
+#       field/value * n
+# Returns {'created', ''}, {'existing', idem value}, {'tenant_limit', ''} or {'queue_full', ''}.
 _CREATE = (
     _LUA_COMMON
     + """
-if KEYS[7] ~= '' then
-  local existing = redis.call('GET', KEYS[7])
+if KEYS[5] ~= '' then
+  local existing = redis.call('GET', KEYS[5])
   if existing then return {'existing', existing} end
 end
-if redis.call('SCARD', KEYS[3]) >= tonumber(ARGV[2]) then return {'tenant_limit', ''} end
-if redis.call('SCARD', KEYS[4]) >= tonumber(ARGV[3]) then return {'queue_full', ''} end
-hset_pairs(KEYS[1], ARGV, 8, tonumber(ARGV[7]))
-redis.call('ZADD', KEYS[2], 0, ARGV[1])
-redis.call('SADD', KEYS[3], ARGV[1])
-redis.call('SADD', KEYS[4], ARGV[1])
-xadd(KEYS[5], 'status', ARGV[5])
-local entry = redis.call('XADD', KEYS[6], '*', 'problem', ARGV[1])
-redis.call('HSET', KEYS[1], 'queue_entry', entry)
-if KEYS[7] ~= '' then redis.call('SET', KEYS[7], ARGV[4], 'EX', IDEM_TTL) end
-return {'created', ARGV[1]}
+local n = tonumber(ARGV[6])
+if redis.call('SCARD', KEYS[2]) + n > tonumber(ARGV[1]) then return {'tenant_limit', ''} end
+if redis.call('SCARD', KEYS[3]) + n > tonumber(ARGV[2]) then return {'queue_full', ''} end
+local pos = 9 + 2 * tonumber(ARGV[8])
+if KEYS[6] ~= '' then hset_pairs(KEYS[6], ARGV, 9, tonumber(ARGV[8])) end
+for j = 1, n do
+  local pkey, ekey = KEYS[5 + 2 * j], KEYS[6 + 2 * j]
+  local id = ARGV[pos]
+  pos = hset_pairs(pkey, ARGV, pos + 2, tonumber(ARGV[pos + 1]))
+  redis.call('ZADD', KEYS[1], 0, id)
+  redis.call('SADD', KEYS[2], id)
+  redis.call('SADD', KEYS[3], id)
+  xadd(ekey, 'status', ARGV[4])
+  local entry = redis.call('XADD', KEYS[4], '*', 'problem', id)
+  redis.call('HSET', pkey, 'queue_entry', entry)
+end
+if KEYS[5] ~= '' then redis.call('SET', KEYS[5], ARGV[3], 'EX', IDEM_TTL) end
+return {'created', ''}
 """
 )
 
@@ -260,10 +273,31 @@ class Store:
     def _active_key(self, tenant: str) -> str:
         return self.key("tenant", tenant, "active")
 
+    def suite_key(self, sid: str) -> str:
+        return self.key("suite", sid)
+
     def _index_key(self, tenant: str) -> str:
         return self.key("tenant", tenant, "problems")
 
     # -------------------------------------------------------------- problems
+    def _problem_fields(
+        self, pid: str, tenant: str, model: str, spec: dict[str, Any], root: str, now: str
+    ) -> dict[str, str]:
+        return {
+            "id": pid,
+            "tenant": tenant,
+            "model": model,
+            "status": "queued",
+            "spec": json.dumps(spec),
+            "created_at": now,
+            "updated_at": now,
+            "attempts": "0",
+            "steps": "0",
+            "adapter_version": "0",
+            "checkpoint_dir": f"{root.rstrip('/')}/{pid}",
+            "deliveries": "0",
+        }
+
     async def create_problem(
         self,
         *,
@@ -280,47 +314,113 @@ class Store:
         outcome is 'created', 'existing' (same idempotency key), 'tenant_limit' or 'queue_full'."""
         pid = new_problem_id()
         now = f"{time.time():.6f}"
+        rows = [self._problem_fields(pid, tenant, model, spec, checkpoint_root, now)]
+        return await self._create_all(
+            tenant, model, rows, max_active, max_queued, idempotency_key, f"{pid} {body_hash}"
+        )
+
+    async def create_suite(
+        self,
+        *,
+        tenant: str,
+        model: str,
+        suite: dict[str, Any],
+        runs: list[tuple[dict[str, Any], dict[str, Any]]],
+        checkpoint_root: str,
+        max_active: int,
+        max_queued: int,
+        idempotency_key: str | None = None,
+        body_hash: str = "",
+    ) -> tuple[str, str, str]:
+        """Create a suite and enqueue its runs (each (spec, its place in the suite) an ordinary
+        problem), all or none. Returns (outcome, suite id, stored body hash) as create_problem."""
+        sid = new_problem_id().replace("prb_", "ste_", 1)
+        now = f"{time.time():.6f}"
+        rows, listed = [], []
+        for spec, place in runs:
+            pid = new_problem_id()
+            row = self._problem_fields(pid, tenant, model, spec, checkpoint_root, now)
+            rows.append({**row, "suite": sid})
+            listed.append({**place, "problem_id": pid})
         fields = {
-            "id": pid,
+            "id": sid,
             "tenant": tenant,
             "model": model,
-            "status": "queued",
-            "spec": json.dumps(spec),
             "created_at": now,
-            "updated_at": now,
-            "attempts": "0",
-            "steps": "0",
-            "adapter_version": "0",
-            "checkpoint_dir": f"{checkpoint_root.rstrip('/')}/{pid}",
-            "deliveries": "0",
+            "suite": json.dumps(suite),
+            "runs": json.dumps(listed),
         }
-        idem_key = self.key("idem", tenant, sha256(idempotency_key)) if idempotency_key else ""
-        flat = [x for kv in fields.items() for x in kv]
-        outcome, value = await self._create(
-            keys=[
-                self.problem_key(pid),
-                self._index_key(tenant),
-                self._active_key(tenant),
-                self.key("queued"),
-                self.events_key(pid),
-                self.queue_key(model),
-                idem_key,
-            ],
-            args=[
-                pid,
-                max_active,
-                max_queued,
-                f"{pid} {body_hash}",
-                json.dumps({"status": "queued"}),
-                now,
-                len(fields),
-                *flat,
-            ],
+        return await self._create_all(
+            tenant,
+            model,
+            rows,
+            max_active,
+            max_queued,
+            idempotency_key,
+            f"{sid} {body_hash}",
+            suite_fields=fields,
         )
-        if outcome == "existing":
-            existing_id, _, stored_hash = value.partition(" ")
-            return outcome, existing_id, stored_hash
-        return outcome, value, body_hash
+
+    async def _create_all(
+        self,
+        tenant: str,
+        model: str,
+        rows: list[dict[str, str]],
+        max_active: int,
+        max_queued: int,
+        idempotency_key: str | None,
+        idem_value: str,
+        suite_fields: dict[str, str] | None = None,
+    ) -> tuple[str, str, str]:
+        idem_key = self.key("idem", tenant, sha256(idempotency_key)) if idempotency_key else ""
+        sid = suite_fields["id"] if suite_fields else ""
+        keys = [
+            self._index_key(tenant),
+            self._active_key(tenant),
+            self.key("queued"),
+            self.queue_key(model),
+            idem_key,
+            self.suite_key(sid) if sid else "",
+        ]
+        args: list[Any] = [
+            max_active,
+            max_queued,
+            idem_value,
+            json.dumps({"status": "queued"}),
+            rows[0]["created_at"],
+            len(rows),
+            sid,
+            len(suite_fields or {}),
+            *(x for kv in (suite_fields or {}).items() for x in kv),
+        ]
+        for row in rows:
+            keys += [self.problem_key(row["id"]), self.events_key(row["id"])]
+            args += [row["id"], len(row), *(x for kv in row.items() for x in kv)]
+        outcome, value = await self._create(keys=keys, args=args)
+        created_id, _, stored_hash = (value if outcome == "existing" else idem_value).partition(" ")
+        return outcome, created_id, stored_hash
+
+    async def get_suite(self, sid: str) -> dict[str, str] | None:
+        data = await self.redis.hgetall(self.suite_key(sid))
+        return data or None
+
+    async def suite_runs(self, pids: list[str]) -> list[dict[str, str] | None]:
+        """Each run's status and counters (None: its problem expired after the retention)."""
+        fields = ("status", "attempts", "solved_attempt")
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for pid in pids:
+                pipe.hmget(self.problem_key(pid), fields)
+            rows = await pipe.execute()
+        return [dict(zip(fields, r, strict=True)) if r[0] else None for r in rows]
+
+    async def finish_suite(self, sid: str, *, cancel: bool = False) -> None:
+        """Mark a cancel, or start a finished suite's retention clock (once)."""
+        if cancel:
+            await self.redis.hset(self.suite_key(sid), "cancel_requested", "1")
+        else:
+            await self.redis.expire(
+                self.suite_key(sid), max(1, math.ceil(self.retention_s)), nx=True
+            )
 
     async def get_problem(self, pid: str) -> dict[str, str] | None:
         data = await self.redis.hgetall(self.problem_key(pid))

@@ -31,9 +31,8 @@ def _too_deep(value: Any, limit: int) -> bool:
     return False
 
 
-def parse_submit(body: bytes) -> ProblemSpec:
-    """Body -> spec (in a worker thread: compiling a verifier can take a while).
-    Whatever the input, the outcome is a spec or an ApiError: never a 500."""
+def json_body(body: bytes) -> Any:
+    """The body as JSON, its objects' values nested at most MAX_JSON_DEPTH deep."""
     try:
         data = json.loads(body)
     except RecursionError:
@@ -45,13 +44,25 @@ def parse_submit(body: bytes) -> ProblemSpec:
         for name, value in data.items():
             if _too_deep(value, MAX_JSON_DEPTH - 1):
                 raise ApiError(422, f"nested deeper than {MAX_JSON_DEPTH} levels", field=name)
+    return data
+
+
+def problem_spec(data: Any, where: str = "") -> ProblemSpec:
+    """A decoded problem object as its spec; the ApiError names the field (under `where`)."""
     try:
         return parse_problem(data)
     except ProblemError as exc:
-        raise ApiError(422, exc.message, field=exc.field) from None
+        field = f"{where}{exc.field}" if exc.field else where.rstrip(".") or None
+        raise ApiError(422, exc.message, field=field) from None
     except (RecursionError, MemoryError, OverflowError, ValueError) as exc:
         name = type(exc).__name__
         raise ApiError(422, f"the problem spec cannot be checked ({name})") from None
+
+
+def parse_submit(body: bytes) -> ProblemSpec:
+    """Body -> spec (in a worker thread: compiling a verifier can take a while).
+    Whatever the input, the outcome is a spec or an ApiError: never a 500."""
+    return problem_spec(json_body(body))
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -7,21 +7,20 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
-from pydantic import BaseModel
 from starlette.background import BackgroundTask
 
 from service.api.adapter_archive import archive_adapter
 from service.api.intake import check_limits, parse_submit, queue_model, read_body
 from service.api.metrics import CANCELS, PROBLEMS_CREATED
+from service.api.responses import error_responses, json_response
 from service.deps import HubDep, SettingsDep, StoreDep, TenantDep
 from service.errors import ApiError
 from service.models import (
     AttemptList,
-    ErrorResponse,
     Problem,
     ProblemList,
     Status,
@@ -35,28 +34,6 @@ log = logging.getLogger("sdpo.service")
 router = APIRouter(prefix="/v1/problems", tags=["problems"])
 
 PROBLEM_ID = r"^prb_[0-9a-f]{20}$"
-
-
-def _json(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    """The model as JSON, skipping FastAPI's second validation of a returned model."""
-    return Response(
-        model.model_dump_json(), status_code=status, headers=headers, media_type="application/json"
-    )
-
-
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    text = {
-        400: "Malformed request (bad JSON, bad cursor or event id).",
-        401: "Missing, invalid or revoked API key.",
-        404: "No such problem for this tenant.",
-        409: "Conflict with the problem's state or an earlier request.",
-        410: "The events after Last-Event-ID were trimmed; the message names the first left.",
-        413: "Request body too large.",
-        422: "Invalid field; `error.field` names it.",
-        429: "Too many queued + running problems (or open streams) for this tenant.",
-        503: "Queue full or storage unavailable; see Retry-After.",
-    }
-    return {c: {"model": ErrorResponse, "description": text[c]} for c in codes}
 
 
 async def _owned(store: Store, pid: str, tenant: str) -> dict[str, str]:
@@ -73,7 +50,7 @@ async def _owned(store: Store, pid: str, tenant: str) -> dict[str, str]:
     summary="Submit a problem",
     responses={
         201: {"headers": {"Location": {"schema": {"type": "string"}}}},
-        **_errors(400, 401, 409, 413, 422, 429, 503),
+        **error_responses(400, 401, 409, 413, 422, 429, 503),
     },
     openapi_extra={
         "requestBody": {
@@ -140,11 +117,14 @@ async def create_problem(
     row = await store.get_problem(pid)
     if row is None:  # an idempotency key outlived its problem
         raise ApiError(409, "Idempotency-Key refers to a deleted problem", code="conflict")
-    return _json(problem_from_row(row), 201, headers)
+    return json_response(problem_from_row(row), 201, headers)
 
 
 @router.get(
-    "", response_model=ProblemList, summary="List problems", responses=_errors(400, 401, 422)
+    "",
+    response_model=ProblemList,
+    summary="List problems",
+    responses=error_responses(400, 401, 422),
 )
 async def list_problems(
     tenant: TenantDep,
@@ -157,17 +137,17 @@ async def list_problems(
 ) -> Response:
     """The caller's problems, newest first."""
     rows, nxt = await store.list_problems(tenant, status=status, cursor=cursor, limit=limit)
-    return _json(ProblemList(data=[problem_from_row(r) for r in rows], next_cursor=nxt))
+    return json_response(ProblemList(data=[problem_from_row(r) for r in rows], next_cursor=nxt))
 
 
 @router.get(
     "/{problem_id}",
     response_model=Problem,
     summary="Get a problem",
-    responses=_errors(401, 404, 422),
+    responses=error_responses(401, 404, 422),
 )
 async def get_problem(problem_id: str, tenant: TenantDep, store: StoreDep) -> Response:
-    return _json(problem_from_row(await _owned(store, problem_id, tenant)))
+    return json_response(problem_from_row(await _owned(store, problem_id, tenant)))
 
 
 @router.post(
@@ -177,7 +157,7 @@ async def get_problem(problem_id: str, tenant: TenantDep, store: StoreDep) -> Re
     responses={
         200: {"description": "Cancelled (it was queued)."},
         202: {"model": Problem, "description": "Running: the worker stops within one step."},
-        **_errors(401, 404, 409, 422),
+        **error_responses(401, 404, 409, 422),
     },
 )
 async def cancel_problem(
@@ -193,14 +173,14 @@ async def cancel_problem(
     row = await store.get_problem(problem_id)
     if row is None:  # expired meanwhile
         raise ApiError(404, f"no problem {problem_id}")
-    return _json(problem_from_row(row), 202 if outcome == "requested" else 200)
+    return json_response(problem_from_row(row), 202 if outcome == "requested" else 200)
 
 
 @router.get(
     "/{problem_id}/attempts",
     response_model=AttemptList,
     summary="List attempts",
-    responses=_errors(401, 404, 422),
+    responses=error_responses(401, 404, 422),
 )
 async def list_attempts(
     problem_id: str,
@@ -212,7 +192,9 @@ async def list_attempts(
     """Attempt records in index order (text, verdict, feedback)."""
     await _owned(store, problem_id, tenant)
     records, nxt = await store.attempts(problem_id, after=after, limit=limit)
-    return _json(AttemptList(data=[attempt_from_record(r) for r in records], next_cursor=nxt))
+    return json_response(
+        AttemptList(data=[attempt_from_record(r) for r in records], next_cursor=nxt)
+    )
 
 
 _SSE_DOC = """Server-Sent Events. Each event has `id:` (the Redis stream entry id),
@@ -232,7 +214,7 @@ The stream ends after a terminal event (`solved`, `exhausted`, `cancelled`, `fai
             "description": "An event stream.",
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         },
-        **_errors(400, 401, 404, 410, 422, 429),
+        **error_responses(400, 401, 404, 410, 422, 429),
     },
 )
 async def problem_events(
@@ -289,7 +271,7 @@ async def problem_events(
             "description": "A tar.gz of the PEFT adapter directory (`adapter/`).",
             "content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}},
         },
-        **_errors(401, 404, 422),
+        **error_responses(401, 404, 422),
     },
 )
 async def download_adapter(problem_id: str, tenant: TenantDep, store: StoreDep) -> FileResponse:

@@ -44,6 +44,7 @@ from sdpo_client.models import (
     Status,
     StatusEvent,
     StepEvent,
+    Suite,
     UnknownEvent,
     Verdict,
 )
@@ -81,6 +82,7 @@ __all__ = [
     "Status",
     "StatusEvent",
     "StepEvent",
+    "Suite",
     "UnknownEvent",
     "ValidationError",
     "Verdict",

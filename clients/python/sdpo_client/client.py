@@ -13,7 +13,7 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from sdpo_client.errors import (
     error_from_response,
     retry_after_seconds,
 )
-from sdpo_client.models import AnyEvent, Attempt, Problem, Status, parse_event
+from sdpo_client.models import AnyEvent, Attempt, Problem, Status, Suite, parse_event
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 RETRY_STATUSES = frozenset({408, 500, 502, 503, 504})
@@ -112,6 +112,21 @@ class _Base:
             return problem.model_dump(mode="json", exclude_none=True)
         return dict(problem)
 
+    @classmethod
+    def _suite_json(
+        cls,
+        problems: Iterable[ProblemInput],
+        methods: Sequence[str] | None,
+        seeds: int,
+        name: str | None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"problems": [cls._spec_json(p) for p in problems], "seeds": seeds}
+        if methods is not None:
+            body["methods"] = list(methods)
+        if name is not None:
+            body["name"] = name
+        return body
+
     @staticmethod
     def _connection_error(exc: Exception) -> APIConnectionError:
         cls = APITimeoutError if isinstance(exc, httpx.TimeoutException) else APIConnectionError
@@ -123,7 +138,8 @@ class _Base:
 
 
 def _wait_error(pid: str, timeout: float | None) -> WaitTimeoutError:
-    return WaitTimeoutError(f"problem {pid} did not finish within {timeout} s")
+    what = "suite" if pid.startswith("ste_") else "problem"
+    return WaitTimeoutError(f"{what} {pid} did not finish within {timeout} s")
 
 
 class _EventFollower:
@@ -363,6 +379,42 @@ class Client(_Base):
             problem = self.get(problem_id)
         return problem
 
+    # ---------------------------------------------------------------- suites
+    def submit_suite(
+        self,
+        problems: Iterable[ProblemInput],
+        *,
+        methods: Sequence[str] | None = None,
+        seeds: int = 1,
+        name: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Suite:
+        """Run every problem with every method (default: sdpo, best_of_k, multi_turn), `seeds`
+        times; all or nothing is queued. Each run is an ordinary problem."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        body = self._suite_json(problems, methods, seeds, name)
+        r = self._request(
+            "POST", "/v1/suites", safe=idempotency_key is not None, json=body, headers=headers
+        )
+        return Suite.model_validate(r.json())
+
+    def get_suite(self, suite_id: str) -> Suite:
+        return Suite.model_validate(self._get(f"/v1/suites/{suite_id}"))
+
+    def cancel_suite(self, suite_id: str) -> Suite:
+        """Cancel every run of the suite that has not finished."""
+        r = self._request("POST", f"/v1/suites/{suite_id}/cancel", safe=False)
+        return Suite.model_validate(r.json())
+
+    def wait_suite(self, suite_id: str, timeout: float | None = None, poll: float = 2.0) -> Suite:
+        """Block until every run has finished; return the report. Raises WaitTimeoutError."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not (suite := self.get_suite(suite_id)).finished:
+            if self._timed_out(deadline):
+                raise _wait_error(suite_id, timeout)
+            time.sleep(poll)
+        return suite
+
     def download_adapter(self, problem_id: str, path: str | os.PathLike[str]) -> Path:
         """Download the latest LoRA adapter and extract it into directory `path`; returns
         the PEFT directory (`path/adapter`). NotFoundError (`no_adapter`) before any step."""
@@ -538,6 +590,43 @@ class AsyncClient(_Base):
                 pass
             problem = await self.get(problem_id)
         return problem
+
+    # ---------------------------------------------------------------- suites
+    async def submit_suite(
+        self,
+        problems: Iterable[ProblemInput],
+        *,
+        methods: Sequence[str] | None = None,
+        seeds: int = 1,
+        name: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Suite:
+        """See `Client.submit_suite`."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        body = self._suite_json(problems, methods, seeds, name)
+        r = await self._request(
+            "POST", "/v1/suites", safe=idempotency_key is not None, json=body, headers=headers
+        )
+        return Suite.model_validate(r.json())
+
+    async def get_suite(self, suite_id: str) -> Suite:
+        return Suite.model_validate(await self._get(f"/v1/suites/{suite_id}"))
+
+    async def cancel_suite(self, suite_id: str) -> Suite:
+        """See `Client.cancel_suite`."""
+        r = await self._request("POST", f"/v1/suites/{suite_id}/cancel", safe=False)
+        return Suite.model_validate(r.json())
+
+    async def wait_suite(
+        self, suite_id: str, timeout: float | None = None, poll: float = 2.0
+    ) -> Suite:
+        """See `Client.wait_suite`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not (suite := await self.get_suite(suite_id)).finished:
+            if self._timed_out(deadline):
+                raise _wait_error(suite_id, timeout)
+            await asyncio.sleep(poll)
+        return suite
 
     async def download_adapter(self, problem_id: str, path: str | os.PathLike[str]) -> Path:
         """See `Client.download_adapter`."""

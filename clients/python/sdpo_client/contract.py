@@ -110,4 +110,61 @@ PAYLOADS: dict[str, type[_Payload]] = {
     )
 }
 EVENT_KINDS: tuple[str, ...] = tuple(PAYLOADS)
+
+
+# ---------------------------------------------------------------------- suites
+# A suite runs each (problem, method, seed) as an ordinary problem; its report is computed
+# from those problems whenever it is read (sdpo_core/discovery_stats.py).
+
+
+class SuiteRun(_Payload):
+    """One (problem, method, seed) of a suite: an ordinary problem, `problem_id`."""
+
+    problem: int  # index of the problem in the suite (0-based)
+    method: Method
+    seed: int
+    problem_id: str
+    status: Status | Literal["expired"]
+    attempts: int = 0
+    budget: int  # its max_attempts: an unsolved run counts at it
+    solved_attempt: int | None = None
+
+
+class MethodSummary(_Payload):
+    """A method's runs so far. Discovery@k and the mean count finished runs only."""
+
+    runs: int
+    finished: int
+    solved: int
+    discovery_at_k: dict[int, float] = Field(default_factory=dict)
+    mean_attempts: float | None = None  # unsolved runs counted at their budget
+    ratio_to_sdpo: float | None = None  # mean_attempts / sdpo's: > 1 means SDPO is faster
+
+
+class SuiteProblemRow(_Payload):
+    """One problem of the suite: each method's mean attempts over its finished seeds."""
+
+    problem: int
+    mean_attempts: dict[str, float | None]
+    solved: dict[str, int]
+
+
 TERMINAL_EVENTS: frozenset[str] = TERMINAL_STATUSES  # the event that ends a stream
+
+
+class SuiteReport(_Payload):
+    """A suite and its aggregate, recomputed from its problems whenever it is read."""
+
+    id: str
+    name: str | None = None
+    status: Literal["running", "done"]  # done: every run finished (or expired)
+    model: str
+    methods: list[Method]
+    seeds: int
+    problems: int
+    total: int  # runs: problems x methods x seeds
+    done: int
+    cancel_requested: bool = False
+    summary: dict[str, MethodSummary] = Field(default_factory=dict)
+    table: list[SuiteProblemRow] = Field(default_factory=list)
+    runs: list[SuiteRun] = Field(default_factory=list)

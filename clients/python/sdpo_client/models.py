@@ -59,6 +59,7 @@ class Problem(_Model):
     updated_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    suite: str | None = None  # the suite this problem is a run of
     spec: ProblemSpec
 
     @property
@@ -72,6 +73,19 @@ class Problem(_Model):
 
 
 Verdict = contract.VerdictPayload  # the verifier's judgement of one attempt
+
+
+class Suite(_Model, contract.SuiteReport):
+    """A suite and its discovery report (GET /v1/suites/{id}): progress (`done` of `total`),
+    each method's `summary` (discovery@k, mean attempts, ratio to SDPO), the per-problem
+    `table` and every run (an ordinary problem, `problem_id`)."""
+
+    created_at: datetime
+
+    @property
+    def finished(self) -> bool:
+        """True once every run has finished."""
+        return self.status == "done"
 
 
 class Attempt(_Model):
