@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from sdpo_core.verifiers import build_verifier
-from sdpo_core.verifiers.sandbox import Sandbox, SandboxSettings
+from sdpo_sandbox import Sandbox, SandboxSettings
 
 STDIN_PROGRAMS = {
     "sum": (

@@ -13,7 +13,7 @@ import pytest
 
 from sdpo_core.verifiers import build_verifier
 from sdpo_core.verifiers.kinds.tests import solution_names
-from sdpo_core.verifiers.sandbox import Sandbox, SandboxSettings
+from sdpo_sandbox import Sandbox, SandboxSettings
 
 HUMANEVAL = {
     "kind": "tests",

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sdpo_core.verifiers.sandbox import (
+from sdpo_sandbox._pool import (
     Job,
     RunResult,
     SandboxError,

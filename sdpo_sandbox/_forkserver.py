@@ -1,6 +1,7 @@
 """Fork server (zygote) of one sandbox slot, stdlib only. Runs as `<sandbox python> -I`.
 
-It never imports sdpo_core: it starts with an empty environment and holds nothing secret, so
+It loads nothing but the stdlib and its sibling _seccomp.py (never the package, which the
+sandbox python need not have): it starts with an empty environment and holds nothing secret, so
 a forked copy of it is a clean place to run untrusted code. Pre-importing the usual modules
 here (and forking per run) saves the interpreter start-up of a fresh process per test.
 

@@ -1,7 +1,7 @@
 """The one sandbox for untrusted code (model-written solutions and users' verifiers).
 
 Each of `slots` concurrent slots owns an unprivileged uid, a cgroup (_cgroup.py) and a warm
-fork server (`_sandbox_child.py`, run by the sandbox python with an empty environment) that
+fork server (`_forkserver.py`, run by the sandbox python with an empty environment) that
 lives in the slot's own namespaces and minimal read-only root. Per run the server forks one
 process, which gets a private /tmp, rlimits, the slot uid with no_new_privs, and the seccomp
 filter (_seccomp.py) before the code runs; afterwards the server kills whatever the run left
@@ -43,14 +43,14 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from sdpo_core.verifiers._cgroup import CgroupUnavailable, SlotCgroup, slot_cgroup
+from sdpo_sandbox._cgroup import CgroupUnavailable, SlotCgroup, slot_cgroup
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-CHILD = Path(__file__).with_name("_sandbox_child.py")
+CHILD = Path(__file__).with_name("_forkserver.py")
 # The environment `make setup` builds for untrusted code (numpy, sortedcontainers, ...).
-PROJECT_SANDBOX_PYTHON = Path(__file__).resolve().parents[2] / ".venv-sandbox/bin/python3"
+PROJECT_SANDBOX_PYTHON = Path(__file__).resolve().parents[1] / ".venv-sandbox/bin/python3"
 Mode = Literal["namespaces", "unsafe-local"]
 CgroupMode = Literal["auto", "required", "off"]
 Status = Literal[
@@ -132,7 +132,7 @@ class SandboxSettings(BaseSettings):
 @dataclass(frozen=True)
 class Job:
     """One run. `harness`: stdin (a program on `stdin`), verify (verify(data)), or one that
-    the parent talks to while it runs (`attempts.talk`): tests (all tests of an attempt, `mode`
+    the parent talks to while it runs (`_interactive.talk`): tests (all tests of an attempt, `mode`
     stdin or call), serve and check (the solution's and the test code's processes of assert
     tests; `tests` the test codes, `names` the solution's names the tests call).
 
