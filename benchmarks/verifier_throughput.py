@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from sdpo_core.verifiers import build_verifier
-from sdpo_core.verifiers.sandbox import Sandbox, SandboxSettings
+from sdpo_sandbox import Sandbox, SandboxSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _paths import repo_relative

@@ -11,6 +11,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY sdpo_core ./sdpo_core
+COPY sdpo_sandbox ./sdpo_sandbox
 COPY service ./service
 COPY sdpo_cli ./sdpo_cli
 COPY clients ./clients

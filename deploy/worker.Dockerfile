@@ -27,6 +27,7 @@ RUN python -m venv --without-pip /opt/sdpo-sandbox \
         -r deploy/sandbox-requirements.txt
 COPY pyproject.toml README.md ./
 COPY sdpo_core ./sdpo_core
+COPY sdpo_sandbox ./sdpo_sandbox
 COPY service ./service
 COPY sdpo_cli ./sdpo_cli
 COPY clients ./clients

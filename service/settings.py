@@ -35,8 +35,8 @@ Variable (default): meaning
     SDPO_WORKER_METRICS_HOST (127.0.0.1): where a worker serves its /metrics
     SDPO_WORKER_METRICS_PORT (9410): a worker's /metrics port, or the next free one above
         it (several workers on one host); 0: not served
-    SDPO_SANDBOX, SDPO_SANDBOX_* : the verifier sandbox (`sandbox`, a SandboxSettings declared
-        in sdpo_core/verifiers/sandbox.py; docs/verifiers.md lists them)
+    SDPO_SANDBOX, SDPO_SANDBOX_* : the verifier sandbox (`sandbox`, the sdpo_sandbox package's
+        SandboxSettings; docs/verifiers.md lists them)
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from sdpo_core.verifiers.sandbox import SandboxError, SandboxSettings
+from sdpo_sandbox import SandboxError, SandboxSettings
 
 
 def is_loopback(host: str) -> bool:

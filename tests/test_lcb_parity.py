@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from sdpo_core.verifiers import build_verifier
-from sdpo_core.verifiers.sandbox import Sandbox, SandboxSettings
+from sdpo_sandbox import Sandbox, SandboxSettings
 
 pytest.importorskip("livecodebench.evaluation.testing_util")
 

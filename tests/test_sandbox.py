@@ -16,14 +16,8 @@ import pytest
 
 from sdpo_core.verifiers import build_verifier, parse_verifier
 from sdpo_core.verifiers.kinds.tests import TestsVerifier
-from sdpo_core.verifiers.sandbox import (
-    PROJECT_SANDBOX_PYTHON,
-    Job,
-    RunResult,
-    Sandbox,
-    SandboxError,
-    SandboxSettings,
-)
+from sdpo_sandbox import Job, RunResult, Sandbox, SandboxError, SandboxSettings
+from sdpo_sandbox._settings import PROJECT_SANDBOX_PYTHON
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the namespace sandbox needs root")

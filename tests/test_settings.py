@@ -49,7 +49,7 @@ def test_sandbox_settings_nest_under_their_documented_names(
 ) -> None:
     """SDPO_SANDBOX (the mode) and SDPO_SANDBOX_<FIELD>, from the environment or `.env`,
     reach Settings.sandbox; code arguments win over the environment."""
-    from sdpo_core.verifiers.sandbox import SandboxError, SandboxSettings
+    from sdpo_sandbox import SandboxError, SandboxSettings
 
     for name in SandboxSettings.env_names().values():
         monkeypatch.delenv(name, raising=False)

@@ -13,7 +13,7 @@ import pytest
 
 from sdpo_core.verifiers import build_verifier
 from sdpo_core.verifiers.kinds.tests import solution_names
-from sdpo_core.verifiers.sandbox import Sandbox, SandboxSettings
+from sdpo_sandbox import Sandbox, SandboxSettings
 
 HUMANEVAL = {
     "kind": "tests",
@@ -233,13 +233,14 @@ def test_test_code_reporting_odd_calls_is_a_failing_verdict(sandbox):
 
 def test_tracebacks_show_no_harness_frames(sandbox):
     """Feedback shows the program's and the test's frames, never the harness's: its frames
-    named the host path of the checkout (`/.../sdpo_core/verifiers/_sandbox_child.py`)."""
+    named the host path of the checkout (`/.../sdpo_sandbox/_harness.py`)."""
     mbpp = make(MBPP, sandbox).verify("def add(a, b):\n    return a / 0\n")
     stdin = {"kind": "tests", "tests": [{"input": "1\n", "output": "1\n"}], "timeout_s": 3}
     crash = make(stdin, sandbox).verify("def g():\n    raise ValueError('x')\ng()\n")
     for verdict in (mbpp, crash):
         assert not verdict.passed and "Traceback (most recent call last)" in verdict.feedback
-        assert "sdpo_core" not in verdict.feedback and "sdpo_core" not in repr(verdict.details)
+        for ours in ("sdpo_sandbox", "sdpo_core", "_harness", "_forkserver"):
+            assert ours not in verdict.feedback and ours not in repr(verdict.details), ours
     assert 'File "test_0.py", line 1' in mbpp.feedback and "ZeroDivisionError" in mbpp.feedback
     assert 'File "solution.py", line 2, in g' in crash.feedback
 

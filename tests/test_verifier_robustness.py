@@ -118,7 +118,7 @@ def test_bad_specs_fail_at_build(spec, where):
 
 @pytest.fixture(scope="module")
 def sandbox():
-    from sdpo_core.verifiers.sandbox import Sandbox, SandboxSettings
+    from sdpo_sandbox import Sandbox, SandboxSettings
 
     with Sandbox(SandboxSettings(slots=2)) as sb:
         yield sb

@@ -21,7 +21,7 @@ from sdpo_core.verifiers.converters import humaneval_problem, livecodebench_prob
 from sdpo_core.verifiers.feedback import extract_code, summarize
 from sdpo_core.verifiers.kinds.answer import extract_answer, parse_number
 from sdpo_core.verifiers.kinds.tests import stdout_matches
-from sdpo_core.verifiers.sandbox import Sandbox, SandboxSettings
+from sdpo_sandbox import Sandbox, SandboxSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the namespace sandbox needs root")

@@ -22,7 +22,7 @@ from sdpo_core.verifiers.base import (
     truncate,
 )
 from sdpo_core.verifiers.feedback import traceback_tail
-from sdpo_core.verifiers.sandbox import Job, RunResult, Sandbox, get_sandbox
+from sdpo_sandbox import Job, RunResult, Sandbox, get_sandbox
 
 log = logging.getLogger(__name__)
 

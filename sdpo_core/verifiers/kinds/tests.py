@@ -7,8 +7,8 @@ Modes:
   assert      HumanEval / MBPP: the test code (then check(entry_point)) in its own process,
               calling the solution in another through values
 
-An attempt's tests run in one process as LiveCodeBench runs them (attempts.py); the values
-come back as data and are compared here.
+An attempt's tests run in one process as LiveCodeBench runs them (`sdpo_sandbox.run_tests`);
+the values come back as data and are compared here.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from sdpo_core.types import Verdict
-from sdpo_core.verifiers.attempts import run_asserts, run_tests
 from sdpo_core.verifiers.base import (
     Identifier,
     SandboxedSpec,
@@ -39,7 +38,7 @@ from sdpo_core.verifiers.feedback import (
     summarize,
     traceback_tail,
 )
-from sdpo_core.verifiers.sandbox import Job, RunResult, Sandbox, get_sandbox
+from sdpo_sandbox import Job, RunResult, Sandbox, get_sandbox, run_asserts, run_tests
 
 # ------------------------------------------------------------------------- comparisons
 

@@ -19,16 +19,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sdpo_core.verifiers.sandbox import (
+from sdpo_sandbox._protocol import (
     Job,
     RunResult,
-    SandboxError,
     Status,
     _check_reply,
-    _Slot,
     report_fields,
     report_line,
 )
+from sdpo_sandbox._settings import SandboxError
+from sdpo_sandbox._slot import _Slot
 
 Judge = Callable[[int, RunResult], bool]
 MAX_ARGS_CHARS = 1_000_000  # a call's arguments, as the test process writes them
