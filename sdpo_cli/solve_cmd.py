@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         problem = load_problem(args.problem)
         if args.seed is not None:
-            problem = problem.model_copy(update={"sdpo": {**problem.sdpo, "seed": args.seed}})
+            problem = problem.with_sdpo(seed=args.seed)
     except ProblemError as exc:
         print(f"sdpo solve: {args.problem}: {exc}", file=sys.stderr)
         return 2

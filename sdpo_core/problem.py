@@ -88,6 +88,12 @@ class ProblemSpec(BaseModel):
             self.sdpo_config()  # rules across settings hold for the overrides as a whole
         return self
 
+    def with_sdpo(self, **overrides: Any) -> ProblemSpec:
+        """A copy whose `sdpo` block also sets `overrides` (validated like a submit's)."""
+        given = self.sdpo.model_dump(exclude_unset=True)
+        merged = SDPOOverrides.model_validate({**given, **overrides})
+        return self.model_copy(update={"sdpo": merged})
+
     def sdpo_config(self, base: SDPOConfig | None = None) -> SDPOConfig:
         """`base` (the model's defaults; the generic ones if None) with this problem's
         overrides applied."""

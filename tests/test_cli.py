@@ -30,6 +30,8 @@ def test_solve_easy_example_json(tmp_path: Path, toy_model_dir: Path) -> None:
         "--json",
         "--checkpoint-dir",
         str(tmp_path / "run"),
+        "--seed",  # an override on top of the file's sdpo block
+        "3",
     )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])

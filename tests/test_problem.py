@@ -99,3 +99,12 @@ def test_stored_spec_is_parsed_not_checked_again() -> None:
     data["verifier"]["timeout_s"] = "soon"  # a wrong type is still refused
     with pytest.raises(ValidationError):
         ProblemSpec.from_stored(json.dumps(data))
+
+
+def test_with_sdpo_adds_an_override_and_keeps_the_others() -> None:
+    spec = parse_problem({**GOOD, "sdpo": {"lr": 0.5}})
+    seeded = spec.with_sdpo(seed=7)
+    assert seeded.sdpo.model_dump(exclude_unset=True) == {"lr": 0.5, "seed": 7}
+    assert spec.sdpo.model_dump(exclude_unset=True) == {"lr": 0.5}  # a copy
+    with pytest.raises(ValidationError):
+        spec.with_sdpo(seed=-1)
