@@ -100,7 +100,7 @@ _KEY_HELP = (
 )
 
 
-def _client(args: argparse.Namespace):  # -> sdpo_client.Client
+def make_client(args: argparse.Namespace):  # -> sdpo_client.Client
     from sdpo_client import Client
 
     url, key = resolve(args.server)
@@ -112,7 +112,7 @@ def _run(args: argparse.Namespace, body: Any) -> int:
     from sdpo_client import AuthenticationError, SdpoError
 
     try:
-        with _client(args) as client:
+        with make_client(args) as client:
             return int(body(client) or 0)
     except AuthenticationError as exc:
         print(f"sdpo {args.command}: {exc.message}. {_KEY_HELP}.", file=sys.stderr)

@@ -8,7 +8,15 @@ from __future__ import annotations
 import statistics
 from collections.abc import Iterable
 
-from sdpo_core.contract import TERMINAL_STATUSES, MethodSummary, SuiteProblemRow, SuiteRun
+from sdpo_core.contract import (
+    TERMINAL_STATUSES,
+    Method,
+    MethodSummary,
+    SuiteProblemRow,
+    SuiteReport,
+    SuiteRun,
+)
+from sdpo_core.problem import ProblemSpec
 
 KS = (16, 32, 64, 128, 256, 512, 1024, 2048, 3000)
 
@@ -86,3 +94,36 @@ def problem_rows(runs: list[SuiteRun]) -> list[SuiteProblemRow]:
             )
         )
     return rows
+
+
+def suite_report(runs: list[SuiteRun], **fields: object) -> SuiteReport:
+    """The report of a suite's runs as they stand; `fields` are the suite's own (id, name,
+    model, methods, seeds, problems, ...)."""
+    done = sum(r.status in TERMINAL_STATUSES or r.status == "expired" for r in runs)
+    return SuiteReport.model_validate(
+        {
+            **fields,
+            "status": "done" if done == len(runs) else "running",
+            "total": len(runs),
+            "done": done,
+            "summary": method_summaries(runs),
+            "table": problem_rows(runs),
+            "runs": runs,
+        }
+    )
+
+
+def suite_runs(
+    specs: list[ProblemSpec], methods: list[Method], seeds: int
+) -> list[tuple[ProblemSpec, dict]]:
+    """Each run's spec (the problem with its method and seed: seeds 0.. added to the
+    problem's own sdpo.seed) and its place in the suite."""
+    out = []
+    for i, spec in enumerate(specs):
+        base = spec.sdpo.seed if "seed" in spec.sdpo.model_fields_set else 0
+        for method in methods:
+            for s in range(seeds):
+                run = spec.with_sdpo(seed=base + s).model_copy(update={"method": method})
+                place = {"problem": i, "method": method, "seed": base + s}
+                out.append((run, {**place, "budget": spec.budget.max_attempts}))
+    return out

@@ -11,8 +11,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
 
-from sdpo_core.contract import METHODS, TERMINAL_STATUSES, Method, SuiteReport, SuiteRun
-from sdpo_core.discovery_stats import method_summaries, problem_rows
+from sdpo_core.contract import METHODS, Method, SuiteReport, SuiteRun
+from sdpo_core.discovery_stats import suite_report, suite_runs
 from sdpo_core.problem import ProblemSpec
 from service.api.intake import check_limits, json_body, problem_spec, queue_model, read_body
 from service.api.responses import error_responses, json_response
@@ -65,25 +65,6 @@ def parse_suite(body: bytes) -> tuple[SuiteSubmit, list[ProblemSpec]]:
         raise ApiError(422, "each method at most once", field="methods")
     specs = [problem_spec(p, f"problems.{i}.") for i, p in enumerate(submit.problems)]
     return submit, specs
-
-
-def _runs(submit: SuiteSubmit, specs: list[ProblemSpec]) -> list[tuple[dict, dict]]:
-    """Each run's spec (the problem with its method and seed) and its place in the suite."""
-    out = []
-    for i, spec in enumerate(specs):
-        base = spec.sdpo.seed if "seed" in spec.sdpo.model_fields_set else 0
-        data = spec.model_dump(mode="json")
-        for method in submit.methods:
-            for s in range(submit.seeds):
-                run = {**data, "method": method, "sdpo": {**data["sdpo"], "seed": base + s}}
-                place = {
-                    "problem": i,
-                    "method": method,
-                    "seed": base + s,
-                    "budget": spec.budget.max_attempts,
-                }
-                out.append((run, place))
-    return out
 
 
 def _check(submit: SuiteSubmit, specs: list[ProblemSpec], settings: Settings) -> None:
@@ -145,7 +126,10 @@ async def create_suite(
     submit, specs = await asyncio.to_thread(parse_suite, body)
     _check(submit, specs, settings)
     model = await queue_model(specs[0].model, store, settings)
-    runs = _runs(submit, specs)
+    runs = [
+        (r.model_dump(mode="json"), place)
+        for r, place in suite_runs(specs, submit.methods, submit.seeds)
+    ]
     body_hash = sha256(json.dumps([r for r, _ in runs], sort_keys=True))
     meta = {"name": submit.name, "methods": submit.methods, "seeds": submit.seeds}
     outcome, sid, stored_hash = await store.create_suite(
@@ -210,25 +194,20 @@ async def _report(store: Store, row: dict[str, str]) -> Suite:
                 solved_attempt=int(float(solved)) if solved else None,
             )
         )
-    done = sum(r.status in TERMINAL_STATUSES or r.status == "expired" for r in runs)
-    if done == len(runs):
-        await store.finish_suite(row["id"])
-    return Suite(
+    report = suite_report(
+        runs,
         id=row["id"],
         name=meta.get("name"),
-        status="done" if done == len(runs) else "running",
         model=row["model"],
         methods=meta["methods"],
         seeds=meta["seeds"],
         problems=meta["problems"],
-        total=len(runs),
-        done=done,
         cancel_requested=row.get("cancel_requested") == "1",
-        summary=method_summaries(runs),
-        table=problem_rows(runs),
-        runs=runs,
-        created_at=datetime.fromtimestamp(float(row["created_at"]), UTC),
     )
+    if report.status == "done":
+        await store.finish_suite(row["id"])
+    created = datetime.fromtimestamp(float(row["created_at"]), UTC)
+    return Suite(**report.model_dump(), created_at=created)
 
 
 @router.get(
