@@ -182,10 +182,9 @@ def _depth(value: Any, limit: int = MAX_DEPTH) -> int:
 
 def solution_names(test: str, entry: str | None) -> list[str]:
     """The solution's names that assert-style test code calls: `entry` (which `candidate`
-    is) when given; else every name the test calls but neither defines nor gets from
-    builtins."""
-    if entry:
-        return [entry]
+    is) when given, and every name the test calls but neither defines, imports nor gets from
+    builtins (HumanEval's tests call helpers the prompt defines, e.g. poly or encode_cyclic;
+    its harness runs prompt, completion and test as one program)."""
     tree = ast.parse(test)
     defined = {"check"} | {
         n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
@@ -198,7 +197,7 @@ def solution_names(test: str, entry: str | None) -> list[str]:
         if isinstance(n, ast.Import | ast.ImportFrom)
         for a in n.names
     }
-    out: list[str] = []
+    out: list[str] = [entry] if entry else []
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             name = node.func.id
