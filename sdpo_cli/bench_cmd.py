@@ -38,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--engine", choices=["hf", "vllm"], default="hf", help="local runs")
     p.add_argument("--model", help="local runs: base model directory (default: bundled)")
     p.add_argument("--device", help="local runs: cpu, cuda, ...")
+    p.add_argument("--verbose", action="store_true", help="show the libraries' output too")
     p.set_defaults(func=run)
 
 
@@ -71,6 +72,9 @@ def read_problems(path: str, fmt: str) -> list[Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sdpo_core.quiet import quiet_libraries
+
+    quiet_libraries(args.verbose)
     from sdpo_core.contract import METHODS
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

@@ -28,10 +28,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, help="override sdpo.seed")
     p.add_argument("--json", action="store_true", help="end stdout with one JSON result line")
+    p.add_argument("--verbose", action="store_true", help="show the libraries' output too")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from sdpo_core.quiet import quiet_libraries
+
+    quiet_libraries(args.verbose)
     from sdpo_core.problem import ProblemError, load_problem
 
     try:

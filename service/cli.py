@@ -20,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="local mode: model directory (default: the bundled toy)")
     p.add_argument("--engine", choices=["hf", "vllm"], default="hf")
     p.add_argument("--vllm-url")
+    p.add_argument("--verbose", action="store_true", help="log the libraries' output too")
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("worker", help="solve problems from the queue of one model")
@@ -34,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         help="serve /metrics from this port up (SDPO_WORKER_METRICS_PORT, default 9410; 0: off)",
     )
+    p.add_argument("--verbose", action="store_true", help="log the libraries' output too")
     p.set_defaults(func=_worker)
 
     p = sub.add_parser("keys", help="manage API keys (in the Redis at REDIS_URL)")
@@ -48,8 +50,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls.set_defaults(func=_keys_list)
 
 
-def _logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+def _logging(verbose: bool) -> None:
+    """One line per event of ours that matters (the `sdpo` loggers at INFO); the libraries'
+    output (warnings, progress bars, their INFO logs) only with --verbose."""
+    from sdpo_core.quiet import quiet_libraries
+
+    quiet_libraries(verbose)
+    level = logging.DEBUG if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("sdpo").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -57,7 +66,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from service.local import serve
 
-    _logging()
+    _logging(args.verbose)
     s = Settings.from_env()
     update: dict = {}
     if args.host:
@@ -80,7 +89,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _worker(args: argparse.Namespace) -> int:
     from service.worker import run_worker
 
-    _logging()
+    _logging(args.verbose)
     return run_worker(
         Settings.from_env(),
         model_path=args.model,

@@ -70,3 +70,17 @@ def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
     proc = sdpo("solve", "examples/toy_easy.json", "--model", str(tmp_path))
     assert proc.returncode == 2
     assert f"no Hugging Face model at {tmp_path}" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_user_sees_progress_and_the_result_only(tmp_path: Path, toy_model_dir: Path) -> None:
+    """No library warnings or progress bars (transformers' FutureWarning, "Loading weights",
+    "Writing model shards") unless --verbose asks for them."""
+    common = ["solve", "--model", str(toy_model_dir), "examples/toy_easy.json"]
+    quiet = sdpo(*common, "--checkpoint-dir", str(tmp_path / "a"))
+    assert quiet.returncode == 0, quiet.stderr
+    for noise in ("Warning", "warnings.warn", "Loading weights", "Writing", "it/s"):
+        assert noise not in quiet.stderr, quiet.stderr
+    assert "attempts" in quiet.stderr  # the progress display
+    assert quiet.stdout.startswith("solved at attempt")
+    loud = sdpo(*common, "--checkpoint-dir", str(tmp_path / "b"), "--verbose")
+    assert loud.returncode == 0 and "Loading weights" in loud.stderr
