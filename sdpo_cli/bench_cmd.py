@@ -109,14 +109,14 @@ def run(args: argparse.Namespace) -> int:
 
 def _local(args: argparse.Namespace, specs: list[Any], methods: list[str], out: Path) -> Any:
     from sdpo_cli.progress import ProgressDisplay
+    from sdpo_cli.solve_cmd import local_runtime
     from sdpo_core.contract import SuiteRun
     from sdpo_core.discovery_stats import suite_report, suite_runs
-    from sdpo_core.runtime import load_runtime
     from sdpo_core.solve import solve
 
     try:
-        runtime = load_runtime(args.model, engine=args.engine, device=args.device)
-    except (OSError, RuntimeError) as exc:
+        runtime = local_runtime(args)
+    except (OSError, RuntimeError, ValueError) as exc:
         print(f"sdpo bench: {exc}", file=sys.stderr)
         return None
     planned = suite_runs(specs, methods, args.seeds)  # type: ignore[arg-type]

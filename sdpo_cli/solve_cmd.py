@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,6 +33,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def local_runtime(args: argparse.Namespace) -> Any:
+    """The runtime of a local run (`sdpo solve`, `sdpo bench`), from the flags and the
+    settings (SDPO_CPU_THREADS, SDPO_VLLM_PYTHON, VLLM_API_KEY); says its CPU threads."""
+    from sdpo_core.runtime import load_runtime, use_cpu_threads
+    from service.settings import Settings
+
+    settings = Settings.from_env()
+    threads = use_cpu_threads(settings.cpu_threads)
+    how = "SDPO_CPU_THREADS" if settings.cpu_threads else "free cores; SDPO_CPU_THREADS sets it"
+    print(f"CPU threads: {threads} ({how})", file=sys.stderr)
+    return load_runtime(
+        args.model,
+        engine=args.engine,
+        vllm_url=getattr(args, "vllm_url", None),
+        device=args.device,
+        vllm_python=settings.vllm_python,
+        vllm_api_key=settings.vllm_api_key,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from sdpo_core.quiet import quiet_libraries
 
@@ -47,16 +68,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     from sdpo_cli.progress import ProgressDisplay
-    from sdpo_core.runtime import load_runtime
     from sdpo_core.solve import latest_adapter_dir, solve
 
     stem = Path(args.problem).stem
     ckpt = Path(args.checkpoint_dir or f"runs/{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     try:
-        runtime = load_runtime(
-            args.model, engine=args.engine, vllm_url=args.vllm_url, device=args.device
-        )
-    except (OSError, RuntimeError) as exc:  # no model there, vLLM did not start, ...
+        runtime = local_runtime(args)
+    except (OSError, RuntimeError, ValueError) as exc:  # no model, a bad setting, no vLLM ...
         print(f"sdpo solve: {exc}", file=sys.stderr)
         return 2
     try:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from pydantic import ValidationError
 
 from sdpo_core.config import SDPOConfig
@@ -96,6 +98,23 @@ class Runtime:
             self.vllm_server.stop()
 
 
+def cpu_threads(requested: int | None = None) -> int:
+    """`requested`, else the cores this process may run on less the machine's current load
+    (at least 1): on a busy CPU, torch's default of every core costs 8-10x."""
+    if requested:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
+    return max(1, (cores or 1) - busy)
+
+
+def use_cpu_threads(requested: int | None = None) -> int:
+    """Set torch's CPU threads (`cpu_threads`); returns how many, for the caller to say."""
+    n = cpu_threads(requested)
+    torch.set_num_threads(n)
+    return n
+
+
 def load_runtime(
     model_path: str | Path | None = None,
     *,
@@ -105,11 +124,13 @@ def load_runtime(
     dtype: str | None = None,
     max_lora_rank: int = 16,
     vllm_model_name: str | None = None,
+    vllm_python: str | Path | None = None,
+    vllm_api_key: str | None = None,
 ) -> Runtime:
     """Load the base model once. engine="vllm" without a URL starts a local vLLM server
-    (from .venv-vllm, or $SDPO_VLLM_PYTHON) that allows LoRA ranks up to `max_lora_rank`;
-    with a URL, `vllm_model_name` is the server's name for the base model (default: the path,
-    vLLM's own default)."""
+    (with `vllm_python`, default the checkout's .venv-vllm) that allows LoRA ranks up to
+    `max_lora_rank`; with a URL, `vllm_model_name` is the server's name for the base model
+    (default: the path, vLLM's own default). `vllm_api_key` is sent on /v1/*."""
     path = str(model_path or default_model_dir())
     if not (Path(path) / "config.json").is_file():
         raise FileNotFoundError(
@@ -129,12 +150,12 @@ def load_runtime(
 
         server = None
         if vllm_url is None:
-            server = launch_vllm_server(path, max_lora_rank=max_lora_rank)
+            server = launch_vllm_server(path, max_lora_rank=max_lora_rank, python=vllm_python)
             vllm_url, served_name = server.url, server.model_name
         else:
             served_name = vllm_model_name or path
         report = server.failure_report if server is not None else None
-        vllm = VLLMEngine(vllm_url, served_name, server_report=report)
+        vllm = VLLMEngine(vllm_url, served_name, server_report=report, api_key=vllm_api_key)
         vllm.wait_ready()
         return Runtime(path, trainer, vllm, server, defaults=defaults)
     raise ValueError(f"unknown engine {engine!r}; one of 'hf', 'vllm'")

@@ -60,11 +60,12 @@ def create_app(
         app.state.hub = EventHub(store, settings.sse_heartbeat_seconds)
         app.state.keys = keys = KeyCache(store)
         keys.start()
-        for model in settings.models:
-            try:
+        try:
+            for model in settings.models:
                 await Queue(redis, settings.key_prefix, model).ensure_group()
-            except OSError:  # Redis not up yet: workers create the group too
-                pass
+            await store.drop_obsolete()
+        except OSError:  # Redis not up yet: workers create the groups too
+            pass
         yield
         await keys.stop()
         await redis.aclose()

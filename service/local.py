@@ -275,7 +275,7 @@ def serve(
         from service.worker import model_name_for
 
         settings = settings.model_copy(update={"models": [model_name_for(model_path)]})
-    if not os.environ.get("CHECKPOINT_DIR"):
+    if not settings.checkpoint_dir_given:
         settings = settings.model_copy(update={"checkpoint_dir": data / "checkpoints"})
     private_dir(settings.checkpoint_dir)
     try:

@@ -35,6 +35,11 @@ Variable (default): meaning
     SDPO_WORKER_METRICS_HOST (127.0.0.1): where a worker serves its /metrics
     SDPO_WORKER_METRICS_PORT (9410): a worker's /metrics port, or the next free one above
         it (several workers on one host); 0: not served
+    SDPO_CPU_THREADS ((free cores)): torch CPU threads of `sdpo solve`, `bench`, `serve` and
+        `worker`; unset: the cores this process may run on less the current load, at least 1
+    SDPO_VLLM_PYTHON ((.venv-vllm)): the vLLM environment's interpreter, for a vLLM server
+        the worker starts itself (engine vllm without a URL); unset: the checkout's .venv-vllm
+    VLLM_API_KEY ((none)): the key sent to the vLLM server on /v1/* (when it requires one)
     SDPO_SANDBOX, SDPO_SANDBOX_* : the verifier sandbox (`sandbox`, the sdpo_sandbox package's
         SandboxSettings; docs/verifiers.md lists them)
 """
@@ -47,7 +52,7 @@ from pathlib import Path
 from typing import Annotated
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, PrivateAttr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from sdpo_sandbox import SandboxError, SandboxSettings
@@ -77,6 +82,8 @@ class Settings(BaseSettings):
         extra="ignore",
         populate_by_name=True,
     )
+
+    _checkpoint_dir_given: bool = PrivateAttr(False)
 
     redis_url: str | None = Field(None, validation_alias=AliasChoices("redis_url", "REDIS_URL"))
     redis_password: str | None = None
@@ -110,6 +117,11 @@ class Settings(BaseSettings):
     events_maxlen: int = 10_000
     worker_metrics_host: str = "127.0.0.1"
     worker_metrics_port: int = Field(9410, ge=0, le=65535)
+    cpu_threads: int | None = Field(None, ge=1, le=1024)
+    vllm_python: Path | None = None
+    vllm_api_key: str | None = Field(
+        None, validation_alias=AliasChoices("vllm_api_key", "VLLM_API_KEY")
+    )
     # Nested, under its own documented names (SDPO_SANDBOX=mode, SDPO_SANDBOX_<FIELD>): the
     # value the environment gives `sandbox` itself is SDPO_SANDBOX, the mode, so the model
     # is read whole from the environment (NoDecode keeps that string from being parsed).
@@ -132,8 +144,14 @@ class Settings(BaseSettings):
             return [m.strip() for m in value.split(",") if m.strip()]
         return value
 
+    @property
+    def checkpoint_dir_given(self) -> bool:
+        """CHECKPOINT_DIR was set (local mode otherwise keeps checkpoints in its data dir)."""
+        return self._checkpoint_dir_given
+
     @model_validator(mode="after")
     def _derived(self) -> Settings:
+        self._checkpoint_dir_given = self.checkpoint_dir is not None
         if self.checkpoint_dir is None:
             self.checkpoint_dir = self.data_dir / "checkpoints"
         if self.redis_password and self.redis_url:

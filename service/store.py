@@ -400,6 +400,11 @@ class Store:
         created_id, _, stored_hash = (value if outcome == "existing" else idem_value).partition(" ")
         return outcome, created_id, stored_hash
 
+    async def drop_obsolete(self) -> None:
+        """Delete keys an earlier version wrote and nothing reads (P:stats, a counters
+        hash that Prometheus metrics replaced)."""
+        await self.redis.delete(self.key("stats"))
+
     async def get_suite(self, sid: str) -> dict[str, str] | None:
         data = await self.redis.hgetall(self.suite_key(sid))
         return data or None

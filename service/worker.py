@@ -179,20 +179,30 @@ class Worker:
 
     # ------------------------------------------------------------------ main loop
     async def run(self, *, max_problems: int | None = None) -> None:
-        from sdpo_core.runtime import load_runtime
+        from sdpo_core.runtime import load_runtime, use_cpu_threads
         from sdpo_sandbox import configure_sandbox
 
         configure_sandbox(self.settings.sandbox)
         self.metrics_port = self.metrics.serve(
             self.settings.worker_metrics_host, self._metrics_port
         )
-        log.info("worker %s: loading %s (%s engine)", self.name, self.model_path, self.engine)
+        threads = use_cpu_threads(self.settings.cpu_threads)
+        log.info(
+            "worker %s: loading %s (%s engine, %d CPU threads%s)",
+            self.name,
+            self.model_path,
+            self.engine,
+            threads,
+            "" if self.settings.cpu_threads else " from the free cores; SDPO_CPU_THREADS sets it",
+        )
         self.runtime = await asyncio.to_thread(
             load_runtime,
             self.model_path,
             engine=self.engine,
             vllm_url=self.vllm_url,
             device=self.device,
+            vllm_python=self.settings.vllm_python,
+            vllm_api_key=self.settings.vllm_api_key,
         )
         redis = connect(self.redis_url)
         self.store = Store(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +16,17 @@ SDPO = [sys.executable, "-m", "sdpo_cli.main"]
 GOOD = {"prompt": "q", "verifier": {"kind": "table", "cases": {"a": "1"}}}
 
 
-def sdpo(*args: str, cwd: Path = REPO, timeout: float = 600) -> subprocess.CompletedProcess:
+def sdpo(
+    *args: str, cwd: Path = REPO, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [*SDPO, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+        [*SDPO, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, **env} if env else None,
     )
 
 
@@ -81,6 +90,11 @@ def test_the_user_sees_progress_and_the_result_only(tmp_path: Path, toy_model_di
     for noise in ("Warning", "warnings.warn", "Loading weights", "Writing", "it/s"):
         assert noise not in quiet.stderr, quiet.stderr
     assert "attempts" in quiet.stderr  # the progress display
+    assert "CPU threads: " in quiet.stderr and "free cores" in quiet.stderr
     assert quiet.stdout.startswith("solved at attempt")
-    loud = sdpo(*common, "--checkpoint-dir", str(tmp_path / "b"), "--verbose")
+    loud = sdpo(
+        *common, "--checkpoint-dir", str(tmp_path / "b"), "--verbose",
+        env={"SDPO_CPU_THREADS": "1"},
+    )  # fmt: skip
     assert loud.returncode == 0 and "Loading weights" in loud.stderr
+    assert "CPU threads: 1 (SDPO_CPU_THREADS)" in loud.stderr

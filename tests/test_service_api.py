@@ -297,3 +297,23 @@ def test_openapi_types_the_verifier_and_sdpo_fields(api_server: Service) -> None
             assert sub["additionalProperties"] is False
     assert kinds == {"table", "tests", "answer", "python"}
     assert "lr" in spec["properties"]["sdpo"]["properties"]
+
+
+def test_an_obsolete_stats_hash_is_removed_on_start(tmp_path) -> None:
+    """An earlier version kept counters in P:stats (Prometheus metrics replaced them)."""
+    import redis as redis_sync
+    from service_fixtures import SHARED_REDIS_URL, drop_prefix, new_prefix
+
+    prefix = new_prefix()
+    client = redis_sync.Redis.from_url(SHARED_REDIS_URL)
+    client.hset(f"{prefix}:stats", "created", 3)
+    env = service_env(
+        SHARED_REDIS_URL, prefix, tmp_path / "ckpt", SDPO_READY_REQUIRES_WORKERS="false"
+    )
+    api, _ = start_api(env, tmp_path / "api.log")
+    try:
+        assert not client.exists(f"{prefix}:stats")
+    finally:
+        api.stop()
+        drop_prefix(SHARED_REDIS_URL, prefix)
+        client.close()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 import pytest
 
 from service.settings import Settings
+from tests.conftest import REPO
 
 
 def test_environment_and_dotenv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -108,3 +110,40 @@ def test_store_defaults_are_the_settings_defaults() -> None:
     params = inspect.signature(Store).parameters
     assert params["retention_s"].default == Settings.model_fields["retention_seconds"].default
     assert params["events_maxlen"].default == Settings.model_fields["events_maxlen"].default
+
+
+def test_engine_and_thread_settings_are_declared(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read once, here: no engine or entry point reads these from os.environ itself."""
+    monkeypatch.setenv("SDPO_CPU_THREADS", "3")
+    monkeypatch.setenv("SDPO_VLLM_PYTHON", "/opt/vllm/bin/python")
+    monkeypatch.setenv("VLLM_API_KEY", "secret")
+    s = Settings.from_env()
+    assert (s.cpu_threads, str(s.vllm_python), s.vllm_api_key) == (
+        3,
+        "/opt/vllm/bin/python",
+        "secret",
+    )
+    monkeypatch.setenv("SDPO_CPU_THREADS", "0")
+    with pytest.raises(ValueError, match="cpu_threads"):
+        Settings.from_env()
+    for package in ("sdpo_core", "service", "sdpo_cli"):
+        for path in (REPO / package).rglob("*.py"):
+            text = path.read_text()
+            for name in ("SDPO_VLLM_PYTHON", "VLLM_API_KEY", "CHECKPOINT_DIR", "SDPO_CPU_THREADS"):
+                assert f'environ.get("{name}")' not in text, (path, name)
+
+
+def test_cpu_threads_default_to_the_free_cores() -> None:
+    from sdpo_core.runtime import cpu_threads
+
+    assert cpu_threads(5) == 5
+    cores = len(os.sched_getaffinity(0))
+    assert 1 <= cpu_threads() <= cores
+
+
+def test_checkpoint_dir_given_or_derived(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CHECKPOINT_DIR", raising=False)
+    assert not Settings.from_env().checkpoint_dir_given
+    monkeypatch.setenv("CHECKPOINT_DIR", "/c")
+    s = Settings.from_env()
+    assert s.checkpoint_dir_given and s.model_copy(update={"port": 1}).checkpoint_dir_given

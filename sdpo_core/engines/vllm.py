@@ -102,7 +102,6 @@ class VLLMEngine:
         self.adapter_version = 0
         self.adapter_name: str | None = None  # the adapter requests use; None = base model
         self._max_model_len: int | None = None
-        api_key = api_key or os.environ.get("VLLM_API_KEY")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(base_url=base_url, timeout=timeout, headers=headers)
 

@@ -40,12 +40,13 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def resolve_vllm_python(python: str | os.PathLike[str] | None = None) -> Path:
-    """The vLLM environment's interpreter: `python`, else $SDPO_VLLM_PYTHON, else .venv-vllm.
+    """The vLLM environment's interpreter: `python` (the service's SDPO_VLLM_PYTHON), else
+    .venv-vllm.
 
     A relative path is taken relative to the repository root. Raises VLLMServerError with the
     fix when the interpreter does not exist.
     """
-    raw = python or os.environ.get("SDPO_VLLM_PYTHON") or DEFAULT_VLLM_PYTHON
+    raw = python or DEFAULT_VLLM_PYTHON
     path = Path(raw)
     if not path.is_absolute():
         path = REPO_ROOT / path
