@@ -211,6 +211,16 @@ def test_charts_grow_live_and_cancel(tabs: Any, sdpo_service: Service) -> None:
         assert page.locator("#download").is_enabled()  # an adapter exists after a step
         assert page.locator("#feedback").inner_text() not in {"", "–"}
         assert page.locator("#live").inner_text() == "● live"
+        # the per-step charts join steps with straight segments (no smoothing overshoot)
+        drawn = page.evaluate(
+            """() => ["loss", "kl", "grad"].map((name) => {
+                 const chart = window.sdpoDashboard.charts[name];
+                 const meta = chart.getDatasetMeta(0);
+                 return [meta.dataset.options.tension, meta.dataset.options.cubicInterpolationMode];
+               })"""
+        )
+        assert all(tension == 0 and mode != "monotone" for tension, mode in drawn), drawn
+        assert page.locator("#s-method").inner_text() == "sdpo"
 
         page.click("#cancel")
         page.locator("#status.cancelled").wait_for(timeout=120_000)

@@ -300,7 +300,7 @@
             backgroundColor: color,
             pointRadius: 2.5,
             borderWidth: 2,
-            cubicInterpolationMode: "monotone",
+            tension: 0, // straight segments: a curve between steps shows values no step had
           },
         ],
       },
