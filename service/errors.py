@@ -68,6 +68,9 @@ def error_response(
 
 def _loc_to_field(loc: tuple) -> str | None:
     parts = [str(p) for p in loc]
+    if len(parts) > 1 and parts[0] == "header" and parts[1].islower():
+        # a header as HTTP spells it (idempotency-key -> Idempotency-Key), as our own errors do
+        parts[1] = "-".join(w.capitalize() for w in parts[1].split("-"))
     if parts and parts[0] in {"body", "query", "path", "header", "cookie"}:
         parts = parts[1:]
     return ".".join(parts) or None

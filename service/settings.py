@@ -84,6 +84,7 @@ class Settings(BaseSettings):
     )
 
     _checkpoint_dir_given: bool = PrivateAttr(False)
+    _models_given: bool = PrivateAttr(False)
 
     redis_url: str | None = Field(None, validation_alias=AliasChoices("redis_url", "REDIS_URL"))
     redis_password: str | None = None
@@ -145,6 +146,11 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def models_given(self) -> bool:
+        """SDPO_MODELS was set (local mode otherwise accepts its own worker's model)."""
+        return self._models_given
+
+    @property
     def checkpoint_dir_given(self) -> bool:
         """CHECKPOINT_DIR was set (local mode otherwise keeps checkpoints in its data dir)."""
         return self._checkpoint_dir_given
@@ -152,6 +158,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _derived(self) -> Settings:
         self._checkpoint_dir_given = self.checkpoint_dir is not None
+        self._models_given = bool(self.models)
         if self.checkpoint_dir is None:
             self.checkpoint_dir = self.data_dir / "checkpoints"
         if self.redis_password and self.redis_url:

@@ -391,3 +391,13 @@ def test_api_image_has_no_torch() -> None:
         "import service.app, service.cli, sdpo_cli.main\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_what_installs_what_is_as_docs_say() -> None:
+    """docs/sdk.md: the SDK package installs no command; the service package installs `sdpo`."""
+    sdk = tomllib.loads((ROOT / "clients" / "python" / "pyproject.toml").read_text())["project"]
+    root = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "scripts" not in sdk and root["scripts"] == {"sdpo": "sdpo_cli.main:main"}
+    doc = (ROOT / "docs" / "sdk.md").read_text()
+    assert "`pip install ./clients/python`: the SDK alone (`import sdpo_client`); no command" in doc
+    assert "the command is `.venv/bin/sdpo`" in doc

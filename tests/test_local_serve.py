@@ -96,6 +96,13 @@ def test_kill_9_then_restart_keeps_data_and_one_redis(tmp_path: Path) -> None:
         pid = httpx.post(f"{base}/v1/problems", headers=h, json={
             "prompt": "a=?", "verifier": {"kind": "table", "cases": {"a": "1"}},
             "budget": {"max_attempts": 4}}).json()["id"]  # fmt: skip
+        # local mode accepts its worker's model; the error names no setting the user never set
+        r = httpx.post(f"{base}/v1/problems", headers=h, json={
+            "prompt": "a=?", "verifier": {"kind": "table", "cases": {"a": "1"}},
+            "model": "qwen3-8b"})  # fmt: skip
+        err = r.json()["error"]
+        assert r.status_code == 422 and err["field"] == "model", err
+        assert "SDPO_MODELS" not in err["message"] and "['toy']" in err["message"], err
 
         # a second server on the same data directory is refused
         second = subprocess.run(

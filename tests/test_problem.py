@@ -108,3 +108,26 @@ def test_with_sdpo_adds_an_override_and_keeps_the_others() -> None:
     assert spec.sdpo.model_dump(exclude_unset=True) == {"lr": 0.5}  # a copy
     with pytest.raises(ValidationError):
         spec.with_sdpo(seed=-1)
+
+
+def test_doc_budget_ranges_are_the_specs_and_the_servers() -> None:
+    """problem-format.md states the spec's budget ranges and the server's default limits, and
+    both are what the code has."""
+    from sdpo_core.problem import Budget
+    from service.settings import Settings
+
+    def le(name: str) -> float:
+        return next(m.le for m in Budget.model_fields[name].metadata if hasattr(m, "le"))
+
+    attempts = re.search(
+        r"`budget.max_attempts` \| int, 1 \.\. ([\d,]+) .*?default ([\d,]+)\)", DOC
+    )
+    seconds = re.search(
+        r"`budget.max_seconds` \| number, > 0, <= ([\d,]+) .*?default ([\d,]+)\)", DOC
+    )
+    assert attempts and seconds
+    number = lambda text: float(text.replace(",", ""))  # noqa: E731
+    assert number(attempts[1]) == le("max_attempts")
+    assert number(seconds[1]) == le("max_seconds")
+    assert number(attempts[2]) == Settings.model_fields["max_budget_attempts"].default
+    assert number(seconds[2]) == Settings.model_fields["max_budget_seconds"].default

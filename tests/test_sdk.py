@@ -11,7 +11,9 @@ from __future__ import annotations
 import ast
 import asyncio
 import base64
+import contextlib
 import inspect
+import io
 import itertools
 import json
 import pickle
@@ -495,6 +497,16 @@ def test_docs_sdk_examples(sdpo_service: Service, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("SDPO_SERVER", sdpo_service.base_url)
     monkeypatch.setenv("SDPO_API_KEY", sdpo_service.new_key(f"docs-{uuid.uuid4().hex[:6]}"))
     scope: dict = {"__name__": "docs_sdk"}
+    shown = 0
     for block in blocks:
-        exec(compile(block, str(ROOT / "docs" / "sdk.md"), "exec"), scope)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            exec(compile(block, str(ROOT / "docs" / "sdk.md"), "exec"), scope)
+        printed = out.getvalue()
+        # what the docs say a line prints: the parts around each … appear in order
+        for claim in re.findall(r"# prints: (.*?)(?: \(.*\))?$", block, re.M):
+            pattern = ".*?".join(re.escape(part.strip()) for part in claim.split("…"))
+            assert re.search(pattern, printed), f"docs/sdk.md claims {claim!r}; printed {printed!r}"
+            shown += 1
+    assert shown >= 3
     scope["client"].close()

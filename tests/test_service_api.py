@@ -167,7 +167,12 @@ def test_idempotency_key(api_server: Service) -> None:
         assert a.json()["id"] == b.json()["id"] and b.headers["idempotent-replayed"] == "true"
         assert len(c.get("/v1/problems").json()["data"]) == 1
         other = {**PROBLEM, "prompt": "different"}
-        assert_error(c.post("/v1/problems", json=other, headers=h), 409, "idempotency_conflict")
+        r = c.post("/v1/problems", json=other, headers=h)
+        assert_error(r, 409, "idempotency_conflict", field="Idempotency-Key")
+        long_key = {"Idempotency-Key": "k" * 300}  # one spelling of the field, whatever failed
+        assert_error(
+            c.post("/v1/problems", json=PROBLEM, headers=long_key), 422, field="Idempotency-Key"
+        )
 
 
 def test_cursor_pagination_and_status_filter(api_server: Service) -> None:

@@ -108,7 +108,8 @@ async def queue_model(asked: str | None, store: Store, settings: Settings) -> st
     """The model a submit is queued for: SDPO_MODELS when set (the first is the default),
     else the models live workers serve (heartbeats of the last SDPO_MODELS_SEEN_SECONDS)."""
     if settings.models:
-        accepted, where = settings.models, "SDPO_MODELS accepts"
+        where = "SDPO_MODELS accepts" if settings.models_given else "this server accepts"
+        accepted = settings.models
     else:
         accepted = await store.served_models(settings.models_seen_seconds)
         where = "workers serve"
