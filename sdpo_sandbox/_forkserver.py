@@ -456,8 +456,8 @@ def _supervise(req: dict, cfg: dict, fds: list[int]) -> dict:
             os.close(fd)
         fds.clear()  # the limit is below what is already in use: as if killed at it
         os.close(kill_fd)
-        return {"exit": None, "signal": None, "timed_out": False, "oom": True, "wall_s": 0.0,
-                "cpu_s": 0.0, "maxrss_kb": 0}  # fmt: skip
+        return {"exit": None, "signal": None, "timed_out": False, "oom": True, "oom_kills": 0,
+                "cgroup": True, "wall_s": 0.0, "cpu_s": 0.0, "maxrss_kb": 0}  # fmt: skip
     oom_before = _oom_kills()
     if not cfg["namespaces"]:
         workdir = tempfile.mkdtemp(prefix="sdpo-sandbox-")
@@ -516,7 +516,9 @@ def _supervise(req: dict, cfg: dict, fds: list[int]) -> dict:
         "exit": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
         "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
         "timed_out": timed_out,
-        "oom": _oom_kills() > oom_before,
+        "oom": (oom_kills := max(0, _oom_kills() - oom_before)) > 0,
+        "oom_kills": oom_kills,  # processes of the run the kernel killed at its memory limit
+        "cgroup": WORLD.memory_fd is not None,  # whether a memory cgroup held the run
         "wall_s": round(wall, 6),
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 6),
         "maxrss_kb": usage.ru_maxrss,

@@ -26,6 +26,7 @@ from sdpo_sandbox._protocol import (
     _check_reply,
     report_fields,
     report_line,
+    with_memory_kills,
 )
 from sdpo_sandbox._settings import SandboxError
 from sdpo_sandbox._slot import _Slot
@@ -339,23 +340,30 @@ def run_tests(
     gets ({"input": stdin text} or {"args": [...]})."""
     run = talk(slot, job)
     try:
-        results = _start(run, len(messages), job.timeout_s)
-        if results is not None:
-            return results
-        results = []
-        for k, message in enumerate(messages):
-            run.take()
-            begin = time.monotonic()
-            run.send({"test": k, **message})
-            event = run.wait(lambda e, k=k: e.get("test") == k, begin + job.timeout_s)
-            wall = time.monotonic() - begin
-            status = _stopped(run) if event is None else _status(event, run)
-            results.append(run.result(status, event or {}, wall))
-            if status != "ok" or not judge(k, results[-1]):
-                break
-        return results + _skipped(run, len(messages) - len(results))
+        results = _run_tests(run, job, messages, judge)
     finally:
-        run.close()
+        reply = run.close()
+    return with_memory_kills(results, reply)
+
+
+def _run_tests(
+    run: LiveRun, job: Job, messages: list[dict[str, Any]], judge: Judge
+) -> list[RunResult]:
+    results = _start(run, len(messages), job.timeout_s)
+    if results is not None:
+        return results
+    results = []
+    for k, message in enumerate(messages):
+        run.take()
+        begin = time.monotonic()
+        run.send({"test": k, **message})
+        event = run.wait(lambda e, k=k: e.get("test") == k, begin + job.timeout_s)
+        wall = time.monotonic() - begin
+        status = _stopped(run) if event is None else _status(event, run)
+        results.append(run.result(status, event or {}, wall))
+        if status != "ok" or not judge(k, results[-1]):
+            break
+    return results + _skipped(run, len(messages) - len(results))
 
 
 def _clean_reply(reply: Any) -> list[Any]:
@@ -381,15 +389,17 @@ def run_asserts(slots: list[_Slot], solution: Job, tests: Job, judge: Judge) -> 
     slots = sorted(slots, key=lambda s: s.holds_secrets)  # the test process where one was
     sol = talk(slots[0], solution)
     chk: LiveRun | None = None
+    results: list[RunResult] = []
     try:
         failed = _start(sol, n, solution.timeout_s)
         if failed is not None:
-            return failed
+            results = failed
+            return results
         chk = talk(slots[1], tests)
         failed = _start(chk, n, tests.timeout_s)
         if failed is not None:
-            return failed
-        results: list[RunResult] = []
+            results = failed
+            return results
         for k in range(n):
             chk.take()
             sol.take()
@@ -401,13 +411,16 @@ def run_asserts(slots: list[_Slot], solution: Job, tests: Job, judge: Judge) -> 
             results.append(result)
             if result.status != "ok" or not judge(k, result):
                 break
-        return results + _skipped(chk, n - len(results))
+        results += _skipped(chk, n - len(results))
+        return results
     finally:
+        replies = []
         for run in (chk, sol):
             if run is not None:
                 if run.reply is None and run.over:
                     run.kill()
-                run.close()
+                replies.append(run.close())
+        with_memory_kills(results, *replies)
 
 
 def _assert_test(sol: LiveRun, chk: LiveRun, k: int, deadline: float) -> RunResult:

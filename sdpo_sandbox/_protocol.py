@@ -59,6 +59,22 @@ class RunResult:
     cpu_s: float = 0.0
     result: dict[str, Any] = field(default_factory=dict)  # what the harness reported
     mode: Mode = "namespaces"
+    # processes of the run the kernel killed at its memory limit (the run may have gone on:
+    # a forked child killed, the parent still answering), and whether a memory cgroup held
+    # the run at all (None: not known, e.g. a run that never started)
+    oom_kills: int = 0
+    memory_cgroup: bool | None = None
+
+
+def with_memory_kills(results: list[RunResult], *replies: dict[str, Any] | None) -> list[RunResult]:
+    """`results` of runs that ended with the server's `replies`, marked with their memory
+    kills (an interactive run's tests are judged while it runs; its count comes at the end)."""
+    kills = sum(int(r.get("oom_kills") or 0) for r in replies if r)
+    known = [bool(r["cgroup"]) for r in replies if r and "cgroup" in r]
+    for result in results:
+        result.oom_kills = kills
+        result.memory_cgroup = any(known) if known else None
+    return results
 
 
 # What the harness may report, and the type of each field. Anything else is ignored.
@@ -187,4 +203,6 @@ def _classify(
         cpu_s=float(reply.get("cpu_s", 0.0)),
         result=reported,
         mode=mode,
+        oom_kills=int(reply.get("oom_kills") or 0),
+        memory_cgroup=reply.get("cgroup"),
     )

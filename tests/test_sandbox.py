@@ -518,6 +518,37 @@ def test_memory_limit_covers_all_processes_of_a_run(sandbox):
     assert "wrote" not in r.stdout
 
 
+FORKS_150MB = """
+import os, time
+for _ in range(5):  # 5 x 150 MB touched by forked children: the cgroup (256 MB) kills some
+    if os.fork() == 0:
+        block = bytearray(b"x") * (150 << 20)
+        time.sleep(1)
+        os._exit(0)
+for _ in range(5):
+    os.wait()
+print(0)
+"""
+
+
+def test_memory_kills_are_reported_even_when_the_run_goes_on(sandbox):
+    """The parent survives its children's deaths and answers: the verdict says the memory
+    limit killed part of the program (details and a feedback line), not a bare Wrong Answer."""
+    _cgroup_or_skip(sandbox)
+    spec = {"kind": "tests", "tests": [{"input": "", "output": "4"}], "memory_mb": 256}
+    v = parse_verifier({**spec, "timeout_s": 20}).build(sandbox=sandbox)
+    verdict = v.verify(f"```python\n{FORKS_150MB}\n```")
+    assert not verdict.passed and verdict.details["memory_cgroup"] is True, verdict
+    kills = verdict.details["memory_kills"]
+    assert kills >= 1, verdict.details
+    first, _, rest = verdict.feedback.partition("\n\n")
+    assert first.endswith("of your program " + ("was" if kills == 1 else "were")
+                          + " killed at the memory limit (256 MB)."), verdict.feedback  # fmt: skip
+    assert rest.startswith("Wrong Answer"), verdict.feedback
+    quiet = v.verify("```python\nprint(0)\n```")  # nothing killed: no such line
+    assert quiet.details["memory_kills"] == 0 and "memory limit" not in quiet.feedback
+
+
 def test_sandbox_python_has_livecodebench_imports(sandbox):
     if not PROJECT_SANDBOX_PYTHON.exists() and "SDPO_SANDBOX_PYTHON" not in os.environ:
         pytest.fail("the sandbox's python environment is not built: run `make setup`")
@@ -539,6 +570,10 @@ def test_without_cgroup_memory_is_limited_per_process():
         assert r.status == "memory", r
         r, _ = run(sb, "import numpy\nprint(numpy.zeros(10**6).sum())", memory_mb=256)
         assert r.status in ("ok", "error") and "MemoryError" not in r.stderr, r
+        # verdicts say no cgroup held the run (only per-process limits)
+        spec = {"kind": "tests", "tests": [{"input": "", "output": "1"}]}
+        verdict = parse_verifier(spec).build(sandbox=sb).verify("print(1)")
+        assert verdict.passed and verdict.details["memory_cgroup"] is False, verdict
 
 
 def test_sandbox_python_under_tmp(tmp_path):

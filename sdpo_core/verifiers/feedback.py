@@ -112,3 +112,13 @@ def summarize(tests: list[dict[str, Any]], max_chars: int) -> str:
     else:
         text = block(failed[0], field_chars)
     return truncate(text, max_chars)
+
+
+def memory_note(kills: int, memory_mb: int) -> str:
+    """The line that tells a program (and its self-teacher) the memory limit killed part of
+    it, though the run went on: e.g. a forked child or a multiprocessing worker."""
+    if kills <= 0:
+        return ""
+    who = "A process" if kills == 1 else f"{kills} processes"
+    verb = "was" if kills == 1 else "were"
+    return f"{who} of your program {verb} killed at the memory limit ({memory_mb} MB)."

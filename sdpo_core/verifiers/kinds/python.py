@@ -85,7 +85,12 @@ class PythonVerifier(VerifierBase):
         return [self._verdict(run) for run in self.sandbox.run_many(jobs)]
 
     def _verdict(self, run: RunResult) -> Verdict:
-        details: dict[str, Any] = {"sandbox": run.mode, "time_s": round(run.wall_s, 4)}
+        details: dict[str, Any] = {
+            "sandbox": run.mode,
+            "time_s": round(run.wall_s, 4),
+            "memory_kills": run.oom_kills,  # processes of verify() killed at the memory limit
+            "memory_cgroup": run.memory_cgroup,
+        }
         value = run.result.get("value") if run.status == "ok" else None
         if isinstance(value, bool):
             passed, feedback = value, ""

@@ -33,6 +33,7 @@ from sdpo_core.verifiers.base import (
 from sdpo_core.verifiers.feedback import (
     extract_code,
     extract_code_livecodebench,
+    memory_note,
     program_stderr,
     signal_name,
     summarize,
@@ -512,16 +513,25 @@ class TestsVerifier(VerifierBase):
                 if o["status"] == "skipped":
                     o.update(status="compile_error", error=compile_errors[0]["error"])
         passed = sum(o["status"] == "passed" for o in outcomes)
-        feedback = summarize(compile_errors[:1] or outcomes, self.max_feedback_chars)
+        # one run's count on every test of it (isolation "attempt"), or each test's own run's
+        counts = [r.oom_kills for r in runs]
+        kills = (max(counts) if self.isolation == "attempt" else sum(counts)) if counts else 0
+        note = memory_note(kills, self.memory_mb) if passed < len(outcomes) else ""
+        room = self.max_feedback_chars - (len(note) + 2 if note else 0)
+        feedback = summarize(compile_errors[:1] or outcomes, room)
+        cgroups = {r.memory_cgroup for r in runs if r.memory_cgroup is not None}
         return Verdict(
             passed=passed == len(outcomes),
             score=passed / len(outcomes),
-            feedback=feedback,
+            feedback=f"{note}\n\n{feedback}" if note else feedback,
             details={
                 "tests": [_compact(o) for o in outcomes],
                 "passed": passed,
                 "total": len(outcomes),
                 "sandbox": runs[0].mode if runs else self.sandbox.mode,
+                "memory_kills": kills,  # processes killed at the memory limit
+                # whether a cgroup held the whole run to memory_mb (else per-process rlimits)
+                "memory_cgroup": cgroups == {True} if cgroups else None,
             },
         )
 
