@@ -6,16 +6,18 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 
-# Teacher-context templates of the public SDPO code (docs/design.md).
+# Teacher-context templates as the authors' run renders them: the YAML block scalars (`|-`,
+# no trailing newline) of verl/trainer/config/actor/actor.yaml in lasgroup/SDPO. TRL's
+# dataclass defaults differ (trailing "\n\n" on solution and feedback, "\n" on the reprompt).
 REPROMPT_TEMPLATE = "{prompt}{solution}{feedback}\n\nCorrectly solve the original question."
-SOLUTION_TEMPLATE = "\nCorrect solution:\n\n{successful_previous_attempt}\n\n"
+SOLUTION_TEMPLATE = "\nCorrect solution:\n\n{successful_previous_attempt}"
+FEEDBACK_TEMPLATE = (
+    "\nThe following is feedback from your unsuccessful earlier attempt:\n\n{feedback_raw}"
+)
 # Output heads and token embeddings of the families users run: LoRA there is not what the
 # trainer trains (its loss applies the frozen head to the decoder's hidden states) nor what
 # vLLM serves, so target_modules may not name them.
 EMBEDDING_MODULES = ("lm_head", "embed_tokens", "embed_out", "wte", "word_embeddings")
-FEEDBACK_TEMPLATE = (
-    "\nThe following is feedback from your unsuccessful earlier attempt:\n\n{feedback_raw}\n\n"
-)
 
 
 def _no_embedding_modules(value: list[str] | str) -> list[str] | str:

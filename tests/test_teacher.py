@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import yaml
+
 from sdpo_core.config import SDPOConfig
 from sdpo_core.teacher import build_teacher_contexts, render_reprompt
 from sdpo_core.types import Verdict
@@ -16,12 +18,38 @@ def fail(feedback: str) -> Verdict:
 PASS = Verdict(passed=True, score=1.0, feedback="")
 
 
-def test_templates_match_the_public_code_exactly() -> None:
+# The three templates exactly as they stand in the authors' run config
+# (lasgroup/SDPO, verl/trainer/config/actor/actor.yaml, self_distillation: block scalars "|-").
+AUTHORS_YAML = """\
+reprompt_template: |-
+  {prompt}{solution}{feedback}
+
+  Correctly solve the original question.
+
+solution_template: |-
+
+  Correct solution:
+
+  {successful_previous_attempt}
+
+feedback_template: |-
+
+  The following is feedback from your unsuccessful earlier attempt:
+
+  {feedback_raw}
+"""
+
+
+def test_templates_are_the_authors_yaml_as_rendered() -> None:
+    authors = yaml.safe_load(AUTHORS_YAML)
+    assert CFG.reprompt_template == authors["reprompt_template"]
+    assert CFG.solution_template == authors["solution_template"]
+    assert CFG.feedback_template == authors["feedback_template"]
     msg = render_reprompt("Q?", CFG, solution="S", feedbacks=["F"])
     assert msg == (
         "Q?"
-        "\nCorrect solution:\n\nS\n\n"
-        "\nThe following is feedback from your unsuccessful earlier attempt:\n\nF\n\n"
+        "\nCorrect solution:\n\nS"
+        "\nThe following is feedback from your unsuccessful earlier attempt:\n\nF"
         "\n\nCorrectly solve the original question."
     )
     assert render_reprompt("Q?", CFG) == "Q?\n\nCorrectly solve the original question."
