@@ -44,7 +44,7 @@ def both(seed=0, softcap=None, trust_region=False, rows=3, **kw):
     """(loss, metrics, grad, token log-probs) of the chunked and the unchunked path."""
     head, s, t, r, ids, mask = make(seed, softcap)
     ref = (r, 0.3) if trust_region else None
-    loss, m, lp = sdpo_loss_chunked(s, t, head, ids, mask, teacher_ref=ref, rows=rows, **kw)
+    loss, m, lp, _ = sdpo_loss_chunked(s, t, head, ids, mask, teacher_ref=ref, rows=rows, **kw)
     (g,) = torch.autograd.grad(loss * 0.7, s)
     t_logits = head(t) if ref is None else torch.lerp(head(r), head(t), 0.3)
     s_logits = head(s)
@@ -90,7 +90,7 @@ def test_chunk_size_does_not_matter(rows):
 
 def test_no_tokens_gives_zero_with_a_graph():
     head, s, t, _, ids, _ = make(3)
-    loss, m, lp = sdpo_loss_chunked(s, t, head, ids, torch.zeros(B, T, dtype=torch.bool))
+    loss, m, lp, _ = sdpo_loss_chunked(s, t, head, ids, torch.zeros(B, T, dtype=torch.bool))
     (g,) = torch.autograd.grad(loss, s)
     assert loss.item() == 0.0 and (g == 0).all() and (lp == 0).all()
     assert m["num_tokens"] == 0.0 and all(math.isfinite(v) for v in m.values())
