@@ -50,6 +50,7 @@ from sdpo_core.trainer import (
 )
 from sdpo_core.types import Completion, SamplingParams, SolveEvent, SolveResult, Verdict
 from sdpo_core.verifiers import Verifier
+from sdpo_core.verifiers.base import truncated_attempt
 
 EventCallback = Callable[[SolveEvent], None]
 
@@ -304,6 +305,10 @@ def _rollout(
         completions = engine.generate_many(rows, sampling)
     t1 = time.perf_counter()
     verdicts = verifier.verify_batch([strip_thinking(c.text) for c in completions])
+    verdicts = [  # cut at max_new_tokens with no answer yet: the teacher is told so
+        truncated_attempt(v) if c.finish_reason == "length" else v
+        for c, v in zip(completions, verdicts, strict=True)
+    ]
     t2 = time.perf_counter()
     return Pending(state.steps, state.attempts + 1, completions, verdicts, t1 - t0, t2 - t1)
 

@@ -157,3 +157,16 @@ def test_a_run_whose_every_step_was_skipped_fails_and_says_why(runtime) -> None:
     assert result.status == "failed" and "non-finite gradient norm" in result.error
     assert "every SDPO step (2)" in result.error
     assert events[-1].kind == "failed" and events[-1].error == result.error
+
+
+def test_an_attempt_cut_at_max_new_tokens_without_an_answer_is_told_so(runtime) -> None:
+    from sdpo_core.verifiers.base import TRUNCATED_ATTEMPT
+
+    data = make_problem(9001, 6, max_attempts=4)
+    data["verifier"] = {"kind": "answer", "expected": "42"}
+    data["sdpo"].update(FAST, samples_per_step=4, max_new_tokens=2)
+    _, events = run(parse_problem(data), runtime)
+    verdicts = [e.verdict for e in events if isinstance(e, AttemptPayload)]
+    assert len(verdicts) == 4
+    cut = [v for v in verdicts if v.details.get("truncated")]
+    assert cut and all(v.feedback == TRUNCATED_ATTEMPT for v in cut)
