@@ -208,7 +208,10 @@ def test_charts_grow_live_and_cancel(tabs: Any, sdpo_service: Service) -> None:
         assert len(seen) >= 3 and attempts == sorted(attempts) and attempts[-1] > attempts[0], seen
         last = seen[-1]
         assert last["kl"] == last["loss"] and last["grad"] >= last["loss"] - 1
-        assert page.locator("#download").is_enabled()  # an adapter exists after a step
+        # an adapter exists after a step (the page renders it on its next tick, within 1 s)
+        page.wait_for_function(
+            "() => !document.getElementById('download').disabled", timeout=10_000
+        )
         assert page.locator("#feedback").inner_text() not in {"", "–"}
         assert page.locator("#live").inner_text() == "● live"
         # the per-step charts join steps with straight segments (no smoothing overshoot)
