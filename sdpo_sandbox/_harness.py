@@ -405,9 +405,10 @@ def run(req: dict) -> None:
         elif harness == "verify":
             exec(compiled, g)
             value = g["verify"](req["data"])
-            if isinstance(value, tuple | list) and len(value) == 2:
-                passed, feedback = value
-                value = [passed, feedback if isinstance(feedback, str) else repr(feedback)]
+            if isinstance(value, tuple | list) and len(value) in (2, 3):
+                passed, feedback, *score = value
+                text = feedback if isinstance(feedback, str) else repr(feedback)
+                value = [passed, text, *(s if type(s) in (int, float) else repr(s) for s in score)]
             elif not isinstance(value, bool):
                 value = repr(value)[:1000]
             chan.report({"value": value})

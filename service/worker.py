@@ -451,7 +451,6 @@ class Worker:
                 "solved_attempt": event.attempt_index,
                 "attempts": event.attempts,
                 "steps": event.steps,
-                "best_score": 1.0,
             }
             return await self._finish(pid, owner, "solved", fields, data)
         if isinstance(event, ExhaustedPayload):
