@@ -267,7 +267,7 @@ def chunked_loss_check(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     for top_k in (20, None):
         free_memory()
         reset_cuda_peak(dev)
-        loss, m, _ = sdpo_loss_chunked(s, t, lambda h: h @ w.T, ids, mask, top_k=top_k)
+        loss, m, _, _ = sdpo_loss_chunked(s, t, lambda h: h @ w.T, ids, mask, top_k=top_k)
         (grad,) = torch.autograd.grad(loss, s)
         peak_chunked = cuda_peak_mb(dev)
         free_memory()

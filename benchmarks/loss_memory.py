@@ -91,7 +91,7 @@ def loss_worker(mode: str, B: int, T: int, H: int, V: int, k: int, a: argparse.N
     def step() -> float:
         top_k = None if mode in ("full", "chunked_full") else k
         if mode.startswith("chunked"):
-            loss, _, _ = sdpo_loss_chunked(s, t, head, ids, mask, top_k=top_k)
+            loss, _, _, _ = sdpo_loss_chunked(s, t, head, ids, mask, top_k=top_k)
         else:
             with torch.no_grad():
                 t_logits = head(t)  # [B, T, V]

@@ -6,16 +6,18 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 
-# Teacher-context templates of the public SDPO code (docs/design.md).
+# Teacher-context templates as the authors' run renders them: the YAML block scalars (`|-`,
+# no trailing newline) of verl/trainer/config/actor/actor.yaml in lasgroup/SDPO. TRL's
+# dataclass defaults differ (trailing "\n\n" on solution and feedback, "\n" on the reprompt).
 REPROMPT_TEMPLATE = "{prompt}{solution}{feedback}\n\nCorrectly solve the original question."
-SOLUTION_TEMPLATE = "\nCorrect solution:\n\n{successful_previous_attempt}\n\n"
+SOLUTION_TEMPLATE = "\nCorrect solution:\n\n{successful_previous_attempt}"
+FEEDBACK_TEMPLATE = (
+    "\nThe following is feedback from your unsuccessful earlier attempt:\n\n{feedback_raw}"
+)
 # Output heads and token embeddings of the families users run: LoRA there is not what the
 # trainer trains (its loss applies the frozen head to the decoder's hidden states) nor what
 # vLLM serves, so target_modules may not name them.
 EMBEDDING_MODULES = ("lm_head", "embed_tokens", "embed_out", "wte", "word_embeddings")
-FEEDBACK_TEMPLATE = (
-    "\nThe following is feedback from your unsuccessful earlier attempt:\n\n{feedback_raw}\n\n"
-)
 
 
 def _no_embedding_modules(value: list[str] | str) -> list[str] | str:
@@ -82,14 +84,31 @@ class SDPOConfig(BaseModel):
     add_tail: bool = True
     alpha: float = Field(1.0, ge=0.0, le=1.0, description="1 reverse KL, 0 forward KL.")
     is_clip: float | None = Field(2.0, gt=0.0, description="Importance-ratio clamp; null = off.")
+    loss_aggregation: Literal["seq_mean_token_mean", "token_mean"] = Field(
+        "seq_mean_token_mean",
+        description="seq_mean_token_mean: each sample's token mean, averaged over all samples "
+        "of the step, masked samples counting as zero (the authors' runs: verl token-mean on "
+        "micro-batches of one sequence; TRL's SDPO); token_mean: one token mean over the "
+        "step's unmasked tokens (long responses weigh more). docs/algorithm-options.md",
+    )
+    rollout_is: Literal["token"] | None = Field(
+        "token",
+        description="Rollout correction (the authors' sdpo.yaml, verl rollout_is: token): each "
+        "token's loss weighs exp(trainer - sampling engine log-prob), capped at rollout_is_cap, "
+        "against a mismatch between the engine and the trainer; null = off.",
+    )
+    rollout_is_cap: float = Field(
+        2.0, gt=0.0, description="Upper cap of the rollout weights (verl rollout_is_threshold)."
+    )
 
     # teacher
     teacher_regularization: Literal["ema", "trust_region"] = "ema"
     ema_rate: float = Field(0.01, gt=0.0, le=1.0)
     ema_target: Literal["delta", "factors"] = Field(
-        "factors",
-        description="EMA of the student's weight delta B·A (exact), or of the LoRA factors A "
-        "and B separately (the public code's rule; its delta lags). docs/algorithm-options.md",
+        "delta",
+        description="EMA of the student's weight delta B·A (what the authors' full teacher copy "
+        "averages when the base is frozen), or of the LoRA factors A and B separately (TRL's "
+        "PEFT adapter rule; its delta lags). docs/algorithm-options.md",
     )
     trust_region_alpha: float = Field(0.01, gt=0.0, le=1.0)
     teacher_entropy_gate: float | None = Field(
@@ -107,6 +126,12 @@ class SDPOConfig(BaseModel):
     solution_template: str = SOLUTION_TEMPLATE
     feedback_template: str = FEEDBACK_TEMPLATE
     max_feedback_chars: int = Field(2000, ge=0)
+    feedback_with_solution: bool = Field(
+        False,
+        description="Keep a failing sample's feedback in its teacher context beside a passing "
+        "sibling's solution; false = the solution alone (the authors' "
+        "environment_feedback_only_without_solution: True).",
+    )
     feedback_memory: int = Field(
         0,
         ge=0,

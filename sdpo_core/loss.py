@@ -1,6 +1,8 @@
 """SDPO self-distillation loss: per-token divergence between the student and its feedback-
 conditioned self-teacher, over the student's top-K tokens (+ a tail bucket) or the full
-vocabulary, with an optional clipped importance ratio, averaged over response tokens.
+vocabulary, times an optional clipped importance ratio and an optional rollout-correction
+weight, aggregated over the step as the authors' runs do (each sequence's token mean, averaged
+over the step's samples) or as one token mean.
 
 Shapes: B batch, T response positions, V vocabulary, K top-K.
 """
@@ -112,12 +114,14 @@ def _token_terms(
     alpha: float,
     add_tail: bool,
     temperature: float,
+    raw: bool = False,
 ) -> tuple[torch.Tensor, ...]:
     """Per-position terms of the SDPO loss on [B, T, V] logits (teacher already detached).
 
     Returns per_tok (divergence, differentiable w.r.t. s_logits), s_tok, t_tok (log-probs of
     ids at temperature; s_tok detached), s_mass, t_mass (top-K mass; 1 for the full vocabulary),
-    all [B, T].
+    s_raw (with raw=True: the student's detached log-probs of ids at temperature 1, what the
+    engines report; else None), all [B, T].
     """
     B, T, V = s_logits.shape
     ids = ids.long().unsqueeze(-1)  # [B, T, 1]
@@ -142,7 +146,13 @@ def _token_terms(
         else:
             s_logp = s_logp - s_logp.logsumexp(-1, keepdim=True)
             t_logp = t_logp - t_logp.logsumexp(-1, keepdim=True)
-    return divergence(s_logp, t_logp, alpha), s_tok, t_tok, s_mass, t_mass
+    s_raw = None
+    if raw:
+        s_raw = s_tok
+        if temperature != 1.0:
+            lse = _logsumexp(s_logits.detach(), 1.0)  # [B, T]
+            s_raw = s_logits.detach().gather(-1, ids).squeeze(-1).float() - lse
+    return divergence(s_logp, t_logp, alpha), s_tok, t_tok, s_mass, t_mass, s_raw
 
 
 def _ratio(
@@ -156,6 +166,44 @@ def _ratio(
     if is_clip is None:
         return ratio, torch.zeros_like(ratio, dtype=torch.bool)
     return ratio.clamp(max=is_clip), ratio > is_clip
+
+
+def rollout_is_weights(
+    trainer_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor, cap: float | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Truncated importance weights against the sampling engine (verl's `rollout_is: token`,
+    rollout_corr_helper.compute_rollout_correction_weights): exp(trainer - sampler log-prob),
+    the log ratio clamped to +-LOG_RATIO_MAX, then capped above at `cap` (None: no cap; never
+    clipped below). Returns the detached weights, the uncapped weights and where the cap bit,
+    all shaped like the inputs."""
+    gap = (trainer_logprobs.detach().float() - rollout_logprobs.float()).clamp(
+        -LOG_RATIO_MAX, LOG_RATIO_MAX
+    )
+    raw = gap.exp()
+    if cap is None:
+        return raw, raw, torch.zeros_like(raw, dtype=torch.bool)
+    return raw.clamp(max=cap), raw, raw > cap
+
+
+def _aggregation_scale(
+    mask: torch.Tensor, aggregation: str, num_sequences: int | None, num_tokens: int | None
+) -> torch.Tensor:
+    """Per-position factor [B, T] that turns the summed per-token loss into the step's loss.
+
+    "token_mean": 1 / (the step's masked tokens; default this batch's).
+    "seq_mean_token_mean": 1 / (the sequence's tokens x the step's samples; default B): each
+    sequence's token mean, averaged over all samples of the step, a sample without tokens (a
+    masked one) counting as zero -- the authors' runs (verl "token-mean" on micro-batches of
+    one sequence, ppo_micro_batch_size_per_gpu 1 in user.yaml, gradients accumulated over the
+    step's samples), and TRL's SDPO loss."""
+    if aggregation == "token_mean":
+        n = num_tokens if num_tokens is not None else int(mask.sum())
+        return torch.full(mask.shape, 1.0 / max(n, 1), device=mask.device)
+    if aggregation == "seq_mean_token_mean":
+        seqs = num_sequences if num_sequences is not None else mask.shape[0]
+        per_seq = mask.sum(-1, keepdim=True).clamp(min=1).float()  # [B, 1]
+        return (1.0 / (per_seq * max(seqs, 1))).expand(mask.shape)
+    raise ValueError(f"aggregation must be token_mean or seq_mean_token_mean, got {aggregation!r}")
 
 
 def _check_alpha(alpha: float) -> None:
@@ -176,14 +224,26 @@ def sdpo_loss(
     old_logprobs: torch.Tensor | None = None,
     is_clip: float | None = 2.0,
     token_weights: torch.Tensor | None = None,
+    rollout_logprobs: torch.Tensor | None = None,
+    rollout_is_cap: float | None = 2.0,
+    rollout_weights: torch.Tensor | None = None,
+    aggregation: str = "token_mean",
+    num_sequences: int | None = None,
+    num_tokens: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """SDPO loss, token mean over the masked response tokens of the whole batch.
+    """SDPO loss of a batch, aggregated as `aggregation` says (see _aggregation_scale): with
+    num_sequences / num_tokens of the whole step, the losses of its micro-batches add up to
+    the step's loss.
 
     student_logits, teacher_logits: [B, T, V], position t = distribution over response token t
     (any float dtype; computed in float32). The teacher is detached here.
-    response_ids, response_mask: [B, T]. old_logprobs: [B, T] sampler log-probs of response_ids;
-    when given, the per-token loss is multiplied by the detached ratio exp(logp - old_logp),
-    clamped above at is_clip (None: no clamp; never clamped below).
+    response_ids, response_mask: [B, T]. old_logprobs: [B, T] the trainer's log-probs of
+    response_ids before this batch's first update; when given, the per-token loss is multiplied
+    by the detached ratio exp(logp - old_logp), clamped above at is_clip (None: no clamp; never
+    clamped below). rollout_logprobs: [B, T] the sampling engine's temperature-1 log-probs;
+    when given, the per-token loss is also multiplied by rollout_is_weights(the student's
+    temperature-1 log-probs, rollout_logprobs, rollout_is_cap); rollout_weights [B, T] gives
+    such weights precomputed instead (a later update of the same batch).
 
     Log-probs are log_softmax(logits / temperature) over the full vocabulary. top_k=K: both sides
     are taken at the student's top-K indices (no gradient through the choice); add_tail=True
@@ -191,9 +251,11 @@ def sdpo_loss(
     side over its K buckets (as the public SDPO code does). top_k=None: full vocabulary.
     A batch without masked tokens gives a zero loss that still has a graph.
 
-    Metrics (floats): loss, kl (mean divergence, no ratio), num_tokens, is_ratio_mean,
+    Metrics (floats): loss, kl (token mean divergence, no ratio), num_tokens, is_ratio_mean,
     is_clipped_fraction (1.0 / 0.0 without old_logprobs), student_topk_mass, teacher_topk_mass
-    (1.0 for the full vocabulary), student_teacher_logp_diff (mean log pi_S(y_t) - log pi_T(y_t)).
+    (1.0 for the full vocabulary), student_teacher_logp_diff (mean log pi_S(y_t) - log pi_T(y_t));
+    with rollout_logprobs also rollout_is_mean (the uncapped weights' mean, as verl reports it),
+    rollout_is_capped_frac and rollout_logp_gap_max (the largest |trainer - sampler| log-prob).
 
     This takes whole [B, T, V] logits; the trainer uses sdpo_loss_chunked (same loss, from
     hidden states, one chunk of positions at a time).
@@ -202,7 +264,8 @@ def sdpo_loss(
     if student_logits.shape != teacher_logits.shape or student_logits.dim() != 3:
         raise ValueError(f"logits shapes {student_logits.shape} / {teacher_logits.shape}")
     mask = response_mask.bool()  # [B, T]
-    per_tok, s_tok, t_tok, s_mass, t_mass = _token_terms(
+    scale = _aggregation_scale(mask, aggregation, num_sequences, num_tokens)  # [B, T]
+    per_tok, s_tok, t_tok, s_mass, t_mass, s_raw = _token_terms(
         student_logits,
         teacher_logits.detach(),
         response_ids,
@@ -210,16 +273,25 @@ def sdpo_loss(
         alpha=alpha,
         add_tail=add_tail,
         temperature=temperature,
+        raw=rollout_logprobs is not None and rollout_weights is None,
     )
     kl = per_tok.detach()
     ratio, clipped = _ratio(s_tok, old_logprobs, is_clip)
     per_tok = per_tok * ratio
     if token_weights is not None:
         per_tok = per_tok * token_weights
+    rollout = None
+    if rollout_weights is not None:
+        per_tok = per_tok * rollout_weights
+    elif rollout_logprobs is not None:
+        w, raw_w, capped = rollout_is_weights(s_raw, rollout_logprobs, rollout_is_cap)
+        per_tok = per_tok * w
+        rollout = (raw_w, capped, (s_raw - rollout_logprobs.float()).abs())
 
     n = mask.sum()
     denom = n.clamp(min=1).float()
-    loss = torch.where(mask, per_tok, 0.0).sum() / denom  # where, not *: masked NaN can't leak
+    # where, not *: masked NaN can't leak
+    loss = torch.where(mask, per_tok * scale, 0.0).sum()
 
     def mean(x: torch.Tensor) -> float:
         return (torch.where(mask, x.float(), 0.0).sum() / denom).item()
@@ -234,6 +306,11 @@ def sdpo_loss(
         "teacher_topk_mass": mean(t_mass),
         "student_teacher_logp_diff": mean(s_tok - t_tok),
     }
+    if rollout is not None:
+        raw_w, capped, gap = rollout
+        metrics["rollout_is_mean"] = mean(raw_w)
+        metrics["rollout_is_capped_frac"] = mean(capped)
+        metrics["rollout_logp_gap_max"] = float(torch.where(mask, gap, 0.0).max()) if n else 0.0
     return loss, metrics
 
 
@@ -277,7 +354,13 @@ def sdpo_loss_chunked(
     is_clip: float | None = 2.0,
     rows: int | None = None,
     token_weights: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+    rollout_logprobs: torch.Tensor | None = None,
+    rollout_is_cap: float | None = 2.0,
+    rollout_weights: torch.Tensor | None = None,
+    aggregation: str = "token_mean",
+    num_sequences: int | None = None,
+    num_tokens: int | None = None,
+) -> tuple[torch.Tensor, dict[str, float], torch.Tensor, torch.Tensor | None]:
     """sdpo_loss(head(student_hidden), teacher logits, ...) without any [B, T, V] tensor.
 
     student_hidden, teacher_hidden: [B, T, H] final hidden states at the positions predicting
@@ -290,7 +373,9 @@ def sdpo_loss_chunked(
     sides for that chunk, the loss terms, and the chunk's backward to its hidden states, so only
     chunk-sized [rows, V] tensors ever exist. The returned loss carries the gradient to
     student_hidden that was computed this way. Also returns the student's log-probs of
-    response_ids at temperature, [B, T] (0 where masked; the old log-probs of a later update).
+    response_ids at temperature, [B, T] (0 where masked; the old log-probs of a later update),
+    and the rollout weights applied, [B, T] (computed from rollout_logprobs; 0 where masked;
+    the rollout_weights of a later update), or None without rollout_logprobs.
     """
     _check_alpha(alpha)
     if student_hidden.dim() != 3 or student_hidden.shape != teacher_hidden.shape:
@@ -302,14 +387,21 @@ def sdpo_loss_chunked(
     ids = response_ids[mask].long()  # [N]
     old = old_logprobs[mask] if old_logprobs is not None else None
     w = token_weights[mask].float() if token_weights is not None else None
+    scale = _aggregation_scale(mask, aggregation, num_sequences, num_tokens)[mask]  # [N]
+    given_rw = rollout_weights[mask].float() if rollout_weights is not None else None
+    rollout = rollout_logprobs[mask].float() if rollout_logprobs is not None else None
+    compute_rw = given_rw is None and rollout is not None
     N = ids.shape[0]
     denom = float(max(N, 1))
     need_grad = s_h.requires_grad and torch.is_grad_enabled()
 
     zero = torch.zeros((), dtype=torch.float64, device=s_h.device)
-    sums = dict.fromkeys(("loss", "kl", "ratio", "clipped", "s_mass", "t_mass", "diff"), zero)
+    keys = ("loss", "kl", "ratio", "clipped", "s_mass", "t_mass", "diff", "rw", "rw_capped")
+    sums = dict.fromkeys(keys, zero)
+    gap_max = zero
     grad = torch.zeros_like(s_h) if need_grad else None
     s_tok_all = torch.zeros(N, dtype=torch.float32, device=s_h.device)
+    rw_all = torch.zeros(N, dtype=torch.float32, device=s_h.device) if compute_rw else None
     if rows is None and N:
         with torch.no_grad():
             rows = chunk_rows(head(t_h[:1]).shape[-1])
@@ -322,7 +414,7 @@ def sdpo_loss_chunked(
         h = s_h[a:b].detach().requires_grad_(need_grad)
         with torch.set_grad_enabled(need_grad):
             s_logits = head(h)  # [c, V]
-            per_tok, s_tok, t_tok, s_mass, t_mass = _token_terms(
+            per_tok, s_tok, t_tok, s_mass, t_mass, s_raw = _token_terms(
                 s_logits[None],
                 t_logits[None],
                 ids[None, a:b],
@@ -330,10 +422,22 @@ def sdpo_loss_chunked(
                 alpha=alpha,
                 add_tail=add_tail,
                 temperature=temperature,
+                raw=compute_rw,
             )
             ratio, clipped = _ratio(s_tok, old[None, a:b] if old is not None else None, is_clip)
-            weighted = per_tok * ratio if w is None else per_tok * ratio * w[None, a:b]
-            chunk_loss = weighted.sum() / denom
+            weighted = per_tok * ratio * scale[None, a:b]
+            if w is not None:
+                weighted = weighted * w[None, a:b]
+            if given_rw is not None:
+                weighted = weighted * given_rw[None, a:b]
+            elif compute_rw:
+                rw, raw_rw, capped = rollout_is_weights(s_raw, rollout[None, a:b], rollout_is_cap)
+                weighted = weighted * rw
+                rw_all[a:b] = rw[0]
+                sums["rw"] = sums["rw"] + raw_rw.double().sum()
+                sums["rw_capped"] = sums["rw_capped"] + capped.double().sum()
+                gap_max = torch.maximum(gap_max, (s_raw - rollout[None, a:b]).abs().max().double())
+            chunk_loss = weighted.sum()
         if need_grad:
             (grad[a:b],) = torch.autograd.grad(chunk_loss, h)
         del s_logits, t_logits
@@ -362,9 +466,16 @@ def sdpo_loss_chunked(
         "teacher_topk_mass": sums["t_mass"] / denom,
         "student_teacher_logp_diff": sums["diff"] / denom,
     }
+    weights_out = None
+    if compute_rw:
+        metrics["rollout_is_mean"] = sums["rw"] / denom
+        metrics["rollout_is_capped_frac"] = sums["rw_capped"] / denom
+        metrics["rollout_logp_gap_max"] = gap_max.item()
+        weights_out = torch.zeros(mask.shape, dtype=torch.float32, device=s_h.device)
+        weights_out[mask] = rw_all
     token_logprobs = torch.zeros(mask.shape, dtype=torch.float32, device=s_h.device)
     token_logprobs[mask] = s_tok_all
-    return loss, metrics, token_logprobs
+    return loss, metrics, token_logprobs, weights_out
 
 
 @torch.no_grad()

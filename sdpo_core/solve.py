@@ -50,6 +50,7 @@ from sdpo_core.trainer import (
 )
 from sdpo_core.types import Completion, SamplingParams, SolveEvent, SolveResult, Verdict
 from sdpo_core.verifiers import Verifier
+from sdpo_core.verifiers.base import truncated_attempt
 
 EventCallback = Callable[[SolveEvent], None]
 
@@ -77,6 +78,7 @@ class LoopState:
     seconds: float = 0.0  # wall time spent before this run (resumed runs)
     pending: Pending | None = None
     feedback_pool: list[str] = dataclasses.field(default_factory=list)  # distinct, oldest first
+    nonfinite_steps: int = 0  # steps whose every update was skipped (non-finite gradient norm)
     # multi_turn: each conversation's feedback so far, oldest first (sdpo_core/methods.py)
     conversations: list[list[str]] = dataclasses.field(default_factory=list)
     result: dict[str, Any] | None = None  # set once the problem is finished
@@ -309,6 +311,10 @@ def _rollout(
         completions = engine.generate_many(rows, sampling)
     t1 = time.perf_counter()
     verdicts = verifier.verify_batch([strip_thinking(c.text) for c in completions])
+    verdicts = [  # cut at max_new_tokens with no answer yet: the teacher is told so
+        truncated_attempt(v) if c.finish_reason == "length" else v
+        for c, v in zip(completions, verdicts, strict=True)
+    ]
     t2 = time.perf_counter()
     return Pending(state.steps, state.attempts + 1, completions, verdicts, t1 - t0, t2 - t1)
 
@@ -347,10 +353,13 @@ def _update(
         prompt_ids=prompt_ids,
         response_ids=[c.token_ids for c in pending.completions],
         teacher_prompt_ids=[None if t.masked else trainer.encode_chat(t.message) for t in contexts],
+        rollout_logprobs=[c.logprobs for c in pending.completions],
     )
     check_teacher_fits(trainer, batch, cfg)
     metrics = trainer.step(batch)
     state.steps += 1
+    if metrics["skipped_nonfinite"] >= cfg.updates_per_batch:
+        state.nonfinite_steps += 1
     state.adapter_version += 1
     t0 = time.perf_counter()
     version_dir = None
@@ -478,7 +487,16 @@ def _solved(
 def _exhausted(
     state: LoopState, reason: str, seconds: float, ckpt: _Checkpoints, emit: EventCallback
 ) -> SolveResult:
-    result = _result(state, "exhausted", seconds, error=reason)
+    """The budget is spent: exhausted, or failed when no step ever updated the adapter."""
+    if state.steps and state.nonfinite_steps == state.steps:
+        error = (
+            f"every SDPO step ({state.steps}) had a non-finite gradient norm and was skipped, "
+            "so the adapter never changed (the attempts were the base model's): lower "
+            "sdpo.lr, or run the model in bfloat16 or float32 rather than float16"
+        )
+        result = _result(state, "failed", seconds, error=error)
+    else:
+        result = _result(state, "exhausted", seconds, error=reason)
     state.seconds, state.result = seconds, result.to_dict()
     ckpt.save(state)
     return _finish(state, emit, result)
@@ -486,7 +504,9 @@ def _exhausted(
 
 def _finish(state: LoopState, emit: EventCallback, result: SolveResult) -> SolveResult:
     """Emit the terminal event of a finished run (again, after a resume)."""
-    if result.status == "solved":
+    if result.status == "failed":
+        emit(FailedPayload(error=result.error, attempts=result.attempts, steps=result.steps))
+    elif result.status == "solved":
         emit(
             SolvedPayload(
                 attempt_index=result.first_pass_attempt,

@@ -4,7 +4,9 @@ Rules (docs/design.md, from the SDPO paper and its public code):
 - The teacher is the same model conditioned on feedback: pi(. | x, f). The student's own
   attempt is scored as the continuation; it is never put into the teacher prompt.
 - solution = a successful sibling from the same rollout group (never the sample itself);
-  feedback = the verifier's text for this sample. Neither: the sample is masked out.
+  feedback = the verifier's text for this sample, left out when there is a solution (the
+  authors' environment_feedback_only_without_solution; cfg.feedback_with_solution keeps it).
+  Neither: the sample is masked out.
 - Feedback is not accumulated across steps: each teacher sees only its own sample's feedback.
 
 Beyond the paper (off with feedback_memory = 0, docs/algorithm-options.md): with
@@ -99,6 +101,8 @@ def build_teacher_contexts(
         sibling = next((j for j in passing if j != i), None)  # never the sample itself
         solution = responses[sibling] if sibling is not None else None
         feedback = verdict.feedback if (verdict.feedback and not verdict.passed) else ""
+        if solution is not None and not cfg.feedback_with_solution:
+            feedback = ""
         if solution is None and not feedback:
             contexts.append(TeacherContext(None, False, False))
             continue

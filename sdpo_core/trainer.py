@@ -33,7 +33,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from sdpo_core.chat import encode_chat
 from sdpo_core.config import SDPOConfig
-from sdpo_core.loss import chunk_rows, sdpo_loss, sdpo_loss_chunked, token_logprobs
+from sdpo_core.loss import (
+    chunk_rows,
+    rollout_is_weights,
+    sdpo_loss,
+    sdpo_loss_chunked,
+    token_logprobs,
+)
 
 STUDENT = "student"
 TEACHER = "teacher"
@@ -46,11 +52,15 @@ class RolloutBatch:
     prompt_ids:          the student's prompt tokens (chat template applied), shared by all.
     response_ids:        per sample, the response tokens.
     teacher_prompt_ids:  per sample, the teacher's prompt tokens; None = masked (no signal).
+    rollout_logprobs:    per sample, the sampling engine's temperature-1 log-prob of each
+                         response token (Completion.logprobs), for cfg.rollout_is; None = not
+                         known (no rollout correction).
     """
 
     prompt_ids: list[int]
     response_ids: list[list[int]]
     teacher_prompt_ids: list[list[int] | None]
+    rollout_logprobs: list[list[float]] | None = None
 
 
 def pick_device(device: str | None) -> torch.device:
@@ -168,7 +178,8 @@ class SDPOTrainer:
 
     @torch.no_grad()
     def _update_teacher(self) -> None:
-        """Move the EMA teacher towards the student by `ema_rate` (after each optimizer step)."""
+        """Move the EMA teacher towards the student by `ema_rate` (once per batch, after its
+        updates)."""
         rate = self.cfg.ema_rate
         if self.teacher_delta:
             for name, layer in self._lora_layers():
@@ -328,10 +339,14 @@ class SDPOTrainer:
         batch: RolloutBatch,
         chunk: list[int],
         old_logprobs: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor, float]:
-        """The SDPO loss of one micro-batch (samples `chunk`), from hidden states in chunks of
-        positions (`self.chunked_loss`, the default) or from full logits (the reference).
-        Returns loss, metrics, the student's token log-probs [B, T], teacher seconds."""
+        rollout_weights: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor, torch.Tensor | None, float]:
+        """The SDPO loss of one micro-batch (samples `chunk`) as its share of the step's loss,
+        from hidden states in chunks of positions (`self.chunked_loss`, the default) or from
+        full logits (the reference). Returns loss, metrics, the student's token log-probs
+        [B, T], the rollout weights [B, T] (None without rollout correction), teacher seconds.
+        `rollout_weights`: those of this micro-batch's first update (later updates reuse them,
+        as verl computes them once per batch against the trainer's policy before the update)."""
         cfg = self.cfg
         responses = [batch.response_ids[i] for i in chunk]
         t0 = _clock(self.device)
@@ -344,6 +359,16 @@ class SDPOTrainer:
             weights = torch.where(unsure, cfg.unsure_weight, 1.0)
         t_teacher = _clock(self.device) - t0
         s_hidden, resp, mask = self._response_hidden([batch.prompt_ids] * len(chunk), responses)
+        rollout = None
+        if (
+            cfg.rollout_is is not None
+            and batch.rollout_logprobs is not None
+            and rollout_weights is None
+        ):
+            rollout = torch.zeros(mask.shape, dtype=torch.float32, device=self.device)
+            for row, i in enumerate(chunk):
+                lp = batch.rollout_logprobs[i]
+                rollout[row, : len(lp)] = torch.tensor(lp, dtype=torch.float32)
         kw = dict(
             top_k=cfg.top_k,
             alpha=cfg.alpha,
@@ -352,23 +377,44 @@ class SDPOTrainer:
             old_logprobs=old_logprobs,
             is_clip=cfg.is_clip,
             token_weights=weights,
+            rollout_logprobs=rollout,
+            rollout_is_cap=cfg.rollout_is_cap,
+            rollout_weights=rollout_weights,
+            aggregation=cfg.loss_aggregation,
+            num_sequences=len(batch.response_ids),
+            num_tokens=sum(
+                len(r)
+                for r, t in zip(batch.response_ids, batch.teacher_prompt_ids, strict=True)
+                if t is not None
+            ),
         )
         if self.chunked_loss:
-            loss, m, lp = sdpo_loss_chunked(
+            loss, m, lp, rw = sdpo_loss_chunked(
                 s_hidden, t_hidden, self.head, resp, mask, teacher_ref=ref, **kw
             )
-            return loss, m, lp, t_teacher
+            return loss, m, lp, rw, t_teacher
         s_logits = self.head(s_hidden)  # [B, T, V]
+        rw = None
         with torch.no_grad():
             t_logits = self._teacher_head(t_hidden, ref)
             lp = torch.log_softmax(s_logits.float() / cfg.temperature, dim=-1)
             lp = lp.gather(-1, resp[..., None])[..., 0]
+            if rollout is not None:
+                raw = torch.log_softmax(s_logits.float(), dim=-1).gather(-1, resp[..., None])
+                rw = torch.where(
+                    mask, rollout_is_weights(raw[..., 0], rollout, cfg.rollout_is_cap)[0], 0.0
+                )
         loss, m = sdpo_loss(s_logits, t_logits, resp, mask, **kw)
-        return loss, m, lp, t_teacher
+        return loss, m, lp, rw, t_teacher
 
     # ------------------------------------------------------------------ the update
     def step(self, batch: RolloutBatch) -> dict[str, float]:
-        """One SDPO update per `cfg.updates_per_batch`; returns metrics of the last one."""
+        """`cfg.updates_per_batch` SDPO updates on one rollout batch, then one EMA teacher
+        update (the authors' dp_actor.update_policy: once per batch, after its updates, and only
+        if one of them stepped). An update whose gradient norm is not finite is skipped: no
+        optimizer step (the authors' _optimizer_step), counted in `skipped_nonfinite`.
+        Returns the metrics of the last update (rollout_is_* of the first: its weights hold
+        for the batch)."""
         cfg = self.cfg
         live = [i for i, t in enumerate(batch.teacher_prompt_ids) if t is not None]
         n = len(batch.response_ids)
@@ -377,7 +423,10 @@ class SDPOTrainer:
             "tokens": float(sum(len(batch.response_ids[i]) for i in live)),
         }
         if not live or metrics["tokens"] == 0:
-            return {**metrics, "loss": 0.0, "kl": 0.0, "grad_norm": 0.0, "skipped": 1.0}
+            return {
+                **metrics,
+                **dict(loss=0.0, kl=0.0, grad_norm=0.0, skipped=1.0, skipped_nonfinite=0.0),
+            }
         chunks = [
             live[k : k + cfg.micro_batch_size] for k in range(0, len(live), cfg.micro_batch_size)
         ]
@@ -385,40 +434,59 @@ class SDPOTrainer:
         self.model.train()
 
         old_logprobs: list[torch.Tensor | None] = [None] * len(chunks)
+        rollout_weights: list[torch.Tensor | None] = [None] * len(chunks)
+        rollout: dict[str, float] = {}
         t_teacher = t_student = 0.0
+        skipped = 0
         for update in range(cfg.updates_per_batch):
             self.optimizer.zero_grad(set_to_none=True)
             loss_sum = kl_sum = 0.0
             for c, chunk in enumerate(chunks):
                 t0 = _clock(self.device)
-                # computed per micro-batch (not cached) so only one micro-batch's states live
-                loss, m, lp, t_t = self._micro_batch_loss(batch, chunk, old_logprobs[c])
-                if cfg.updates_per_batch > 1 and update == 0:
-                    # old log-probs from the trainer itself: the ratio is 1 at the first update
-                    old_logprobs[c] = lp
-                weight = m["num_tokens"] / total_tokens  # token mean over the whole batch
-                (loss * weight).backward()
-                loss_sum += m["loss"] * weight
-                kl_sum += m["kl"] * weight
-                del loss, lp
+                # computed per micro-batch (not cached) so only one micro-batch's states live;
+                # its loss is its share of the step's loss (cfg.loss_aggregation)
+                loss, m, lp, rw, t_t = self._micro_batch_loss(
+                    batch, chunk, old_logprobs[c], rollout_weights[c]
+                )
+                if update == 0 and cfg.updates_per_batch > 1:
+                    # from the trainer itself before any update: the ratio is 1 at the first
+                    old_logprobs[c], rollout_weights[c] = lp, rw
+                if update == 0 and "rollout_is_mean" in m:
+                    share = m["num_tokens"] / total_tokens
+                    for key in ("rollout_is_mean", "rollout_is_capped_frac"):
+                        rollout[key] = rollout.get(key, 0.0) + m[key] * share
+                    gap = m["rollout_logp_gap_max"]
+                    rollout["rollout_logp_gap_max"] = max(
+                        rollout.get("rollout_logp_gap_max", 0), gap
+                    )
+                loss.backward()
+                loss_sum += m["loss"]
+                kl_sum += m["kl"] * m["num_tokens"] / total_tokens
+                del loss, lp, rw
                 t_teacher += t_t
                 t_student += _clock(self.device) - t0 - t_t
             t2 = _clock(self.device)
             params = [p for p in self.model.parameters() if p.requires_grad]
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            self.optimizer.step()
-            self.updates += 1
-            if cfg.teacher_regularization == "ema":
-                self._update_teacher()
+            if torch.isfinite(grad_norm):
+                self.optimizer.step()
+                self.updates += 1
+            else:
+                self.optimizer.zero_grad(set_to_none=True)
+                skipped += 1
             t_student += _clock(self.device) - t2
+        if cfg.teacher_regularization == "ema" and skipped < cfg.updates_per_batch:
+            self._update_teacher()
         self.model.eval()
         gn = float(grad_norm)
         metrics.update(
             loss=loss_sum,
             kl=kl_sum,
             grad_norm=gn if math.isfinite(gn) else float("nan"),
+            skipped_nonfinite=float(skipped),
             time_teacher=t_teacher,
             time_student=t_student,
+            **rollout,
         )
         if cfg.teacher_regularization == "ema":
             metrics["teacher_delta_ratio"] = self.teacher_delta_ratio()

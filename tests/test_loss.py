@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from sdpo_core import loss as loss_mod
 from sdpo_core.loss import sdpo_loss
@@ -208,3 +209,120 @@ def test_bf16_topk_matches_float32():
     (g,), (g32,) = torch.autograd.grad(loss, s), torch.autograd.grad(loss32, s32)
     assert g.dtype == torch.bfloat16 and loss.item() == pytest.approx(loss32.item(), rel=1e-6)
     assert torch.allclose(g.float(), g32, atol=1e-3, rtol=1e-2)
+
+
+# ------------------------------------------------------------ the authors' step loss, transcribed
+def authors_step_loss(s, t, ids, mask, live, old, rollout_w, top_k, alpha, add_tail, is_clip):
+    """lasgroup/SDPO's loss of one step as their runs configure it, in float64: dp_actor
+    update_policy with ppo_micro_batch_size_per_gpu 1 (user.yaml; each micro-batch is one
+    sample and its loss is scaled by 1/gradient_accumulation = 1/n) around
+    core_algos.compute_self_distillation_loss with loss_agg_mode token-mean (actor.yaml):
+    agg_loss = masked_sum(per_token, loss_mask) / loss_mask.sum().clamp(min=1), loss_mask =
+    response_mask * self_distillation_mask. rollout_w: the trainer's rollout_is_weights."""
+    n = s.shape[0]
+    total = s.new_zeros((), dtype=torch.float64)
+    for i in range(n):
+        s_all = (s[i : i + 1].double()).log_softmax(-1)  # [1, T, V]
+        t_all = (t[i : i + 1].double()).log_softmax(-1)
+        student_log_probs = s_all.gather(-1, ids[i : i + 1, :, None])[..., 0]
+        if top_k is None:
+            s_d, t_d = s_all, t_all
+        else:
+            idx = s_all.detach().topk(top_k, dim=-1).indices
+            s_d, t_d = s_all.gather(-1, idx), t_all.gather(-1, idx)
+            if add_tail:
+
+                def tail(lp):
+                    log_s = torch.logsumexp(lp, dim=-1, keepdim=True).clamp(max=-1e-7)
+                    return torch.cat([lp, torch.log(-torch.expm1(log_s))], dim=-1)
+
+                s_d, t_d = tail(s_d), tail(t_d)
+            else:
+                s_d = s_d - torch.logsumexp(s_d, -1, keepdim=True)
+                t_d = t_d - torch.logsumexp(t_d, -1, keepdim=True)
+        if alpha == 0.0:
+            kl = F.kl_div(s_d, t_d, reduction="none", log_target=True)
+        elif alpha == 1.0:
+            kl = F.kl_div(t_d, s_d, reduction="none", log_target=True)
+        else:
+            a = torch.tensor(alpha, dtype=torch.float64)
+            mix = torch.logsumexp(torch.stack([s_d + torch.log(1 - a), t_d + torch.log(a)]), 0)
+            kl_t = F.kl_div(mix, t_d, reduction="none", log_target=True)
+            kl_s = F.kl_div(mix, s_d, reduction="none", log_target=True)
+            kl = torch.lerp(kl_s, kl_t, a)
+        per_token = kl.sum(-1)
+        ratio = torch.exp(torch.clamp((student_log_probs - old[i]).detach(), -20.0, 20.0))
+        per_token = per_token * ratio.clamp(max=is_clip) * rollout_w[i]
+        loss_mask = mask[i : i + 1].double() * float(i in live)
+        total = total + (per_token * loss_mask).sum() / loss_mask.sum().clamp(min=1.0) / n
+    return total
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("top_k,add_tail", [(None, True), (K, True), (K, False)])
+def test_seq_mean_token_mean_is_the_authors_step_loss(top_k, add_tail, alpha):
+    """4 samples of unequal lengths, one masked (no teacher signal): our micro-batches of the
+    live samples add up to the authors' step loss and gradient (float64 reference)."""
+    g = torch.Generator().manual_seed(11)
+    n, length = 4, 7
+    s = (torch.randn(n, length, V, generator=g) * 2).requires_grad_()
+    t = torch.randn(n, length, V, generator=g) * 2
+    ids = torch.randint(0, V, (n, length), generator=g)
+    mask = torch.zeros(n, length, dtype=torch.bool)
+    for i, k in enumerate((7, 2, 5, 4)):
+        mask[i, :k] = True
+    live = [0, 1, 3]  # sample 2 is masked
+    old = s.detach().log_softmax(-1).gather(-1, ids[..., None])[..., 0] - torch.rand(n, length)
+    rollout_w = torch.rand(n, length, generator=g) * 2.5
+    s64 = s.detach().double().requires_grad_()
+    ref = authors_step_loss(
+        s64, t.double(), ids, mask, live, old.double(), rollout_w.double(), top_k, alpha,
+        add_tail, 2.0,
+    )  # fmt: skip
+    (ref_grad,) = torch.autograd.grad(ref, s64)
+    kw = dict(top_k=top_k, alpha=alpha, add_tail=add_tail, is_clip=2.0)
+    kw.update(aggregation="seq_mean_token_mean", num_sequences=n)
+    ours = s.new_zeros(())
+    for part in ([0], [1, 3]):  # two micro-batches
+        loss, _ = sdpo_loss(
+            s[part], t[part], ids[part], mask[part],
+            old_logprobs=old[part], rollout_weights=rollout_w[part], **kw,
+        )  # fmt: skip
+        ours = ours + loss
+    (grad,) = torch.autograd.grad(ours, s)
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-5, abs=1e-7)
+    assert torch.allclose(grad.double(), ref_grad, atol=1e-6)
+    assert (grad[2] == 0).all()
+    # the old rule weighs tokens, not samples: a different loss on unequal lengths
+    token, _ = sdpo_loss(s[live], t[live], ids[live], mask[live], old_logprobs=old[live],
+                         rollout_weights=rollout_w[live], top_k=top_k, alpha=alpha,
+                         add_tail=add_tail, aggregation="token_mean")  # fmt: skip
+    assert token.item() != pytest.approx(ref.item(), rel=1e-3)
+
+
+def test_rollout_is_weights_are_verls_truncated_token_weights():
+    """verl rollout_corr_helper (rollout_is: token, threshold 2): exp(trainer - sampler log-prob)
+    with the log ratio clamped to +-20, capped above at 2, never below; the step metrics are
+    the uncapped mean, the capped fraction and the largest log-prob gap."""
+    s, t, ids, mask = make(12)
+    mask = torch.ones(B, T, dtype=torch.bool)
+    logp = s.detach().log_softmax(-1).gather(-1, ids[..., None])[..., 0]
+    r = torch.tensor([[0.25, 0.5, 1.0, 1.5, 3.0, 1e12], [0.1, 2.5, 0.9, 1.9, 4.0, 1.0]])
+    rollout = logp - r.log()  # exp(trainer - sampler) = r
+    weights, raw, capped = loss_mod.rollout_is_weights(logp, rollout, 2.0)
+    safe = r.clamp(max=math.exp(20.0))
+    torch.testing.assert_close(raw, safe, rtol=1e-5, atol=0)
+    torch.testing.assert_close(weights, r.clamp(max=2.0), rtol=1e-5, atol=0)
+    assert capped.sum().item() == 4
+    loss, m = sdpo_loss(s, t, ids, mask, top_k=None, rollout_logprobs=rollout, rollout_is_cap=2.0)
+    (grad,) = torch.autograd.grad(loss, s)
+    assert torch.allclose(grad.double(), closed_form_grad(s, t, mask, r.clamp(max=2.0).double()),
+                          atol=1e-5)  # fmt: skip
+    assert m["rollout_is_mean"] == pytest.approx(safe.mean().item(), rel=1e-5)
+    assert m["rollout_is_capped_frac"] == pytest.approx(4 / 12)
+    assert m["rollout_logp_gap_max"] == pytest.approx(math.log(1e12), rel=1e-5)
+    # the trainer's log-probs at temperature 1 (what the engines report), whatever the loss's
+    _, m7 = sdpo_loss(s, t, ids, mask, top_k=K, temperature=0.7, rollout_logprobs=rollout)
+    assert m7["rollout_is_mean"] == pytest.approx(m["rollout_is_mean"], rel=1e-5)
+    _, off = sdpo_loss(s, t, ids, mask, top_k=None)
+    assert "rollout_is_mean" not in off

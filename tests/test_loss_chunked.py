@@ -44,7 +44,7 @@ def both(seed=0, softcap=None, trust_region=False, rows=3, **kw):
     """(loss, metrics, grad, token log-probs) of the chunked and the unchunked path."""
     head, s, t, r, ids, mask = make(seed, softcap)
     ref = (r, 0.3) if trust_region else None
-    loss, m, lp = sdpo_loss_chunked(s, t, head, ids, mask, teacher_ref=ref, rows=rows, **kw)
+    loss, m, lp, _ = sdpo_loss_chunked(s, t, head, ids, mask, teacher_ref=ref, rows=rows, **kw)
     (g,) = torch.autograd.grad(loss * 0.7, s)
     t_logits = head(t) if ref is None else torch.lerp(head(r), head(t), 0.3)
     s_logits = head(s)
@@ -90,7 +90,7 @@ def test_chunk_size_does_not_matter(rows):
 
 def test_no_tokens_gives_zero_with_a_graph():
     head, s, t, _, ids, _ = make(3)
-    loss, m, lp = sdpo_loss_chunked(s, t, head, ids, torch.zeros(B, T, dtype=torch.bool))
+    loss, m, lp, _ = sdpo_loss_chunked(s, t, head, ids, torch.zeros(B, T, dtype=torch.bool))
     (g,) = torch.autograd.grad(loss, s)
     assert loss.item() == 0.0 and (g == 0).all() and (lp == 0).all()
     assert m["num_tokens"] == 0.0 and all(math.isfinite(v) for v in m.values())
@@ -195,3 +195,27 @@ def test_token_weights_scale_each_position(top_k):
     unweighted = both(5, top_k=top_k)[0]
     assert a[1]["num_tokens"] == unweighted[1]["num_tokens"]
     assert a[0].item() < unweighted[0].item()
+
+
+@pytest.mark.parametrize("top_k", [None, K])
+def test_chunked_rollout_weights_and_seq_mean_aggregation(top_k):
+    """Rollout correction and the authors' aggregation: the chunked and the unchunked loss
+    agree (loss, metrics, gradient), and the weights returned are those it applied."""
+    head, s, t, _, ids, mask = make(6)
+    raw = head(s.detach()).log_softmax(-1).gather(-1, ids[..., None])[..., 0]  # temperature 1
+    ratio = 0.2 + 3.8 * torch.rand(B, T, generator=torch.Generator().manual_seed(9))
+    rollout = raw - ratio.log()  # the engine's log-probs: exp(trainer - engine) = ratio
+    kw = dict(top_k=top_k, temperature=0.8, rollout_logprobs=rollout, rollout_is_cap=2.0)
+    kw.update(aggregation="seq_mean_token_mean", num_sequences=5)
+    a, b = both(6, **kw)
+    assert_same(a, b)
+    assert {"rollout_is_mean", "rollout_is_capped_frac", "rollout_logp_gap_max"} <= a[1].keys()
+    assert 0 < a[1]["rollout_is_capped_frac"] < 1
+    *_, weights = sdpo_loss_chunked(s, t, head, ids, mask, rows=3, **kw)
+    want = torch.where(mask, ratio.clamp(max=2.0), 0.0)
+    torch.testing.assert_close(weights, want, rtol=1e-5, atol=1e-6)
+    # given back as rollout_weights (a later update), they give the same loss
+    again, _, _, none = sdpo_loss_chunked(
+        s, t, head, ids, mask, rows=3, **{**kw, "rollout_weights": weights}
+    )
+    assert none is None and again.item() == pytest.approx(a[0].item(), rel=1e-6)

@@ -130,3 +130,43 @@ def test_one_checkpoint_directory_and_a_pointer(runtime, tmp_path) -> None:
     (tmp_path / "ckpt" / "999999.tmp" / "state.pt").write_text("half written")
     again, events = run(hard(8), runtime, checkpoint_dir=tmp_path)
     assert again == first and [type(e) for e in events] == [ExhaustedPayload]
+
+
+def test_step_events_carry_rollout_correction_and_skip_counts(runtime) -> None:
+    _, events = run(hard(16), runtime)
+    (step,) = [e for e in events if isinstance(e, StepPayload)]
+    m = step.metrics
+    assert m["skipped_nonfinite"] == 0.0
+    # the hf engine samples from the trainer's own weights: its log-probs are the trainer's
+    assert m["rollout_is_mean"] == pytest.approx(1.0, abs=1e-3)
+    assert m["rollout_is_capped_frac"] == 0.0 and m["rollout_logp_gap_max"] < 1e-3
+
+
+def test_a_run_whose_every_step_was_skipped_fails_and_says_why(runtime) -> None:
+    """Every update non-finite (a forward hook makes the training forward infinite; sampling,
+    in eval mode, is untouched): each step is skipped and counted, and the run ends failed
+    with the reason instead of "exhausted"."""
+    norm = runtime.trainer.base.get_decoder().norm
+    hook = norm.register_forward_hook(lambda m, _i, out: out * float("inf") if m.training else out)
+    try:
+        result, events = run(hard(24), runtime)
+    finally:
+        hook.remove()
+    steps = [e for e in events if isinstance(e, StepPayload)]
+    assert len(steps) == 2 and all(s.metrics["skipped_nonfinite"] == 1.0 for s in steps)
+    assert result.status == "failed" and "non-finite gradient norm" in result.error
+    assert "every SDPO step (2)" in result.error
+    assert events[-1].kind == "failed" and events[-1].error == result.error
+
+
+def test_an_attempt_cut_at_max_new_tokens_without_an_answer_is_told_so(runtime) -> None:
+    from sdpo_core.verifiers.base import TRUNCATED_ATTEMPT
+
+    data = make_problem(9001, 6, max_attempts=4)
+    data["verifier"] = {"kind": "answer", "expected": "42"}
+    data["sdpo"].update(FAST, samples_per_step=4, max_new_tokens=2)
+    _, events = run(parse_problem(data), runtime)
+    verdicts = [e.verdict for e in events if isinstance(e, AttemptPayload)]
+    assert len(verdicts) == 4
+    cut = [v for v in verdicts if v.details.get("truncated")]
+    assert cut and all(v.feedback == TRUNCATED_ATTEMPT for v in cut)

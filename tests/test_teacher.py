@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import yaml
+
 from sdpo_core.config import SDPOConfig
 from sdpo_core.teacher import build_teacher_contexts, render_reprompt
 from sdpo_core.types import Verdict
@@ -16,12 +18,38 @@ def fail(feedback: str) -> Verdict:
 PASS = Verdict(passed=True, score=1.0, feedback="")
 
 
-def test_templates_match_the_public_code_exactly() -> None:
+# The three templates exactly as they stand in the authors' run config
+# (lasgroup/SDPO, verl/trainer/config/actor/actor.yaml, self_distillation: block scalars "|-").
+AUTHORS_YAML = """\
+reprompt_template: |-
+  {prompt}{solution}{feedback}
+
+  Correctly solve the original question.
+
+solution_template: |-
+
+  Correct solution:
+
+  {successful_previous_attempt}
+
+feedback_template: |-
+
+  The following is feedback from your unsuccessful earlier attempt:
+
+  {feedback_raw}
+"""
+
+
+def test_templates_are_the_authors_yaml_as_rendered() -> None:
+    authors = yaml.safe_load(AUTHORS_YAML)
+    assert CFG.reprompt_template == authors["reprompt_template"]
+    assert CFG.solution_template == authors["solution_template"]
+    assert CFG.feedback_template == authors["feedback_template"]
     msg = render_reprompt("Q?", CFG, solution="S", feedbacks=["F"])
     assert msg == (
         "Q?"
-        "\nCorrect solution:\n\nS\n\n"
-        "\nThe following is feedback from your unsuccessful earlier attempt:\n\nF\n\n"
+        "\nCorrect solution:\n\nS"
+        "\nThe following is feedback from your unsuccessful earlier attempt:\n\nF"
         "\n\nCorrectly solve the original question."
     )
     assert render_reprompt("Q?", CFG) == "Q?\n\nCorrectly solve the original question."
@@ -40,9 +68,25 @@ def test_feedback_is_the_samples_own_and_its_attempt_is_never_in_the_prompt() ->
 def test_solution_is_a_passing_sibling_never_the_sample_itself() -> None:
     responses = ["wrong", "right-a", "right-b"]
     ctx = build_teacher_contexts("Q?", responses, [fail("fb"), PASS, PASS], CFG)
-    assert "right-a" in ctx[0].message and "fb" in ctx[0].message  # solution + feedback
+    assert "right-a" in ctx[0].message and "fb" not in ctx[0].message  # the solution alone
     assert "right-b" in ctx[1].message and "right-a" not in ctx[1].message
     assert "right-a" in ctx[2].message and "right-b" not in ctx[2].message
+
+
+def test_feedback_is_left_out_beside_a_passing_sibling_unless_asked() -> None:
+    """The authors' environment_feedback_only_without_solution: True (actor.yaml): a failing
+    sample whose group has a passing sibling sees that solution only; the option keeps both."""
+    responses, verdicts = ["wrong", "right"], [fail("fb"), PASS]
+    ctx = build_teacher_contexts("Q?", responses, verdicts, CFG)
+    assert ctx[0].message == render_reprompt("Q?", CFG, solution="right")
+    assert ctx[0].has_solution and not ctx[0].has_feedback
+    keep = CFG.merged({"feedback_with_solution": True})
+    ctx = build_teacher_contexts("Q?", responses, verdicts, keep)
+    assert ctx[0].message == render_reprompt("Q?", keep, solution="right", feedbacks=["fb"])
+    assert ctx[0].has_solution and ctx[0].has_feedback
+    # without a passing sibling the feedback is used either way
+    alone = build_teacher_contexts("Q?", ["wrong"], [fail("fb")], CFG)[0]
+    assert alone.message == render_reprompt("Q?", CFG, feedbacks=["fb"])
 
 
 def test_sample_with_neither_solution_nor_feedback_is_masked() -> None:
@@ -86,7 +130,7 @@ def test_feedback_memory_adds_the_distinct_feedback_that_covers_most() -> None:
     assert select_feedback(pool, 0) == []
     # the second pick adds the text with the most lines not yet covered, not a near-duplicate
     assert select_feedback([ab, cd, ab2], 2) == [ab2, cd]
-    cfg = CFG.merged({"feedback_memory": 2})
+    cfg = CFG.merged({"feedback_memory": 2, "feedback_with_solution": True})
     ctx = build_teacher_contexts("Q", ["x", "y"], [fail(ab), PASS], cfg, [ab, cd, ab2])
     assert ctx[0].message == render_reprompt("Q", cfg, solution="y", feedbacks=[ab, ab2, cd])
     assert ctx[1].masked  # a passing sample with no passing sibling: no signal, as before

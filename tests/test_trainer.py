@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -267,3 +268,70 @@ def test_checkpoint_restores_the_rng(runtime, tmp_path) -> None:
     # the trainer's own state only: the solve loop's state is written once, in its state.pt
     blob = torch.load(tmp_path / "ckpt" / "trainer.pt", weights_only=False)
     assert set(blob) == {"optimizer", "updates", "cfg", "rng"}
+
+
+def test_a_non_finite_gradient_skips_the_update_and_the_ema(runtime) -> None:
+    """The authors' _optimizer_step: a non-finite gradient norm skips the optimizer step, and
+    update_policy then skips the EMA update; the step says so in skipped_nonfinite."""
+    trainer = runtime.trainer
+    trainer.reset(CFG.merged({"ema_rate": 0.5}))
+    trainer.step(make_batch(trainer))  # a real update first: the teacher's delta is not zero
+    student, teacher = (
+        student_params(trainer),
+        {k: v.clone() for k, v in trainer.teacher_delta.items()},
+    )
+    adam = {id(p): s["step"].clone() for p, s in trainer.optimizer.state.items()}
+    updates = trainer.updates
+    some = next(p for n, p in trainer.model.named_parameters() if f".{STUDENT}." in n)
+    hook = some.register_hook(lambda g: g * float("inf"))
+    try:
+        metrics = trainer.step(make_batch(trainer))
+    finally:
+        hook.remove()
+    assert metrics["skipped_nonfinite"] == 1.0 and not math.isfinite(metrics["grad_norm"])
+    after = student_params(trainer)
+    assert all(torch.equal(student[k], after[k]) for k in student)
+    assert all(torch.equal(teacher[k], trainer.teacher_delta[k]) for k in teacher)
+    assert trainer.updates == updates
+    assert all(torch.equal(s["step"], adam[id(p)]) for p, s in trainer.optimizer.state.items())
+    assert trainer.step(make_batch(trainer))["skipped_nonfinite"] == 0.0  # and it goes on
+
+
+def test_ema_moves_once_per_batch_after_all_its_updates(runtime) -> None:
+    """updates_per_batch = 3: the teacher's delta moves once, towards the student as it is
+    after the third update (the authors update the teacher once per update_policy call)."""
+    trainer = runtime.trainer
+    trainer.reset(CFG.merged({"updates_per_batch": 3, "ema_rate": 0.3}))
+    start = {k: v.clone() for k, v in trainer.teacher_delta.items()}
+    trainer.step(make_batch(trainer))
+    assert trainer.updates == 3
+    for name, d in student_deltas(trainer).items():
+        torch.testing.assert_close(trainer.teacher_delta[name], torch.lerp(start[name], d, 0.3))
+
+
+def test_rollout_correction_with_the_hf_engines_own_log_probs(runtime) -> None:
+    """Sampled by the hf engine from the same weights, the trainer's and the engine's
+    log-probs agree: weights ~1, nothing capped; a sampler that disagrees is capped at 2."""
+    from sdpo_core.types import SamplingParams
+
+    trainer, engine = runtime.trainer, runtime.engine
+    trainer.reset(CFG)
+    template = make_batch(trainer)
+    done = engine.generate(template.prompt_ids, SamplingParams(n=4, max_new_tokens=24, seed=0))
+    batch = RolloutBatch(
+        template.prompt_ids,
+        [c.token_ids for c in done],
+        template.teacher_prompt_ids,
+        [c.logprobs for c in done],
+    )
+    m = trainer.step(batch)
+    assert m["rollout_is_mean"] == pytest.approx(1.0, abs=1e-3)
+    assert m["rollout_is_capped_frac"] == 0.0 and m["rollout_logp_gap_max"] < 1e-3
+    trainer.reset(CFG)
+    batch.rollout_logprobs = [[x - 1.0 for x in c.logprobs] for c in done]  # trainer e^1 x more
+    m = trainer.step(batch)
+    assert m["rollout_is_capped_frac"] == 1.0 and m["rollout_is_mean"] == pytest.approx(
+        math.e, rel=1e-3
+    )
+    trainer.reset(CFG.merged({"rollout_is": None}))
+    assert "rollout_is_mean" not in trainer.step(batch)

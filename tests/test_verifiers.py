@@ -70,7 +70,7 @@ def test_feedback_shows_the_two_shortest_wrong_answers_and_truncates():
         {"index": 0, "status": "passed", "input": "a", "expected": "a"},
         {"index": 1, "status": "wrong_answer", "input": "x" * 50, "expected": "1", "actual": "2"},
         {"index": 2, "status": "wrong_answer", "input": "yy", "expected": "1", "actual": "3"},
-        {"index": 3, "status": "timeout", "input": "z", "expected": "1", "error": "Time limit"},
+        {"index": 3, "status": "passed", "input": "z", "expected": "1"},
         {"index": 4, "status": "wrong_answer", "input": "w", "expected": "5", "actual": "4"},
     ]
     text = summarize(tests, 2000)
@@ -83,6 +83,37 @@ def test_feedback_shows_the_two_shortest_wrong_answers_and_truncates():
     short = summarize(tests, 300)
     assert len(short) <= 300 and short.startswith("Wrong Answer\nInput: xxx")
     assert "... (truncated)\nExpected Output: 1\nYour Output: 2" in short
+
+
+def test_feedback_shows_a_crash_before_a_timeout_before_wrong_answers():
+    """The authors' format_test_feedback order: the first test with an error, else the first
+    timeout, else the wrong answers, wherever they stand among the tests."""
+    wrong = {"index": 0, "status": "wrong_answer", "input": "1", "expected": "1", "actual": "2"}
+    slow = {"index": 1, "status": "timeout", "input": "2", "expected": "1", "error": "Time limit"}
+    crash = {"index": 2, "status": "runtime_error", "input": "3", "expected": "1", "error": "E"}
+    assert summarize([wrong, slow, crash], 2000).startswith("Runtime Error\nInput: 3")
+    assert summarize([wrong, slow], 2000).startswith("Time Limit Exceeded\nInput: 2")
+    assert summarize([wrong], 2000).startswith("Wrong Answer\nInput: 1")
+
+
+def test_no_code_is_incorrect_format_and_cut_at_the_limit_says_truncated(sandbox):
+    """LiveCodeBench extraction without a fenced block: nothing runs, the feedback is the
+    authors' "Incorrect Format"; the same attempt cut at max_new_tokens says it was truncated.
+    A gradable attempt keeps its own feedback when truncated."""
+    from sdpo_core.verifiers.base import INCORRECT_FORMAT, TRUNCATED_ATTEMPT, truncated_attempt
+
+    v = make({**STDIN_SPEC, "code_extraction": "livecodebench"}, sandbox)
+    bare, wrong = v.verify_batch(["I would add the numbers.", fence("print(0)")])
+    assert not bare.passed and bare.feedback == INCORRECT_FORMAT
+    assert bare.details["incorrect_format"] and bare.details["tests"] == []
+    assert truncated_attempt(bare).feedback == TRUNCATED_ATTEMPT
+    assert truncated_attempt(bare).details["truncated"]
+    assert wrong.feedback.startswith("Wrong Answer") and truncated_attempt(wrong) == wrong
+    answer = build_verifier({"kind": "answer", "expected": "42"})
+    none = answer.verify("I am still thinking about")
+    assert (
+        none.details["incorrect_format"] and truncated_attempt(none).feedback == TRUNCATED_ATTEMPT
+    )
 
 
 # ----------------------------------------------------------------------- tests: stdin

@@ -52,6 +52,26 @@ class VerifierBase:
         return [self.verify(r) for r in responses]
 
 
+# What the teacher is told about an attempt with no gradable answer, and about one that was also
+# cut at max_new_tokens (the authors' verl/utils/reward_score/feedback/code.py wording). A
+# verdict marks the first with details["incorrect_format"] = True; the solve loop, which knows
+# the finish reason, swaps in the second.
+INCORRECT_FORMAT = "Incorrect Format: Put your code inside a ```python ... ``` block."
+TRUNCATED_ATTEMPT = (
+    "Truncated Attempt: Your previous response was too long and truncated because it reached "
+    "the maximum response length. Try again with a shorter response."
+)
+
+
+def truncated_attempt(verdict: Verdict) -> Verdict:
+    """`verdict` of an attempt cut at the length limit: a failing one without a gradable
+    answer says it was truncated (a passing or gradable one is left as it is)."""
+    if verdict.passed or not verdict.details.get("incorrect_format"):
+        return verdict
+    details = {**verdict.details, "truncated": True}
+    return Verdict(False, verdict.score, TRUNCATED_ATTEMPT, details)
+
+
 def truncate(text: str, limit: int) -> str:
     """Cut `text` to at most `limit` characters, saying so at the end."""
     if limit <= 0 or len(text) <= limit:

@@ -99,18 +99,23 @@ def block(test: dict[str, Any], field_chars: int) -> str:
 
 
 def summarize(tests: list[dict[str, Any]], max_chars: int) -> str:
-    """The first failing test, or (when it is a wrong answer) the two shortest wrong answers."""
+    """As the authors' format_test_feedback: the first failing test that crashed (compile or
+    runtime error, memory or output limit), else the first timeout, else the two shortest
+    wrong answers."""
     failed = [t for t in tests if t["status"] not in ("passed", "skipped")]
     if not failed:
         return ""
     field_chars = max(80, max_chars // 4)
-    if failed[0]["status"] == "wrong_answer":
-        wrong = [t for t in failed if t["status"] == "wrong_answer"]
-        wrong.sort(key=lambda t: len(t.get("input") or "") + len(t.get("expected") or ""))
+    errors = [t for t in failed if t["status"] not in ("wrong_answer", "timeout")]
+    first = errors or [t for t in failed if t["status"] == "timeout"]
+    if first:
+        text = block(first[0], field_chars)
+    else:
+        wrong = sorted(
+            failed, key=lambda t: len(t.get("input") or "") + len(t.get("expected") or "")
+        )
         shown = sorted(wrong[:2], key=lambda t: t["index"])
         text = "\n\n".join(block(t, field_chars) for t in shown)
-    else:
-        text = block(failed[0], field_chars)
     return truncate(text, max_chars)
 
 

@@ -260,6 +260,7 @@ class AnswerVerifier(VerifierBase):
         answer, source = extract_answer(response)
         details: dict[str, Any] = {"answer": answer, "source": source, "match": self.match}
         if answer is None:
+            details["incorrect_format"] = True
             feedback = (
                 "Wrong Answer\nNo final answer found. Put the final answer in \\boxed{} "
                 "or on a line starting with 'Answer:'."
@@ -270,6 +271,9 @@ class AnswerVerifier(VerifierBase):
         details.update(extra)
         if ok:
             return Verdict(True, 1.0, "", details)
+        # a wrong answer read off the last line (no \boxed{}, no "Answer:"): not a marked answer,
+        # so a response cut at the length limit says it was truncated (solve.py)
+        details["incorrect_format"] = source == "last_line"
         lines = ["Wrong Answer", f"Your Answer: {answer}"]
         if self.reveal_expected:
             lines.append(f"Expected Answer: {self.expected}")

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from sdpo_core.types import Verdict
 from sdpo_core.verifiers.base import (
+    INCORRECT_FORMAT,
     Identifier,
     SandboxedSpec,
     VerifierBase,
@@ -427,7 +428,7 @@ class TestsVerifier(VerifierBase):
         else:
             units = [(g, [i]) for g in range(len(codes)) for i in range(n)]
         stop_on = {"compile_error"} | ({"timeout"} if self.stop_after_timeout else set())
-        stopped: set[int] = set()
+        stopped = {g for g, code in enumerate(codes) if not code.strip()}  # nothing to run
         judged: dict[int, dict[str, Any]] = {}
 
         def one(slots: list[Any], unit: tuple[int, list[int]]) -> list[RunResult]:
@@ -444,7 +445,10 @@ class TestsVerifier(VerifierBase):
         runs: list[list[RunResult]] = [[] for _ in codes]
         for (g, _), results in zip(units, per_unit, strict=True):
             runs[g].extend(results)
-        return [self._verdict(r, judged) for r in runs]
+        return [
+            self._verdict(r, judged) if code.strip() else _no_code()
+            for r, code in zip(runs, codes, strict=True)
+        ]
 
     def _outcome(self, i: int, test: dict[str, Any], run: RunResult) -> dict[str, Any]:
         expected = test["output"]
@@ -538,6 +542,12 @@ class TestsVerifier(VerifierBase):
 
 WITHHELD = "(not shown: the program ran a held-out test before this one)"
 HELD_OUT_ERROR = "(not shown: the program's error output on a held-out test)"
+
+
+def _no_code() -> Verdict:
+    """An attempt with no code to run (LiveCodeBench extraction found no fenced block; or an
+    empty response): the authors' "Incorrect Format" feedback, nothing run."""
+    return Verdict(False, 0.0, INCORRECT_FORMAT, {"incorrect_format": True, "tests": []})
 
 
 def _withhold_after_hidden(outcomes: list[dict[str, Any]]) -> None:
