@@ -585,6 +585,20 @@
   // ---------------------------------------------------------------- suite page
 
   const METHOD_COLORS = { sdpo: "#2563eb", best_of_k: "#94a3b8", multi_turn: "#f59e0b" };
+  const FINISHED = new Set([...TERMINAL, "expired"]);
+
+  // discovery@k at every k: a step up at each finished run's solving attempt (over the
+  // method's finished runs), from k = 1 to the largest budget
+  function discoveryCurve(runs) {
+    const done = runs.filter((r) => FINISHED.has(r.status));
+    const budget = Math.max(1, ...runs.map((r) => r.budget));
+    if (!done.length) return [];
+    const found = done.map((r) => r.solved_attempt).filter((a) => a != null).sort((a, b) => a - b);
+    const points = [{ x: 1, y: 0 }];
+    found.forEach((a, i) => points.push({ x: a, y: (i + 1) / done.length }));
+    points.push({ x: budget, y: found.length / done.length });
+    return points;
+  }
 
   function suitePage() {
     const sid = document.body.dataset.suiteId;
@@ -596,7 +610,7 @@
         maintainAspectRatio: false,
         parsing: false,
         scales: {
-          x: { type: "logarithmic", title: { display: true, text: "attempts k" } },
+          x: { type: "logarithmic", min: 1, title: { display: true, text: "attempts k" } },
           y: { min: 0, max: 1, title: { display: true, text: "discovery@k" } },
         },
       },
@@ -621,13 +635,14 @@
       setText("suite-seeds", String(s.seeds));
       setText("suite-model", s.model);
       $("suite-cancel").disabled = s.status === "done" || s.cancel_requested;
-      chart.data.datasets = Object.entries(s.summary).map(([method, m]) => ({
+      chart.data.datasets = Object.keys(s.summary).map((method) => ({
         label: method,
         borderColor: METHOD_COLORS[method] || "#64748b",
         backgroundColor: METHOD_COLORS[method] || "#64748b",
-        stepped: true,
+        stepped: "before",  // Chart.js: level until the next point, then the step
         pointRadius: 0,
-        data: Object.entries(m.discovery_at_k).map(([k, y]) => ({ x: Number(k), y })),
+        borderWidth: 2,
+        data: discoveryCurve(s.runs.filter((r) => r.method === method)),
       }));
       chart.update("none");
       const body = $("suite-summary-body");
