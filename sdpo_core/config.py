@@ -40,8 +40,10 @@ TargetModules = Annotated[list[str] | Literal["all-linear"], AfterValidator(_no_
 
 
 class SDPOConfig(BaseModel):
-    """Test-time SDPO settings. Defaults follow the paper's test-time setting, with a
-    LoRA learning rate measured on the bundled toy model (benchmarks/discovery.py)."""
+    """Test-time SDPO settings. Defaults follow the paper's test-time setting and the
+    authors' run config (lasgroup/SDPO; docs/algorithm-options.md has the table, each rule's
+    source), with a LoRA learning rate measured on the bundled toy model
+    (benchmarks/discovery.py). A model's sdpo_defaults.json overrides them (docs/models.md)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -50,12 +52,26 @@ class SDPOConfig(BaseModel):
         None, description="System message before the prompt (student and teacher alike)."
     )
     enable_thinking: bool | None = Field(
-        None, description="Thinking switch of Qwen3-style chat templates; null = its default."
+        None,
+        description="Thinking switch of Qwen3-style chat templates; null = its default. A "
+        "template with the switch gets false unless set (the authors' runs: "
+        "apply_chat_template_kwargs enable_thinking false, user.yaml; sdpo_core/runtime.py).",
     )
 
     # rollout
-    samples_per_step: int = Field(16, ge=1, le=256, description="Rollouts per SDPO step.")
-    max_new_tokens: int = Field(1024, ge=1, le=32768, description="Response length cap.")
+    samples_per_step: int = Field(
+        16,
+        ge=1,
+        le=256,
+        description="Rollouts per SDPO step (the paper's test-time setting; their training "
+        "runs sample 8 per question, sdpo.yaml rollout.n).",
+    )
+    max_new_tokens: int = Field(
+        8192,
+        ge=1,
+        le=32768,
+        description="Response length cap (the authors' max_response_length, user.yaml).",
+    )
     temperature: float = Field(1.0, gt=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int = Field(0, ge=0, description="Seed for sampling and initialisation.")

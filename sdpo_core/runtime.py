@@ -11,6 +11,7 @@ from typing import Any, Literal
 import torch
 from pydantic import ValidationError
 
+from sdpo_core.chat import ChatTemplateError, has_thinking_switch
 from sdpo_core.config import SDPOConfig
 from sdpo_core.engines.base import Engine
 from sdpo_core.trainer import SDPOTrainer
@@ -49,6 +50,17 @@ def family_defaults(model_path: str | Path) -> dict[str, Any]:
     """SDPOConfig overrides that the model's architecture family needs (target_modules)."""
     modules = FAMILY_TARGET_MODULES.get(model_type(model_path) or "")
     return {"target_modules": list(modules)} if modules else {}
+
+
+def template_defaults(tokenizer: Any) -> dict[str, Any]:
+    """SDPOConfig overrides that the model's chat template calls for: a template with a
+    thinking switch (Qwen3) gets enable_thinking false, as the authors' runs render prompts
+    (user.yaml: apply_chat_template_kwargs enable_thinking false); at 8,192 new tokens a
+    thinking model spends most of them reasoning and is often cut before its answer."""
+    try:
+        return {"enable_thinking": False} if has_thinking_switch(tokenizer) else {}
+    except ChatTemplateError:  # no template at all: the first prompt says so
+        return {}
 
 
 # A JSON object beside the model's config.json: SDPOConfig fields whose best value depends on
@@ -138,8 +150,10 @@ def load_runtime(
             "models are not downloaded at run time"
         )
     trainer = SDPOTrainer(path, device=device, dtype=dtype)
-    # the family's needs, then the model's own file (more specific), then each problem's block
-    defaults = load_model_defaults(path, SDPOConfig().merged(family_defaults(path)))
+    # the family's and the template's needs, then the model's own file (more specific), then
+    # each problem's block
+    generic = {**family_defaults(path), **template_defaults(trainer.tokenizer)}
+    defaults = load_model_defaults(path, SDPOConfig().merged(generic))
     if engine == "hf":
         from sdpo_core.engines.hf import HFEngine
 

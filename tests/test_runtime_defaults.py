@@ -54,3 +54,29 @@ def test_the_bundled_model_ships_its_defaults_and_the_runtime_uses_them(runtime)
     for name in ("toy_hard.json", "toy_easy.json"):
         example = json.loads((DEFAULT_MODEL_DIR.parents[2] / "examples" / name).read_text())
         assert "lr" not in example["sdpo"]
+
+
+def test_generic_defaults_are_the_authors_and_a_thinking_template_gets_thinking_off(
+    tmp_path,
+) -> None:
+    """Without a defaults file: 8,192 new tokens (user.yaml max_response_length) and, for a
+    template with a thinking switch (Qwen3), enable_thinking false (their
+    apply_chat_template_kwargs); a template without the switch is left alone."""
+    from transformers import AutoTokenizer
+
+    from sdpo_core.chat import encode_chat
+    from sdpo_core.runtime import template_defaults
+
+    assert SDPOConfig().max_new_tokens == 8192 and SDPOConfig().samples_per_step == 16
+    tok = AutoTokenizer.from_pretrained(DEFAULT_MODEL_DIR)
+    assert template_defaults(tok) == {}  # ChatML without a switch
+    tok.chat_template = (
+        "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>"
+        "{% if enable_thinking is defined and not enable_thinking %}<think></think>{% endif %}"
+        "{% endif %}"
+    )
+    assert template_defaults(tok) == {"enable_thinking": False}
+    cfg = SDPOConfig().merged(template_defaults(tok))
+    text = tok.decode(encode_chat(tok, "hi", enable_thinking=cfg.enable_thinking))
+    assert text.endswith("<|assistant|><think></think>")
