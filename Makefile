@@ -20,7 +20,9 @@ $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 # its minimal root and picks it up by default): the system python, which every slot uid can
 # read, plus what LiveCodeBench solutions import. No pip inside; our pip installs into it.
 $(SANDBOX_VENV)/.installed: deploy/sandbox-requirements.txt $(VENV)/.installed
-	$(SANDBOX_BASE_PYTHON) -m venv --without-pip --clear $(SANDBOX_VENV)
+	@if [ -L $(SANDBOX_VENV) ]; then \
+	  echo "$(SANDBOX_VENV) is a link to another checkout's: not rebuilding it there"; exit 0; fi; \
+	$(SANDBOX_BASE_PYTHON) -m venv --without-pip --clear $(SANDBOX_VENV) && \
 	$(BIN)/pip --python $(SANDBOX_VENV)/bin/python3 install -q -r deploy/sandbox-requirements.txt
 	touch $@
 

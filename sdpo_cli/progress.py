@@ -29,7 +29,7 @@ class ProgressDisplay:
         self.started = time.monotonic()
         self.attempts = 0
         self.passed = 0
-        self.best_score = 0.0
+        self.best_score: float | None = None
         self.step = 0
         self.adapter_version = 0
         self.loss: float | None = None
@@ -54,7 +54,8 @@ class ProgressDisplay:
             self.attempts = max(self.attempts, int(event["index"]))
             verdict = event.get("verdict") or {}
             self.passed += bool(verdict.get("passed"))
-            self.best_score = max(self.best_score, float(verdict.get("score", 0.0)))
+            score = float(verdict.get("score", 0.0))
+            self.best_score = score if self.best_score is None else max(self.best_score, score)
             if verdict.get("feedback"):
                 self.last_feedback = verdict["feedback"]
         elif kind == "step":
@@ -69,6 +70,9 @@ class ProgressDisplay:
         if self.live is not None:
             self.live.update(self._render())
 
+    def _best(self) -> str:
+        return "-" if self.best_score is None else f"{self.best_score:.2f}"
+
     def _fmt(self, x: float | None) -> str:
         return "-" if x is None else f"{x:.4g}"
 
@@ -76,7 +80,7 @@ class ProgressDisplay:
         budget = f"/{self.max_attempts}" if self.max_attempts else ""
         return (
             f"step {self.step:>3}  attempts {self.attempts}{budget}  passed {self.passed}  "
-            f"best {self.best_score:.2f}  loss {self._fmt(self.loss)}  kl {self._fmt(self.kl)}  "
+            f"best {self._best()}  loss {self._fmt(self.loss)}  kl {self._fmt(self.kl)}  "
             f"adapter v{self.adapter_version}  {time.monotonic() - self.started:.0f}s"
         )
 
@@ -89,7 +93,7 @@ class ProgressDisplay:
             ("status", self.status),
             ("attempts", f"{self.attempts}{budget}"),
             ("passed", str(self.passed)),
-            ("best score", f"{self.best_score:.2f}"),
+            ("best score", self._best()),
             ("SDPO step", str(self.step)),
             ("loss / KL", f"{self._fmt(self.loss)} / {self._fmt(self.kl)}"),
             ("adapter", f"v{self.adapter_version}"),

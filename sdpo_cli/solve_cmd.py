@@ -68,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     from sdpo_cli.progress import ProgressDisplay
+    from sdpo_core.objectives import Maximize
     from sdpo_core.solve import latest_adapter_dir, solve
 
     stem = Path(args.problem).stem
@@ -90,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         runtime.close()
 
     adapter = latest_adapter_dir(ckpt)
+    maximizing = isinstance(problem.objective, Maximize)
     out = sys.stderr if args.json else sys.stdout
     if result.solved:
         print(
@@ -98,13 +100,23 @@ def run(args: argparse.Namespace) -> int:
             file=out,
         )
         print(f"solution:\n{result.solution}", file=out)
+    elif maximizing and result.status == "exhausted":  # its normal end: the best is the answer
+        print(
+            f"ran its budget ({result.attempts} attempts, {result.steps} SDPO steps, "
+            f"{result.seconds:.1f} s): best score {result.best_score:.4g} at attempt "
+            f"{result.best_attempt}",
+            file=out,
+        )
+        print(f"best attempt:\n{result.best_solution}", file=out)
     else:
         detail = result.error or result.status
         print(
             f"not solved ({detail}) after {result.attempts} attempts, {result.steps} steps, "
-            f"best score {result.best_score:.2f}",
+            f"best score {result.best_score:.4g}",
             file=out,
         )
+        if result.best_attempt is not None:
+            print(f"best attempt {result.best_attempt}:\n{result.best_solution}", file=out)
     if adapter is not None:
         print(f"adapter (PEFT): {adapter}", file=out)
     if args.json:
@@ -114,4 +126,4 @@ def run(args: argparse.Namespace) -> int:
             "checkpoint_dir": str(ckpt),
         }
         print(json.dumps(summary))
-    return 0 if result.solved else 1
+    return 0 if result.solved or (maximizing and result.status == "exhausted") else 1

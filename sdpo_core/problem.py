@@ -26,6 +26,7 @@ from pydantic import (
 
 from sdpo_core.config import SDPOConfig, SDPOOverrides
 from sdpo_core.methods import Method
+from sdpo_core.objectives import Objective, StopAtPass
 from sdpo_core.verifiers.base import STORED, VerifierSpecError
 from sdpo_core.verifiers.specs import (
     VERIFIER_JSON_SCHEMA,
@@ -71,6 +72,12 @@ class ProblemSpec(BaseModel):
         description="sdpo: test-time SDPO; best_of_k: independent samples from the base "
         "model; multi_turn: conversations in which each attempt sees its earlier feedback.",
     )
+    objective: Objective = Field(  # type: ignore[valid-type]
+        default_factory=StopAtPass,
+        description='When the run stops: {"stop": "pass"} (the first passing attempt), '
+        '{"target_score": x} (the first attempt scoring at least x) or {"maximize": true} '
+        "(run to the budget, keep the best).",
+    )
     sdpo: SDPOField = Field(  # type: ignore[valid-type]
         default_factory=SDPOOverrides, description="Overrides of SDPO settings."
     )
@@ -111,6 +118,8 @@ def _first_error(exc: ValidationError, data: dict[str, Any]) -> ProblemError:
     inner = (err.get("ctx") or {}).get("error")
     if isinstance(inner, VerifierSpecError):  # a check inside the spec: it knows the field
         return ProblemError(inner.message, field=inner.field)
+    if len(loc) > 2 and loc[0] == "objective":  # the union's tag is not a field
+        loc = (loc[0], *loc[2:])
     if loc and loc[0] == "verifier":
         inside = error_field(loc[1:], data.get("verifier"))
         field = f"verifier.{inside}" if inside else "verifier"

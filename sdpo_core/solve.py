@@ -73,6 +73,8 @@ class LoopState:
     steps: int = 0
     adapter_version: int = 0
     best_score: float = 0.0
+    best_attempt: int | None = None  # the best attempt so far: its index and text
+    best_text: str | None = None
     seconds: float = 0.0  # wall time spent before this run (resumed runs)
     pending: Pending | None = None
     feedback_pool: list[str] = dataclasses.field(default_factory=list)  # distinct, oldest first
@@ -246,8 +248,12 @@ def solve(
                         num_tokens=len(c.token_ids),
                     )
                 )
-            state.best_score = max([state.best_score, *(v.score for v in pending.verdicts)])
-            winner = next((i for i, v in enumerate(pending.verdicts) if v.passed), None)
+            for i, (c, v) in enumerate(zip(pending.completions, pending.verdicts, strict=True)):
+                if state.best_attempt is None or v.score > state.best_score:
+                    state.best_score, state.best_attempt = v.score, pending.first_index + i
+                    state.best_text = c.text
+            objective = problem.objective
+            winner = next((i for i, v in enumerate(pending.verdicts) if objective.reached(v)), None)
             if winner is not None:
                 return _solved(state, pending, winner, elapsed(), ckpt, emit)
             if state.attempts >= budget.max_attempts:  # an update now would never be used
@@ -442,11 +448,14 @@ def _result(state: LoopState, status: str, seconds: float, **kw: Any) -> SolveRe
         attempts=state.attempts,
         first_pass_attempt=kw.get("first_pass_attempt"),
         solution=kw.get("solution"),
+        score=kw.get("score"),
         best_score=state.best_score,
         steps=state.steps,
         seconds=seconds,
         adapter_version=state.adapter_version,
         error=kw.get("error"),
+        best_attempt=state.best_attempt,
+        best_solution=state.best_text,
     )
 
 
@@ -468,6 +477,7 @@ def _solved(
         seconds,
         first_pass_attempt=pending.first_index + winner,
         solution=pending.completions[winner].text,
+        score=pending.verdicts[winner].score,
     )
     state.pending, state.seconds, state.result = None, seconds, result.to_dict()
     ckpt.save(state)
@@ -504,6 +514,7 @@ def _finish(state: LoopState, emit: EventCallback, result: SolveResult) -> Solve
                 attempts=result.attempts,
                 steps=result.steps,
                 seconds=result.seconds,
+                score=result.score,
             )
         )
     else:
@@ -514,6 +525,8 @@ def _finish(state: LoopState, emit: EventCallback, result: SolveResult) -> Solve
                 steps=result.steps,
                 seconds=result.seconds,
                 best_score=result.best_score,
+                best_attempt=result.best_attempt,
+                best_solution=result.best_solution,
             )
         )
     return result

@@ -76,6 +76,9 @@ class SolveResult:
     seconds: float
     adapter_version: int
     error: str | None = None
+    score: float | None = None  # the solving attempt's score
+    best_attempt: int | None = None  # the best attempt (highest score, first of equals)
+    best_solution: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -134,15 +134,18 @@ class _Streams:
     sys.stdout, closed it, or closed or redirected fd 1 or 2 (e.g. an `open(1, "w")` that is
     collected), and the next test must still reach the parent."""
 
-    def __init__(self) -> None:
-        self.saved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64) for fd in (1, 2)]
+    def __init__(self, restorable: bool) -> None:
+        # copies of fd 1 and 2 (at 64 and 65) only for runs of several tests: they restore
+        # them between tests; a one-program run holds no descriptor it does not need
+        fds = (1, 2) if restorable else ()
+        self.saved = [(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64), fd) for fd in fds]
         self.out = self.err = sys.stdout
         self.reset()
         sys.stdin = open(0, encoding="utf-8", errors="surrogateescape", closefd=False)
         sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, self.out, self.err
 
     def reset(self) -> None:
-        for saved, fd in zip(self.saved, (1, 2), strict=True):
+        for saved, fd in self.saved:
             try:
                 os.dup2(saved, fd)
             except OSError:  # the program closed our copy too: it only loses its own output
@@ -361,7 +364,13 @@ def run(req: dict) -> None:
     req = {**req, **json.loads(ctl.readline())}  # the code and data: never the server's
     nonce = req.pop("nonce")
     harness = req["harness"]
-    streams = _Streams()
+    one_program = harness in ("stdin", "verify")  # no messages after the code: close fd 4
+    if one_program:
+        os.close(4)
+    else:
+        os.set_inheritable(4, False)
+    os.set_inheritable(3, False)  # a program the code execs gets stdio only
+    streams = _Streams(restorable=not one_program)
     chan = _Channel(nonce, ctl)
     sys.argv = ["solution.py"]
     sys.path.insert(0, os.getcwd())
@@ -396,9 +405,10 @@ def run(req: dict) -> None:
         elif harness == "verify":
             exec(compiled, g)
             value = g["verify"](req["data"])
-            if isinstance(value, tuple | list) and len(value) == 2:
-                passed, feedback = value
-                value = [passed, feedback if isinstance(feedback, str) else repr(feedback)]
+            if isinstance(value, tuple | list) and len(value) in (2, 3):
+                passed, feedback, *score = value
+                text = feedback if isinstance(feedback, str) else repr(feedback)
+                value = [passed, text, *(s if type(s) in (int, float) else repr(s) for s in score)]
             elif not isinstance(value, bool):
                 value = repr(value)[:1000]
             chan.report({"value": value})

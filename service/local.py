@@ -44,12 +44,15 @@ def free_port() -> int:
 
 
 def uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
-    """uvloop + httptools, no access log: the least CPU per request (see api_load.py)."""
+    """uvloop + httptools, no access log: the least CPU per request (see api_load.py).
+    uvicorn's loggers follow the process's logging as the entry point set it (its startup
+    and shutdown lines only with --verbose, its errors always), not a config of its own."""
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
         host=settings.host,
         port=settings.port,
-        log_level="info",
+        log_config=None,
+        log_level=None,
         loop="uvloop",
         http="httptools",
         access_log=False,
@@ -266,6 +269,8 @@ def serve(
     """Run the API; in local mode (no REDIS_URL) also a private Redis and one worker."""
     settings.check()
     if settings.redis_url:
+        auth = "" if settings.auth_enabled else "  (auth off, loopback only)"
+        print(f"sdpo serve: API on http://{settings.host}:{settings.port}{auth}", flush=True)
         uvicorn.Server(uvicorn_config(create_app(settings), settings)).run()
         return 0
 

@@ -37,7 +37,13 @@ class Problem(BaseModel):
     model: str
     attempts: int = Field(..., description="Attempts so far (each counted once).")
     steps: int = Field(..., description="SDPO steps done.")
-    best_score: float | None = Field(None, description="Best verifier score so far, in [0, 1].")
+    best_score: float | None = Field(
+        None,
+        description="Best verifier score so far (tests: the fraction passed; a python "
+        "verifier's own score).",
+    )
+    best_attempt: int | None = Field(None, description="Index of the best attempt so far.")
+    best_solution: str | None = Field(None, description="The best attempt's text.")
     solved_attempt: int | None = Field(None, description="Index of the first passing attempt.")
     solution: str | None = Field(None, description="The passing attempt's text.")
     error: str | None = None
@@ -113,6 +119,8 @@ def problem_from_row(row: dict[str, str]) -> Problem:
         attempts=_int(row.get("attempts")) or 0,
         steps=_int(row.get("steps")) or 0,
         best_score=float(best) if best not in (None, "") else None,
+        best_attempt=_int(row.get("best_attempt")),
+        best_solution=row.get("best_solution") or None,
         solved_attempt=_int(row.get("solved_attempt")),
         solution=row.get("solution") or None,
         error=row.get("error") or None,

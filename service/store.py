@@ -182,9 +182,12 @@ local seq = tonumber(ARGV[3])
 if seq <= (tonumber(redis.call('HGET', KEYS[1], ARGV[2])) or 0) then return 'dup' end
 redis.call('HSET', KEYS[1], ARGV[2], seq, 'updated_at', ARGV[8])
 hset_pairs(KEYS[1], ARGV, 10, tonumber(ARGV[9]))
-if ARGV[7] ~= '' then
-  local best = tonumber(redis.call('HGET', KEYS[1], 'best_score')) or -1
-  if tonumber(ARGV[7]) > best then redis.call('HSET', KEYS[1], 'best_score', ARGV[7]) end
+if ARGV[7] ~= '' then  -- the best attempt: the highest score, the first of equals
+  local best = tonumber(redis.call('HGET', KEYS[1], 'best_score'))
+  if best == nil or tonumber(ARGV[7]) > best then
+    redis.call('HSET', KEYS[1], 'best_score', ARGV[7], 'best_attempt', seq,
+               'best_solution', cjson.decode(ARGV[6]).text or '')
+  end
 end
 if ARGV[6] ~= '' then redis.call('RPUSH', KEYS[3], ARGV[6]) end
 xadd(KEYS[2], ARGV[4], ARGV[5])

@@ -190,7 +190,7 @@ class Worker:
         log.info(
             "worker %s: loading %s (%s engine, %d CPU threads%s)",
             self.name,
-            self.model_path,
+            self.model_path or "the bundled toy model",
             self.engine,
             threads,
             "" if self.settings.cpu_threads else " from the free cores; SDPO_CPU_THREADS sets it",
@@ -395,9 +395,22 @@ class Worker:
             data=data,
             fields=fields,
         )
-        if outcome == "ok":  # counted by the one writer that finished it
+        if outcome == "ok":  # counted and logged by the one writer that finished it
             started = row.get("started_at")
-            self.metrics.finished(status, time.time() - float(started) if started else None)
+            seconds = time.time() - float(started) if started else None
+            self.metrics.finished(status, seconds)
+            error = str(data.get("error") or "").strip().splitlines()[:1]  # one line per event
+            log.log(
+                logging.WARNING if status == "failed" else logging.INFO,
+                "worker %s: %s %s after %s attempts, %s steps%s%s",
+                self.name,
+                pid,
+                status,
+                data.get("attempts", "?"),
+                data.get("steps", "?"),
+                f", {seconds:.1f} s" if seconds is not None else "",
+                f": {error[0]}" if status == "failed" and error else "",
+            )
         return outcome
 
     async def _publish(self, job: _Job, event: SolveEvent) -> str:
@@ -451,7 +464,6 @@ class Worker:
                 "solved_attempt": event.attempt_index,
                 "attempts": event.attempts,
                 "steps": event.steps,
-                "best_score": 1.0,
             }
             return await self._finish(pid, owner, "solved", fields, data)
         if isinstance(event, ExhaustedPayload):

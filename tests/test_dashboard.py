@@ -208,7 +208,10 @@ def test_charts_grow_live_and_cancel(tabs: Any, sdpo_service: Service) -> None:
         assert len(seen) >= 3 and attempts == sorted(attempts) and attempts[-1] > attempts[0], seen
         last = seen[-1]
         assert last["kl"] == last["loss"] and last["grad"] >= last["loss"] - 1
-        assert page.locator("#download").is_enabled()  # an adapter exists after a step
+        # an adapter exists after a step (the page renders it on its next tick, within 1 s)
+        page.wait_for_function(
+            "() => !document.getElementById('download').disabled", timeout=10_000
+        )
         assert page.locator("#feedback").inner_text() not in {"", "–"}
         assert page.locator("#live").inner_text() == "● live"
         # the per-step charts join steps with straight segments (no smoothing overshoot)
@@ -318,3 +321,29 @@ def test_other_tenant_cannot_reach(tabs: Any, sdpo_service: Service) -> None:
     assert page.locator(f"tr[data-id='{pid}']").count() == 0
     assert get(sdpo_service, pid)["cancel_requested"] is False
     wait_terminal(sdpo_service, pid)
+
+
+def test_suite_page_shows_the_report_live(tabs: Any, sdpo_service: Service) -> None:
+    """A suite's page: progress, a discovery@k curve per method, the summary and per-problem
+    tables; its runs' pages link back to it."""
+    problems = [make_problem(seed, 1, max_attempts=16) for seed in (11, 12)]
+    for p in problems:
+        p["sdpo"] = {**p["sdpo"], "samples_per_step": 4}
+    with sdpo_service.client() as c:
+        suite = c.post(
+            "/v1/suites", json={"problems": problems, "methods": ["sdpo", "best_of_k"]}
+        ).json()
+    tab = tabs()
+    page = tab.goto(f"/ui/suites/{suite['id']}")
+    page.locator("#suite").wait_for(state="visible")
+    page.locator("#suite-status.solved").wait_for(timeout=300_000)  # done: every run finished
+    assert page.locator("#suite-progress").inner_text() == "4 / 4"
+    labels = page.evaluate("() => window.sdpoDashboard.chart.data.datasets.map((d) => d.label)")
+    assert labels == ["sdpo", "best_of_k"]
+    rows = page.locator("#suite-summary-body tr")
+    assert rows.count() == 2 and rows.nth(0).locator("td").nth(0).inner_text() == "sdpo"
+    assert page.locator("#suite-table-body tr").count() == 2
+    assert page.locator("#suite-cancel").is_disabled()
+    run_page = tab.goto(f"/ui/problems/{suite['runs'][0]['problem_id']}")
+    run_page.locator("#s-suite-stat").wait_for(state="visible")
+    assert run_page.locator("#s-suite").get_attribute("href") == f"/ui/suites/{suite['id']}"

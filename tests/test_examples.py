@@ -1,12 +1,13 @@
-"""Every example problem in examples/: a valid problem file whose verifier passes a correct
-answer and fails a wrong one with feedback; run by the solve loop (what `sdpo solve` runs) on a
-tiny random model, its verifier's feedback reaches the self-teacher (samples with feedback
-are not masked out of the SDPO step)."""
+"""Every example problem in examples/: a valid problem file that POST /v1/problems accepts,
+whose verifier passes a correct answer and fails a wrong one with feedback; run by the solve
+loop on a tiny random model, its verifier's feedback reaches the self-teacher (samples with
+feedback are not masked out of the SDPO step); `sdpo solve` runs it to the end of its budget."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,9 @@ from sdpo_core.contract import AttemptPayload, StepPayload
 from sdpo_core.problem import load_problem, parse_problem
 from sdpo_core.solve import solve
 from tests.conftest import REPO
+from tests.test_cli import sdpo
+
+pytest_plugins = ["service_fixtures"]
 
 EXAMPLES = sorted(
     p.stem for p in (REPO / "examples").glob("*.json") if not p.stem.startswith("toy")
@@ -75,27 +79,63 @@ def test_example_verifier_passes_the_answer_and_explains_a_wrong_one(name: str) 
     assert not bad.passed and bad.feedback.startswith(WRONG_FEEDBACK[name]), bad.feedback
 
 
+def test_the_api_accepts_every_example(api_server: Any) -> None:
+    """As they are, under the server's default limits (each file is what a user would POST)."""
+    with api_server.client() as client:
+        for path in sorted((REPO / "examples").glob("*.json")):
+            data = json.loads(path.read_text())
+            r = client.post("/v1/problems", json=data)
+            assert r.status_code == 201, (path.name, r.text)
+            spec = client.get(f"/v1/problems/{r.json()['id']}").json()["spec"]
+            assert spec["verifier"]["kind"] == data["verifier"]["kind"], path.name
+            assert client.post(f"/v1/problems/{r.json()['id']}/cancel").status_code == 200
+
+
+def small(name: str, attempts: int) -> dict[str, Any]:
+    """The example with a tiny budget: `attempts` samples in steps of 4, 24 tokens each."""
+    data = json.loads((REPO / "examples" / f"{name}.json").read_text())
+    data["budget"] = {"max_attempts": attempts, "max_seconds": 300}
+    data["sdpo"] = {**data["sdpo"], "max_new_tokens": 24, "samples_per_step": 4}
+    return data
+
+
 @pytest.fixture(scope="module")
-def tiny_runtime(tmp_path_factory: pytest.TempPathFactory):
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
 
-    from sdpo_core.runtime import load_runtime
     from sdpo_core.toy.families import build_tiny_model
 
     torch.manual_seed(0)
-    path = build_tiny_model("qwen3", tmp_path_factory.mktemp("tiny") / "model")
-    runtime = load_runtime(path, engine="hf", device="cpu")
+    return build_tiny_model("qwen3", tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="module")
+def tiny_runtime(tiny_model: Path):
+    from sdpo_core.runtime import load_runtime
+
+    runtime = load_runtime(tiny_model, engine="hf", device="cpu")
     yield runtime
     runtime.close()
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_sdpo_solve_runs_the_example(name: str, tiny_model: Path, tmp_path: Path) -> None:
+    """Through the real CLI: 8 attempts of random text in two batches, an SDPO step on the
+    first one's feedback (the budget ends with the second)."""
+    problem = tmp_path / f"{name}.json"
+    problem.write_text(json.dumps(small(name, attempts=8)))
+    args = ["solve", str(problem), "--model", str(tiny_model), "--device", "cpu", "--json"]
+    proc = sdpo(*args, "--checkpoint-dir", str(tmp_path / "run"), env={"SDPO_CPU_THREADS": "1"})
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert (result["status"], result["attempts"], result["steps"]) == ("exhausted", 8, 1), result
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_example_runs_and_its_feedback_reaches_the_teacher(
     name: str, tiny_runtime, tmp_path: Path
 ) -> None:
-    data = json.loads((REPO / "examples" / f"{name}.json").read_text())
-    data["budget"] = {"max_attempts": 8, "max_seconds": 300}
-    data["sdpo"] = {**data["sdpo"], "max_new_tokens": 24, "samples_per_step": 4}
+    data = small(name, attempts=8)
     events: list = []
     result = solve(
         parse_problem(data), tiny_runtime, on_event=events.append, checkpoint_dir=tmp_path

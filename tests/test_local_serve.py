@@ -162,3 +162,36 @@ def test_a_surviving_redis_is_shut_down_before_the_next_start(tmp_path: Path) ->
         stop(proc)
         survivor.stop()
     assert not (data / "redis" / "redis.pid").exists()
+
+
+@pytest.mark.slow
+def test_serve_logs_one_line_per_event_and_no_library_noise(tmp_path: Path) -> None:
+    """`sdpo serve` without --verbose: its CPU threads, a line when a problem starts and one
+    when it ends; none of the libraries' warnings, log lines or progress bars."""
+    data, log = tmp_path / "data", tmp_path / "serve.log"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = serve(data, port, log)
+    try:
+        up(base, proc, log)
+        h = key_of(data)
+        pid = httpx.post(f"{base}/v1/problems", headers=h, json={
+            "prompt": "a=?", "verifier": {"kind": "table", "cases": {"a": "1"}},
+            "budget": {"max_attempts": 4}}).json()["id"]  # fmt: skip
+
+        def ended() -> str:
+            status = httpx.get(f"{base}/v1/problems/{pid}", headers=h).json()["status"]
+            return status if status in {"solved", "exhausted", "failed"} else ""
+
+        status = wait_for(ended, 240, f"{pid} to end", 0.5)
+        wait_for(lambda: f"{pid} {status}" in log.read_text(), 10, "the problem's last line")
+    finally:
+        stop(proc)
+    text = log.read_text()
+    for noise in ("Warning", "warnings.warn", "Loading weights", "Writing", "it/s", "Traceback",
+                  "Started server process", "Waiting for application"):  # fmt: skip
+        assert noise not in text, text
+    assert f"sdpo serve: API on {base}" in text, text
+    assert "loading the bundled toy model (hf engine, " in text and "CPU threads" in text, text
+    assert f"running {pid}" in text, text
+    assert sum(pid in line for line in text.splitlines()) == 2, text  # started, ended

@@ -549,6 +549,51 @@ def test_memory_kills_are_reported_even_when_the_run_goes_on(sandbox):
     assert quiet.details["memory_kills"] == 0 and "memory limit" not in quiet.feedback
 
 
+# Every open descriptor of the process that runs this, with whether an exec'd program would
+# inherit it. fstat opens nothing, so the listing does not see itself.
+LIST_FDS = """
+import os
+def open_fds():
+    found = []
+    for fd in range(1024):
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue
+        found.append((fd, os.get_inheritable(fd)))
+    return found
+"""
+STDIO = [(0, True), (1, True), (2, True)]
+REPORTS = (3, False)  # the result channel, which the harness reports on after the code
+TALKED_TO = [REPORTS, (4, False), (64, False), (65, False)]  # + messages, copies of fds 1, 2
+
+
+def test_descriptors_a_run_holds(sandbox):
+    """A run holds only the descriptors docs/verifiers.md lists for its harness: one-shot runs
+    (a stdin program, verify()) have stdio and the result channel; runs with tests following
+    one another also the message channel and copies of fds 1 and 2 (to restore them between
+    tests). Only stdio reaches an exec'd program."""
+    r, _ = run(sandbox, LIST_FDS + "print(open_fds())")
+    assert r.status == "ok" and r.stdout == f"{[*STDIO, REPORTS]}\n", r
+    code = LIST_FDS + "def verify(data):\n    return False, repr(open_fds())"
+    r = sandbox.run(Job(code=code, harness="verify", data=""))
+    assert r.result.get("value") == [False, repr([*STDIO, REPORTS])], r
+    fn = "```python\n" + LIST_FDS + "def f(x):\n    return open_fds()\n```"
+    talked_to = repr(STDIO + TALKED_TO)
+    stdin = parse_verifier({"kind": "tests", "tests": [{"input": "", "output": "-"}]})
+    verdict = stdin.build(sandbox=sandbox).verify(fn.replace("def f", "print(open_fds())\ndef f"))
+    assert verdict.details["tests"][0]["actual"].strip() == talked_to, verdict
+    call = {"kind": "tests", "mode": "functional", "fn_name": "f"}
+    spec = parse_verifier({**call, "tests": [{"input": "1", "output": "0"}]})
+    verdict = spec.build(sandbox=sandbox).verify(fn)
+    assert verdict.details["tests"][0]["actual"] == talked_to, verdict
+    # assert tests: the solution's process and the test code's
+    test = LIST_FDS + "assert False, (f(1), open_fds())"
+    spec = parse_verifier({"kind": "tests", "mode": "assert", "tests": [test]})
+    verdict = spec.build(sandbox=sandbox).verify(fn)
+    assert f"AssertionError: ({talked_to}, {talked_to})" in verdict.feedback, verdict
+
+
 def test_sandbox_python_has_livecodebench_imports(sandbox):
     if not PROJECT_SANDBOX_PYTHON.exists() and "SDPO_SANDBOX_PYTHON" not in os.environ:
         pytest.fail("the sandbox's python environment is not built: run `make setup`")

@@ -244,3 +244,23 @@ def test_a_baseline_method_runs_as_a_problem(sdpo_service: Service, method: str)
         assert c.get(f"/v1/problems/{pid}/adapter").status_code == 404
         bad = c.post("/v1/problems", json={**problem, "method": "beam"})
         assert bad.status_code == 422 and bad.json()["error"]["field"] == "method"
+
+
+def test_a_maximize_problem_reports_its_best_attempt(sdpo_service: Service) -> None:
+    """A score objective over HTTP: the run goes to its budget; the resource names the best
+    attempt (index, score, text) as the attempts show it."""
+    problem = {**HARD_SUITE[0], "budget": {"max_attempts": 12, "max_seconds": 300}}
+    problem["sdpo"] = {**problem.get("sdpo", {}), "samples_per_step": 4}
+    with sdpo_service.client() as c:
+        r = c.post("/v1/problems", json={**problem, "objective": {"maximize": True}})
+        pid = r.json()["id"]
+        events = follow(sdpo_service, pid)
+        p = c.get(f"/v1/problems/{pid}").json()
+        assert p["status"] == "exhausted" and p["attempts"] == 12, p
+        attempts = c.get(f"/v1/problems/{pid}/attempts", params={"limit": 50}).json()["data"]
+        best = max(a["score"] for a in attempts)
+        first = next(a for a in attempts if a["score"] == best)
+        assert (p["best_score"], p["best_attempt"], p["best_solution"]) == (
+            best, first["index"], first["text"])  # fmt: skip
+        end = events[-1]["data"]
+        assert end["best_attempt"] == first["index"] and end["best_score"] == best

@@ -18,6 +18,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
 from service.api.problems import PROBLEM_ID
+from service.api.suites import SUITE_ID
 from service.errors import ApiError
 
 UI_DIR = Path(__file__).resolve().parent.parent / "ui"
@@ -69,6 +70,14 @@ async def problem_page(
 ) -> HTMLResponse:
     """One problem, live. Ownership is checked by the API calls the page makes."""
     return _page(request, "problem.html", page="problem", problem_id=problem_id)
+
+
+@router.get("/suites/{suite_id}", response_class=HTMLResponse)
+async def suite_page(
+    request: Request, suite_id: Annotated[str, PathParam(pattern=SUITE_ID)]
+) -> HTMLResponse:
+    """One suite's discovery report, live."""
+    return _page(request, "suite.html", page="suite", suite_id=suite_id)
 
 
 @router.get("/static/{name}")

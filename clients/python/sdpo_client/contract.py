@@ -67,21 +67,28 @@ class StepPayload(_Payload):
 
 
 class SolvedPayload(_Payload):
+    """The objective was reached (a passing attempt, or one at the target score)."""
+
     kind: Literal["solved"] = "solved"
     attempt_index: int
     solution: str
     attempts: int
     steps: int
     seconds: float
+    score: float | None = None  # the solving attempt's score
 
 
 class ExhaustedPayload(_Payload):
+    """The budget ran out (with `{"maximize": true}`, the normal end): the best attempt."""
+
     kind: Literal["exhausted"] = "exhausted"
     reason: ExhaustedReason
     attempts: int
     steps: int
     seconds: float
     best_score: float
+    best_attempt: int | None = None  # index of the best attempt (the first of equals)
+    best_solution: str | None = None  # its text
 
 
 class CancelledPayload(_Payload):

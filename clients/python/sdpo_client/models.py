@@ -35,6 +35,8 @@ class ProblemSpec(_Model):
     verifier: dict[str, Any]
     budget: Budget = Field(default_factory=Budget)
     method: str = "sdpo"  # one of contract.METHODS (a newer server may have more)
+    # {"stop": "pass"}, {"target_score": x} or {"maximize": true}
+    objective: dict[str, Any] = Field(default_factory=lambda: {"stop": "pass"})
     sdpo: dict[str, Any] = Field(default_factory=dict)
     model: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
@@ -49,6 +51,8 @@ class Problem(_Model):
     attempts: int
     steps: int
     best_score: float | None = None
+    best_attempt: int | None = None  # the best attempt so far (with a score objective)
+    best_solution: str | None = None
     solved_attempt: int | None = None
     solution: str | None = None
     error: str | None = None

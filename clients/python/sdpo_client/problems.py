@@ -27,6 +27,7 @@ def problem(
     max_attempts: int | None = None,
     max_seconds: float | None = None,
     method: str | None = None,
+    objective: Mapping[str, Any] | None = None,
     sdpo: Mapping[str, Any] | None = None,
     model: str | None = None,
     metadata: Mapping[str, Any] | None = None,
@@ -44,6 +45,8 @@ def problem(
         out["budget"] = budget
     if method is not None:
         out["method"] = method  # sdpo, best_of_k or multi_turn
+    if objective is not None:  # {"stop": "pass"}, {"target_score": x} or {"maximize": True}
+        out["objective"] = dict(objective)
     if sdpo:
         out["sdpo"] = dict(sdpo)
     if model is not None:

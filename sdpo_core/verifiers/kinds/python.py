@@ -1,14 +1,17 @@
 """The `python` verifier: a user's own `def verify(response)`, run inside the sandbox.
 
-verify returns a bool or (bool, feedback_text). The response is passed as data; it is never
-executed. A verifier that crashes or overruns fails the response with empty feedback (the
-self-teacher should not learn from the verifier's bug) and says why in details.
+verify returns a bool, (bool, feedback_text), or (bool, feedback_text, score) with a finite
+number as the score (an optimisation problem's objective; otherwise the score is 1 or 0). The
+response is passed as data; it is never executed. A verifier that crashes or overruns fails
+the response with empty feedback (the self-teacher should not learn from the verifier's bug)
+and says why in details.
 """
 
 from __future__ import annotations
 
 import ast
 import logging
+import math
 from typing import Any, Literal
 
 from pydantic import Field
@@ -92,14 +95,24 @@ class PythonVerifier(VerifierBase):
             "memory_cgroup": run.memory_cgroup,
         }
         value = run.result.get("value") if run.status == "ok" else None
+        score: float | None = None
         if isinstance(value, bool):
             passed, feedback = value, ""
-        elif isinstance(value, list) and len(value) == 2 and isinstance(value[0], bool):
+        elif (
+            isinstance(value, list)
+            and len(value) in (2, 3)
+            and isinstance(value[0], bool)
+            and (len(value) == 2 or _finite_number(value[2]))
+        ):
             passed, feedback = value[0], str(value[1])
+            score = float(value[2]) if len(value) == 3 else None
         else:
             if run.status == "ok":
                 shown = value if isinstance(value, str) else repr(value)  # the child's repr
-                error = f"verify() returned {shown}; expected a bool or (bool, feedback)"
+                error = (
+                    f"verify() returned {shown}; expected a bool, (bool, feedback) or "
+                    "(bool, feedback, score) with a finite number as score"
+                )
             elif run.status == "timeout":
                 error = f"verify() exceeded its time limit of {self.timeout_s:g} s"
             elif run.status == "memory":
@@ -114,4 +127,10 @@ class PythonVerifier(VerifierBase):
         elif not feedback:
             feedback = "Wrong Answer"
         feedback = truncate(feedback, self.max_feedback_chars)
-        return Verdict(passed, 1.0 if passed else 0.0, feedback, details)
+        if score is None:
+            score = 1.0 if passed else 0.0
+        return Verdict(passed, score, feedback, details)
+
+
+def _finite_number(value: object) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)  # type: ignore[arg-type]

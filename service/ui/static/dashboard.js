@@ -549,6 +549,11 @@
         const p = await refreshProblem();
         $("prompt").textContent = p.spec.prompt;
         $("s-method").textContent = p.spec.method || "sdpo";
+        if (p.suite) {
+          $("s-suite").textContent = p.suite;
+          $("s-suite").href = `/ui/suites/${p.suite}`;
+          $("s-suite-stat").hidden = false;
+        }
         $("problem").hidden = false;
       } catch (e) {
         if (e.status === 404) $("not-found").hidden = false;
@@ -577,6 +582,130 @@
     })();
   }
 
+  // ---------------------------------------------------------------- suite page
+
+  const METHOD_COLORS = { sdpo: "#2563eb", best_of_k: "#94a3b8", multi_turn: "#f59e0b" };
+  const FINISHED = new Set([...TERMINAL, "expired"]);
+
+  // discovery@k at every k: a step up at each finished run's solving attempt (over the
+  // method's finished runs), from k = 1 to the largest budget
+  function discoveryCurve(runs) {
+    const done = runs.filter((r) => FINISHED.has(r.status));
+    const budget = Math.max(1, ...runs.map((r) => r.budget));
+    if (!done.length) return [];
+    const found = done.map((r) => r.solved_attempt).filter((a) => a != null).sort((a, b) => a - b);
+    const points = [{ x: 1, y: 0 }];
+    found.forEach((a, i) => points.push({ x: a, y: (i + 1) / done.length }));
+    points.push({ x: budget, y: found.length / done.length });
+    return points;
+  }
+
+  function suitePage() {
+    const sid = document.body.dataset.suiteId;
+    const chart = new Chart($("chart-discovery"), {
+      type: "line",
+      data: { datasets: [] },
+      options: {
+        animation: false,
+        maintainAspectRatio: false,
+        parsing: false,
+        scales: {
+          x: { type: "logarithmic", min: 1, title: { display: true, text: "attempts k" } },
+          y: { min: 0, max: 1, title: { display: true, text: "discovery@k" } },
+        },
+      },
+    });
+    window.sdpoDashboard = { chart, state: {} }; // for tests and the curious
+
+    function cell(text, cls) {
+      const td = document.createElement("td");
+      td.textContent = text;
+      if (cls) td.className = cls;
+      return td;
+    }
+    const num = (x, digits = 1) => (x == null ? "–" : Number(x).toFixed(digits));
+
+    function render(s) {
+      window.sdpoDashboard.state = s;
+      badge($("suite-status"), s.status === "done" ? "solved" : "running");
+      $("suite-status").textContent = s.status;
+      setText("suite-name", s.name || "");
+      setText("suite-progress", `${s.done} / ${s.total}`);
+      setText("suite-problems", String(s.problems));
+      setText("suite-seeds", String(s.seeds));
+      setText("suite-model", s.model);
+      $("suite-cancel").disabled = s.status === "done" || s.cancel_requested;
+      chart.data.datasets = Object.keys(s.summary).map((method) => ({
+        label: method,
+        borderColor: METHOD_COLORS[method] || "#64748b",
+        backgroundColor: METHOD_COLORS[method] || "#64748b",
+        stepped: "before",  // Chart.js: level until the next point, then the step
+        pointRadius: 0,
+        borderWidth: 2,
+        data: discoveryCurve(s.runs.filter((r) => r.method === method)),
+      }));
+      chart.update("none");
+      const body = $("suite-summary-body");
+      body.replaceChildren(
+        ...Object.entries(s.summary).map(([method, m]) => {
+          const tr = document.createElement("tr");
+          tr.append(
+            cell(method),
+            cell(`${m.solved}/${m.runs}`, "num"),
+            cell(`${m.finished}/${m.runs}`, "num"),
+            cell(num(m.mean_attempts), "num"),
+            cell(num(m.ratio_to_sdpo, 2), "num"),
+          );
+          return tr;
+        }),
+      );
+      const head = document.createElement("tr");
+      head.append(cell("Problem"), ...s.methods.map((m) => cell(`${m}: mean (solved)`, "num")));
+      $("suite-table-head").replaceChildren(head);
+      $("suite-table-body").replaceChildren(
+        ...s.table.map((row) => {
+          const tr = document.createElement("tr");
+          tr.append(
+            cell(String(row.problem)),
+            ...s.methods.map((m) =>
+              cell(`${num(row.mean_attempts[m])} (${row.solved[m] ?? 0})`, "num"),
+            ),
+          );
+          return tr;
+        }),
+      );
+    }
+
+    async function refresh() {
+      const s = await apiJson(`/v1/suites/${sid}`);
+      render(s);
+      return s;
+    }
+
+    $("suite-cancel").addEventListener("click", async () => {
+      $("suite-cancel").disabled = true;
+      render(await apiJson(`/v1/suites/${sid}/cancel`, { method: "POST" }));
+    });
+
+    (async () => {
+      try {
+        await refresh();
+        $("suite").hidden = false;
+      } catch (e) {
+        if (e.status === 404) $("not-found").hidden = false;
+        else if (e.status !== 401) showFatal(e);
+        return;
+      }
+      const poller = setInterval(async () => {
+        try {
+          if ((await refresh()).status === "done") clearInterval(poller);
+        } catch (_) {
+          /* the next poll tries again */
+        }
+      }, 2000);
+    })();
+  }
+
   // ---------------------------------------------------------------- start
 
   document.addEventListener("DOMContentLoaded", () => {
@@ -594,6 +723,7 @@
       Chart.defaults.color = "#64748b";
       Chart.defaults.borderColor = "#e2e8f0";
     }
-    boot(document.body.dataset.page === "problem" ? problemPage : listPage);
+    const pages = { problem: problemPage, suite: suitePage, list: listPage };
+    boot(pages[document.body.dataset.page] || listPage);
   });
 })();
