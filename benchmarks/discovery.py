@@ -24,7 +24,7 @@ student's samples). benchmarks/plot_discovery.py draws the discovery@k curves fr
 
     python benchmarks/discovery.py --suite very_hard --seeds 3 --budget 3000 --jobs 2
     python benchmarks/discovery.py --suite very_hard --methods sdpo \
-        --sdpo '{"feedback_memory": 0, "ema_target": "factors"}' --tag _paper   # an ablation
+        --sdpo '{"ema_target": "factors"}' --tag _ema_factors   # an ablation
 """
 
 from __future__ import annotations

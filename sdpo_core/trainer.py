@@ -368,6 +368,11 @@ class SDPOTrainer:
             rollout = torch.zeros(mask.shape, dtype=torch.float32, device=self.device)
             for row, i in enumerate(chunk):
                 lp = batch.rollout_logprobs[i]
+                if len(lp) != len(batch.response_ids[i]):
+                    raise ValueError(
+                        f"sample {i}: {len(lp)} sampling log-probs for "
+                        f"{len(batch.response_ids[i])} response tokens"
+                    )
                 rollout[row, : len(lp)] = torch.tensor(lp, dtype=torch.float32)
         kw = dict(
             top_k=cfg.top_k,

@@ -2,6 +2,9 @@
 
 It samples from the live student adapter, so "loading" a new adapter version costs nothing:
 the weights the trainer just updated are the weights it generates with.
+Each completion carries the sampler's temperature-1 log-probs of its tokens, as vLLM's do, for
+the trainer's rollout correction (sdpo.rollout_is): here they come from the same weights, so
+the weights are 1 up to the numerics of cached generation (measured: within 1e-3).
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ adapter as `model` (the base model before any adapter is loaded). load_inplace i
 Log-probs: the server must run with vLLM's default `--logprobs-mode raw_logprobs` (the
 launcher passes it explicitly). vLLM then returns log_softmax of the model's raw logits, taken
 before temperature, top_p, penalties or any logits processor: the temperature-1 log-prob of
-each sampled token under the served weights, which is what the SDPO importance ratio needs.
+each sampled token under the served weights, which the trainer's rollout correction
+(sdpo.rollout_is) compares with its own temperature-1 log-probs of the same tokens.
 """
 
 from __future__ import annotations
