@@ -40,9 +40,8 @@ def local_runtime(args: argparse.Namespace) -> Any:
     from service.settings import Settings
 
     settings = Settings.from_env()
-    threads = use_cpu_threads(settings.cpu_threads)
-    how = "SDPO_CPU_THREADS" if settings.cpu_threads else "free cores; SDPO_CPU_THREADS sets it"
-    print(f"CPU threads: {threads} ({how})", file=sys.stderr)
+    threads, why = use_cpu_threads(settings.cpu_threads)
+    print(f"CPU threads: {threads} ({why})", file=sys.stderr)
     return load_runtime(
         args.model,
         engine=args.engine,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,21 +111,78 @@ class Runtime:
             self.vllm_server.stop()
 
 
-def cpu_threads(requested: int | None = None) -> int:
-    """`requested`, else the cores this process may run on less the machine's current load
-    (at least 1): on a busy CPU, torch's default of every core costs 8-10x."""
+def cgroup_cpu_limit(
+    proc_cgroup: Path = Path("/proc/self/cgroup"), root: Path = Path("/sys/fs/cgroup")
+) -> float | None:
+    """The CPUs per second this process's cgroup and its ancestors allow (a container's
+    `--cpus`, a Kubernetes CPU limit: affinity still shows every core of the host), or None
+    where there is no limit or none can be read. cgroup v2 `cpu.max`, v1 `cpu.cfs_quota_us`."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    limits: list[float] = []
+    for line in lines:
+        hid, controllers, path = line.split(":", 2)
+        if hid == "0" and not controllers:  # v2 (unified; under unified/ on a hybrid host)
+            mounts = [root, root / "unified"]
+        elif "cpu" in controllers.split(","):  # v1
+            mounts = [root / controllers, root / "cpu", root / "cpu,cpuacct"]
+        else:
+            continue
+        base = next((m for m in mounts if m.is_dir()), None)
+        if base is None:
+            continue
+        here = base / path.lstrip("/")
+        if not here.is_dir():  # a container's view: its own cgroup is the mount's root
+            here = base
+        while True:
+            limit = _cpu_limit_of(here)
+            if limit is not None:
+                limits.append(limit)
+            if here == base:
+                break
+            here = here.parent
+    return min(limits) if limits else None
+
+
+def _cpu_limit_of(directory: Path) -> float | None:
+    try:
+        if (directory / "cpu.max").exists():
+            quota, period = (directory / "cpu.max").read_text().split()[:2]
+        else:
+            quota = (directory / "cpu.cfs_quota_us").read_text().strip()
+            period = (directory / "cpu.cfs_period_us").read_text().strip()
+        if quota in ("max", "-1"):
+            return None
+        return int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
+
+
+def cpu_threads(requested: int | None = None) -> tuple[int, str]:
+    """How many CPU threads torch should use, and why: `requested` (SDPO_CPU_THREADS), else
+    the cores this process may run on less the machine's current load, within its cgroup's
+    CPU limit, at least 1 (on a busy CPU, torch's default of every core costs 8-10x)."""
     if requested:
-        return requested
+        return requested, "SDPO_CPU_THREADS"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
-    return max(1, (cores or 1) - busy)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    n = max(1, (cores or 1) - round(load))
+    why = f"free cores: {cores} usable, load {load:.1f}"
+    limit = cgroup_cpu_limit()
+    if limit is not None:
+        n = max(1, min(n, math.floor(limit)))
+        why += f", cgroup CPU limit {limit:g}"
+    return n, why + "; SDPO_CPU_THREADS sets it"
 
 
-def use_cpu_threads(requested: int | None = None) -> int:
-    """Set torch's CPU threads (`cpu_threads`); returns how many, for the caller to say."""
-    n = cpu_threads(requested)
+def use_cpu_threads(requested: int | None = None) -> tuple[int, str]:
+    """Set torch's CPU threads (`cpu_threads`); returns how many and why, for the caller to
+    say."""
+    n, why = cpu_threads(requested)
     torch.set_num_threads(n)
-    return n
+    return n, why
 
 
 def load_runtime(

@@ -36,7 +36,8 @@ Variable (default): meaning
     SDPO_WORKER_METRICS_PORT (9410): a worker's /metrics port, or the next free one above
         it (several workers on one host); 0: not served
     SDPO_CPU_THREADS ((free cores)): torch CPU threads of `sdpo solve`, `bench`, `serve` and
-        `worker`; unset: the cores this process may run on less the current load, at least 1
+        `worker`; unset: the cores this process may run on less the current load, within its
+        cgroup's CPU limit, at least 1
     SDPO_VLLM_PYTHON ((.venv-vllm)): the vLLM environment's interpreter, for a vLLM server
         the worker starts itself (engine vllm without a URL); unset: the checkout's .venv-vllm
     VLLM_API_KEY ((none)): the key sent to the vLLM server on /v1/* (when it requires one)

@@ -186,14 +186,14 @@ class Worker:
         self.metrics_port = self.metrics.serve(
             self.settings.worker_metrics_host, self._metrics_port
         )
-        threads = use_cpu_threads(self.settings.cpu_threads)
+        threads, why = use_cpu_threads(self.settings.cpu_threads)
         log.info(
-            "worker %s: loading %s (%s engine, %d CPU threads%s)",
+            "worker %s: loading %s (%s engine, %d CPU threads: %s)",
             self.name,
             self.model_path or "the bundled toy model",
             self.engine,
             threads,
-            "" if self.settings.cpu_threads else " from the free cores; SDPO_CPU_THREADS sets it",
+            why,
         )
         self.runtime = await asyncio.to_thread(
             load_runtime,

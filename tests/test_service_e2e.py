@@ -232,6 +232,7 @@ def test_a_baseline_method_runs_as_a_problem(sdpo_service: Service, method: str)
     """A baseline is an ordinary problem: same events and statuses, no steps, no adapter."""
     problem = {**HARD_SUITE[0], "budget": {"max_attempts": 12, "max_seconds": 300}}
     problem["sdpo"] = {**problem.get("sdpo", {}), "samples_per_step": 4}
+    problem["model"] = "toy"  # an earlier test makes the API see a second served model
     with sdpo_service.client() as c:
         pid = c.post("/v1/problems", json={**problem, "method": method}).json()["id"]
         events = follow(sdpo_service, pid)
@@ -251,6 +252,7 @@ def test_a_maximize_problem_reports_its_best_attempt(sdpo_service: Service) -> N
     attempt (index, score, text) as the attempts show it."""
     problem = {**HARD_SUITE[0], "budget": {"max_attempts": 12, "max_seconds": 300}}
     problem["sdpo"] = {**problem.get("sdpo", {}), "samples_per_step": 4}
+    problem["model"] = "toy"  # an earlier test makes the API see a second served model
     with sdpo_service.client() as c:
         r = c.post("/v1/problems", json={**problem, "objective": {"maximize": True}})
         pid = r.json()["id"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -136,9 +138,61 @@ def test_engine_and_thread_settings_are_declared(monkeypatch: pytest.MonkeyPatch
 def test_cpu_threads_default_to_the_free_cores() -> None:
     from sdpo_core.runtime import cpu_threads
 
-    assert cpu_threads(5) == 5
+    assert cpu_threads(5) == (5, "SDPO_CPU_THREADS")
     cores = len(os.sched_getaffinity(0))
-    assert 1 <= cpu_threads() <= cores
+    n, why = cpu_threads()
+    assert 1 <= n <= cores and f"{cores} usable" in why and "SDPO_CPU_THREADS sets it" in why
+
+
+def test_cgroup_cpu_limit_of_a_cgroup_v2_tree(tmp_path: Path) -> None:
+    """A container's --cpus as cgroup v2 writes it (the least of the cgroup and its
+    ancestors), read from a copy of the files' layout; "max" is no limit."""
+    from sdpo_core.runtime import cgroup_cpu_limit
+
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/kubepods/pod1/ctr\n")
+    root = tmp_path / "fs"
+    (root / "kubepods" / "pod1" / "ctr").mkdir(parents=True)
+    (root / "cpu.max").write_text("max 100000\n")
+    (root / "kubepods" / "pod1" / "cpu.max").write_text("250000 100000\n")
+    (root / "kubepods" / "pod1" / "ctr" / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_limit(proc, root) == 2.5
+    (root / "kubepods" / "pod1" / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_limit(proc, root) is None
+    assert cgroup_cpu_limit(tmp_path / "missing", root) is None
+
+
+def test_cpu_threads_keep_within_the_cgroup_cpu_limit() -> None:
+    """A process in a real cgroup (v1 here) limited to 1.5 CPUs: affinity still shows every
+    core; the limit caps the threads and the reason names it."""
+    import uuid
+
+    base = Path("/sys/fs/cgroup/cpu")
+    if not (base / "cpu.cfs_quota_us").exists() or not os.access(base, os.W_OK):
+        pytest.skip("no writable cgroup v1 cpu hierarchy on this host")
+    group = base / f"sdpo-test-{uuid.uuid4().hex[:8]}"
+    group.mkdir()
+    try:
+        (group / "cpu.cfs_period_us").write_text("100000")
+        (group / "cpu.cfs_quota_us").write_text("150000")
+        code = (
+            "import os, sys; open(sys.argv[1], 'w').write(str(os.getpid()))\n"
+            "from sdpo_core.runtime import cgroup_cpu_limit, cpu_threads\n"
+            "print(cgroup_cpu_limit()); print(*cpu_threads(), sep='|')"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(group / "cgroup.procs")],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout.splitlines()
+    finally:
+        group.rmdir()
+    assert out[0] == "1.5", out
+    n, why = out[1].split("|")
+    assert n == "1" and "cgroup CPU limit 1.5" in why, out
 
 
 def test_checkpoint_dir_given_or_derived(monkeypatch: pytest.MonkeyPatch) -> None:
