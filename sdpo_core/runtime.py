@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from sdpo_core.chat import ChatTemplateError, has_thinking_switch
 from sdpo_core.config import SDPOConfig
 from sdpo_core.engines.base import Engine
+from sdpo_core.slots import PhaseClock, SlotTrainer
 from sdpo_core.trainer import SDPOTrainer
 
 EngineName = Literal["hf", "vllm"]
@@ -99,13 +100,38 @@ def default_model_dir() -> Path:
 @dataclass
 class Runtime:
     model_path: str
-    trainer: SDPOTrainer
+    trainer: SDPOTrainer | SlotTrainer
     engine: Engine
     vllm_server: Any = None  # the VLLMServer this runtime started (stopped on close), if any
     # SDPO settings for this model before a problem's own "sdpo" overrides (family + file)
     defaults: SDPOConfig = field(default_factory=SDPOConfig)
+    phases: PhaseClock = field(default_factory=PhaseClock)  # shared by every slot's view
+    _slots: dict[int, Runtime] = field(default_factory=dict, repr=False)
+
+    def for_slot(self, index: int) -> Runtime:
+        """The runtime one of several problems in flight uses: slot `index` of the trainer and
+        an engine serving that slot's adapter (sdpo_core/slots.py). Slot 0 shares this
+        runtime's engine."""
+        view = self._slots.get(index)
+        if view is None:
+            trainer = self.trainer
+            assert isinstance(trainer, SDPOTrainer), "for_slot of a slot's view"
+            engine = self.engine if index == 0 else self.engine.for_slot(index)
+            view = Runtime(
+                self.model_path,
+                SlotTrainer(trainer, index),
+                engine,
+                None,
+                self.defaults,
+                self.phases,
+            )
+            self._slots[index] = view
+        return view
 
     def close(self) -> None:
+        for index, view in self._slots.items():
+            if index != 0:
+                view.engine.close()
         self.engine.close()
         if self.vllm_server is not None:
             self.vllm_server.stop()
@@ -185,6 +211,13 @@ def use_cpu_threads(requested: int | None = None) -> tuple[int, str]:
     return n, why
 
 
+def max_loras_for(concurrency: int) -> int:
+    """vLLM's --max-loras for `concurrency` problems in flight: each problem's adapter, and
+    during a swap its next version beside it (the engine loads the new name, then unloads the
+    old)."""
+    return 2 * max(1, concurrency)
+
+
 def load_runtime(
     model_path: str | Path | None = None,
     *,
@@ -196,11 +229,13 @@ def load_runtime(
     vllm_model_name: str | None = None,
     vllm_python: str | Path | None = None,
     vllm_api_key: str | None = None,
+    concurrency: int = 1,
 ) -> Runtime:
     """Load the base model once. engine="vllm" without a URL starts a local vLLM server
     (with `vllm_python`, default the checkout's .venv-vllm) that allows LoRA ranks up to
-    `max_lora_rank`; with a URL, `vllm_model_name` is the server's name for the base model
-    (default: the path, vLLM's own default). `vllm_api_key` is sent on /v1/*."""
+    `max_lora_rank` and holds `max_loras_for(concurrency)` adapters; with a URL,
+    `vllm_model_name` is the server's name for the base model (default: the path, vLLM's own
+    default). `vllm_api_key` is sent on /v1/*."""
     path = str(model_path or default_model_dir())
     if not (Path(path) / "config.json").is_file():
         raise FileNotFoundError(
@@ -222,7 +257,12 @@ def load_runtime(
 
         server = None
         if vllm_url is None:
-            server = launch_vllm_server(path, max_lora_rank=max_lora_rank, python=vllm_python)
+            server = launch_vllm_server(
+                path,
+                max_lora_rank=max_lora_rank,
+                max_loras=max_loras_for(concurrency),
+                python=vllm_python,
+            )
             vllm_url, served_name = server.url, server.model_name
         else:
             served_name = vllm_model_name or path

@@ -40,6 +40,7 @@ from sdpo_core.engines.base import Engine
 from sdpo_core.methods import conversation_prompt
 from sdpo_core.problem import ProblemSpec
 from sdpo_core.runtime import Runtime
+from sdpo_core.slots import PhaseClock
 from sdpo_core.teacher import build_teacher_contexts, remember_feedback
 from sdpo_core.trainer import (
     RolloutBatch,
@@ -233,7 +234,9 @@ def solve(
                     if problem.method == "multi_turn"
                     else None
                 )
-                state.pending = _rollout(state, engine, verifier, prompt_ids, cfg, n, rows)
+                state.pending = _rollout(
+                    state, engine, verifier, prompt_ids, cfg, n, rows, runtime.phases
+                )
                 state.attempts += len(state.pending.completions)
                 state.seconds = elapsed()
                 ckpt.save(state)
@@ -298,19 +301,22 @@ def _rollout(
     prompt_ids: list[int],
     cfg: SDPOConfig,
     n: int,
-    rows: list[list[int]] | None = None,
+    rows: list[list[int]] | None,
+    phases: PhaseClock,
 ) -> Pending:
     """Sample `n` attempts of the prompt (or one of each prompt in `rows`) and verify them."""
     t0 = time.perf_counter()
     sampling = SamplingParams(
         n=n, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p
     )
-    if rows is None:
-        completions = engine.generate(prompt_ids, sampling)
-    else:
-        completions = engine.generate_many(rows, sampling)
+    with phases.track("generation"):
+        if rows is None:
+            completions = engine.generate(prompt_ids, sampling)
+        else:
+            completions = engine.generate_many(rows, sampling)
     t1 = time.perf_counter()
-    verdicts = verifier.verify_batch([strip_thinking(c.text) for c in completions])
+    with phases.track("verification"):
+        verdicts = verifier.verify_batch([strip_thinking(c.text) for c in completions])
     verdicts = [  # cut at max_new_tokens with no answer yet: the teacher is told so
         truncated_attempt(v) if c.finish_reason == "length" else v
         for c, v in zip(completions, verdicts, strict=True)
@@ -356,20 +362,24 @@ def _update(
         rollout_logprobs=[c.logprobs for c in pending.completions],
     )
     check_teacher_fits(trainer, batch, cfg)
-    metrics = trainer.step(batch)
+    with runtime.phases.track("training"):
+        metrics = trainer.step(batch)
     state.steps += 1
     if metrics["skipped_nonfinite"] >= cfg.updates_per_batch:
         state.nonfinite_steps += 1
     state.adapter_version += 1
     t0 = time.perf_counter()
     version_dir = None
-    if checkpoint_dir is not None:
-        version_dir = _export_adapter(trainer, Path(checkpoint_dir), state.adapter_version)
-    elif engine.name != "hf":
-        raise ValueError(f"the {engine.name} engine needs a checkpoint_dir to export adapters to")
-    t1 = time.perf_counter()
-    engine.load_adapter(str(version_dir), state.adapter_version)
-    t2 = time.perf_counter()
+    with runtime.phases.track("export"):
+        if checkpoint_dir is not None:
+            version_dir = _export_adapter(trainer, Path(checkpoint_dir), state.adapter_version)
+        elif engine.name != "hf":
+            raise ValueError(
+                f"the {engine.name} engine needs a checkpoint_dir to export adapters to"
+            )
+        t1 = time.perf_counter()
+        engine.load_adapter(str(version_dir), state.adapter_version)
+        t2 = time.perf_counter()
     if checkpoint_dir is not None:
         _prune_adapters(Path(checkpoint_dir), keep_from=state.adapter_version - 1)
     metrics.update(

@@ -1,7 +1,12 @@
 """The SDPO trainer: a LoRA student on a frozen base model, distilled towards a self-teacher.
 
-One base model is loaded once and serves many problems: `reset(cfg)` puts a fresh LoRA
-student (adapter "student") and its teacher on it. The EMA teacher is either
+One base model is loaded once and serves many problems, several at a time: each problem in
+flight has a slot (`TrainingSlot`: its own student and teacher adapters, optimizer, update
+count, settings and RNG) on the one PEFT model; `activate(i)` makes slot i the one every
+method works on, and `reset(cfg)` puts a fresh student and teacher in the active slot. Slot 0's
+adapters are "student" and "teacher", slot i's "student_i" and "teacher_i"; checkpoints name
+them "student" and "teacher" whatever the slot, so a run resumes in any slot. Callers that
+share the trainer between threads hold `lock` (sdpo_core/slots.py). The EMA teacher is either
 - ema_target="delta": an EMA of the student's weight delta B·A per adapted layer (a dense
   matrix per layer, applied to the base by a forward hook when the teacher runs), or
 - ema_target="factors": adapter "teacher", an EMA of the factors A and B separately (its delta
@@ -17,8 +22,9 @@ import os
 import random
 import shutil
 import time
+import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +46,30 @@ from sdpo_core.loss import (
     sdpo_loss_chunked,
     token_logprobs,
 )
+from sdpo_core.slots import FairLock
 
-STUDENT = "student"
+STUDENT = "student"  # slot 0's adapter names, and the names in checkpoint files
 TEACHER = "teacher"
+
+
+@dataclass
+class TrainingSlot:
+    """One problem's training state on the shared base model."""
+
+    index: int
+    cfg: SDPOConfig = field(default_factory=SDPOConfig)
+    optimizer: torch.optim.Optimizer | None = None
+    updates: int = 0
+    teacher_delta: dict[str, torch.Tensor] = field(default_factory=dict)  # layer -> EMA(B·A)
+    rng: dict[str, Any] | None = None  # its RNG while another slot is active
+
+    @property
+    def student(self) -> str:
+        return STUDENT if self.index == 0 else f"{STUDENT}_{self.index}"
+
+    @property
+    def teacher(self) -> str:
+        return TEACHER if self.index == 0 else f"{TEACHER}_{self.index}"
 
 
 @dataclass
@@ -97,12 +124,70 @@ class SDPOTrainer:
         base.requires_grad_(False)
         self.base: PreTrainedModel = base
         self.model: PeftModel | None = None
-        self.optimizer: torch.optim.Optimizer | None = None
-        self.cfg = SDPOConfig()
-        self.updates = 0
         self.chunked_loss = True  # False: the unchunked reference loss (tests, benchmarks)
         self._check_head()
-        self.teacher_delta: dict[str, torch.Tensor] = {}  # ema_target="delta": layer -> EMA(B·A)
+        self.slots: dict[int, TrainingSlot] = {0: TrainingSlot(0)}
+        self.slot = self.slots[0]  # the active slot
+        self.lock = FairLock()  # held by whoever uses the model when several problems share it
+
+    # ------------------------------------------------------------------ slots
+    # the active slot's state, under the names the rest of the trainer uses
+    cfg = property(lambda self: self.slot.cfg)
+    optimizer = property(lambda self: self.slot.optimizer)
+    teacher_delta = property(lambda self: self.slot.teacher_delta)
+
+    @property
+    def updates(self) -> int:
+        return self.slot.updates
+
+    @updates.setter
+    def updates(self, value: int) -> None:
+        self.slot.updates = value
+
+    @property
+    def _student(self) -> str:
+        return self.slot.student
+
+    @property
+    def _teacher(self) -> str:
+        return self.slot.teacher
+
+    def activate(self, index: int) -> None:
+        """Make slot `index` the one the trainer works on (created empty the first time): its
+        adapter active and trainable, its RNG the process's (the previous slot's put aside)."""
+        if index == self.slot.index:
+            return
+        self.slot.rng = rng_state()
+        self.slot = self.slots.setdefault(index, TrainingSlot(index))
+        if self.slot.rng is not None:
+            set_rng_state(self.slot.rng)
+            self.slot.rng = None
+        if self.model is not None and self._student in self.model.peft_config:
+            self.model.set_adapter(self._student)
+            self._use_checkpointing(self.cfg.gradient_checkpointing)
+
+    def release(self, index: int) -> None:
+        """Free slot `index`'s adapters and optimizer (its problem is done)."""
+        slot = self.slots.get(index)
+        if slot is None or self.model is None:
+            return
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            for name in (slot.student, slot.teacher):
+                if name in self.model.peft_config and len(self.model.peft_config) > 1:
+                    self.model.delete_adapter(name)
+        slot.optimizer, slot.teacher_delta = None, {}
+        if self.slot.index != index and self._student in self.model.peft_config:
+            self.model.set_adapter(self._student)
+
+    def _use_checkpointing(self, wanted: bool) -> None:
+        base = self.base
+        if wanted and base.supports_gradient_checkpointing:
+            # non-reentrant (transformers' default): the EMA teacher's forward hooks run again,
+            # the same, in the recomputation; only in train mode, so the teacher is untouched
+            base.activation_checkpointing_enable()
+        elif base.is_activation_checkpointing:
+            base.activation_checkpointing_disable()
 
     # ------------------------------------------------------------------ setup
     @property
@@ -122,10 +207,11 @@ class SDPOTrainer:
         )
 
     def reset(self, cfg: SDPOConfig) -> None:
-        """Fresh student and teacher adapters and optimizer for a new problem."""
-        self.cfg = cfg
+        """Fresh student and teacher adapters and optimizer for a new problem, in the active
+        slot (the other slots' adapters are untouched)."""
+        slot = self.slot
+        slot.cfg = cfg
         seed_everything(cfg.seed)
-        base = self.model.unload() if self.model is not None else self.base
         lora = LoraConfig(
             r=cfg.lora_rank,
             lora_alpha=cfg.lora_alpha,
@@ -133,48 +219,53 @@ class SDPOTrainer:
             target_modules=cfg.target_modules,
             task_type="CAUSAL_LM",
         )
-        self.model = get_peft_model(base, lora, adapter_name=STUDENT)
-        if cfg.gradient_checkpointing and base.supports_gradient_checkpointing:
-            # non-reentrant (transformers' default): the EMA teacher's forward hooks run again,
-            # the same, in the recomputation; only in train mode, so the teacher is untouched
-            base.activation_checkpointing_enable()
-        elif base.is_activation_checkpointing:
-            base.activation_checkpointing_disable()
-        self.teacher_delta = {}
+        if self.model is None:
+            self.model = get_peft_model(self.base, lora, adapter_name=slot.student)
+        else:  # the same initial weights as a fresh get_peft_model under the same seed
+            with warnings.catch_warnings():  # "adapter ... was active which is now deleted"
+                warnings.simplefilter("ignore", UserWarning)
+                for name in (slot.student, slot.teacher):
+                    if name in self.model.peft_config:
+                        self.model.delete_adapter(name)
+            self.model.add_adapter(slot.student, lora)
+        self._use_checkpointing(cfg.gradient_checkpointing)
+        slot.teacher_delta = {}
         if cfg.teacher_regularization == "ema" and cfg.ema_target == "factors":
-            self.model.add_adapter(TEACHER, lora)
+            self.model.add_adapter(slot.teacher, lora)
             with torch.no_grad():
                 for s, t in self._adapter_pairs():
                     t.copy_(s)
         elif cfg.teacher_regularization == "ema":
-            self.teacher_delta = {
+            slot.teacher_delta = {
                 name: self._student_delta(layer) for name, layer in self._lora_layers()
             }
-        self.model.set_adapter(STUDENT)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.updates = 0
+        self.model.set_adapter(slot.student)
+        params = [p for n, p in self.model.named_parameters() if f".{slot.student}." in n]
+        slot.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        slot.updates = 0
 
     def _adapter_pairs(self) -> list[tuple[torch.nn.Parameter, torch.nn.Parameter]]:
         named = dict(self.model.named_parameters())
         pairs = []
+        student, teacher = f".{self._student}.", f".{self._teacher}."
         for name, p in named.items():
-            if f".{STUDENT}." in name:
-                pairs.append((p, named[name.replace(f".{STUDENT}.", f".{TEACHER}.")]))
+            if student in name:
+                pairs.append((p, named[name.replace(student, teacher)]))
         return pairs
 
     def _lora_layers(self) -> list[tuple[str, LoraLayer]]:
         return [
             (name, m)
             for name, m in self.model.named_modules()
-            if isinstance(m, LoraLayer) and STUDENT in m.lora_A
+            if isinstance(m, LoraLayer) and self._student in m.lora_A
         ]
 
     @torch.no_grad()
     def _student_delta(self, layer: LoraLayer) -> torch.Tensor:
         """The student's weight delta of one layer: scaling · B·A, shaped like the base weight."""
-        a, b = layer.lora_A[STUDENT].weight, layer.lora_B[STUDENT].weight  # [r, in], [out, r]
-        return (b.float() @ a.float() * layer.scaling[STUDENT]).to(a.dtype)
+        name = self._student
+        a, b = layer.lora_A[name].weight, layer.lora_B[name].weight  # [r, in], [out, r]
+        return (b.float() @ a.float() * layer.scaling[name]).to(a.dtype)
 
     @torch.no_grad()
     def _update_teacher(self) -> None:
@@ -193,7 +284,7 @@ class SDPOTrainer:
         """Run with the EMA teacher's weights: the teacher adapter, or (ema_target="delta")
         the bare base plus each layer's EMA delta, added by a forward hook."""
         if not self.teacher_delta:
-            with self._adapter(TEACHER):
+            with self._adapter(self._teacher):
                 yield
             return
         hooks = []
@@ -222,7 +313,7 @@ class SDPOTrainer:
                 self.model.set_adapter(name)
                 yield
         finally:
-            self.model.set_adapter(STUDENT)  # also restores requires_grad on the student only
+            self.model.set_adapter(self._student)  # also restores requires_grad on it only
 
     # ------------------------------------------------------------------ forward passes
     def _response_hidden(
@@ -507,8 +598,9 @@ class SDPOTrainer:
             if self.teacher_delta:
                 t = self.teacher_delta[name].float()
             else:
-                a, b = layer.lora_A[TEACHER].weight, layer.lora_B[TEACHER].weight
-                t = b.float() @ a.float() * layer.scaling[TEACHER]
+                name_t = self._teacher
+                a, b = layer.lora_A[name_t].weight, layer.lora_B[name_t].weight
+                t = b.float() @ a.float() * layer.scaling[name_t]
             student += float(d.square().sum())
             teacher += float(t.square().sum())
         return math.sqrt(teacher / student) if student > 0 else 0.0
@@ -520,9 +612,9 @@ class SDPOTrainer:
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        self.model.save_pretrained(str(tmp), selected_adapters=[STUDENT])
+        self.model.save_pretrained(str(tmp), selected_adapters=[self._student])
         # peft saves a non-default adapter under a sub-folder named after it
-        inner = tmp / STUDENT if (tmp / STUDENT).is_dir() else tmp
+        inner = tmp / self._student if (tmp / self._student).is_dir() else tmp
         if inner != tmp:
             final_tmp = path.with_name(path.name + ".tmp2")
             shutil.rmtree(final_tmp, ignore_errors=True)
@@ -538,9 +630,9 @@ class SDPOTrainer:
         tmp = path.with_name(path.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        for name in self.model.peft_config:
+        for name, file in self._adapter_files():
             state = get_peft_model_state_dict(self.model, adapter_name=name)
-            save_file({k: v.contiguous() for k, v in state.items()}, tmp / f"{name}.safetensors")
+            save_file({k: v.contiguous() for k, v in state.items()}, tmp / file)
         if self.teacher_delta:
             save_file(
                 {k: v.contiguous() for k, v in self.teacher_delta.items()},
@@ -557,19 +649,26 @@ class SDPOTrainer:
         )
         atomic_replace_dir(tmp, path)
 
+    def _adapter_files(self) -> list[tuple[str, str]]:
+        """(adapter, checkpoint file) of the active slot: files named as slot 0's adapters."""
+        pairs = [(self._student, f"{STUDENT}.safetensors")]
+        if self._teacher in self.model.peft_config:
+            pairs.append((self._teacher, f"{TEACHER}.safetensors"))
+        return pairs
+
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore a checkpoint written by save_checkpoint."""
         path = Path(path)
         blob = torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)
         self.reset(SDPOConfig.model_validate(blob["cfg"]))
-        for name in list(self.model.peft_config):
-            state = load_file(path / f"{name}.safetensors", device=str(self.device))
+        for name, file in self._adapter_files():
+            state = load_file(path / file, device=str(self.device))
             set_peft_model_state_dict(self.model, state, adapter_name=name)
         if self.teacher_delta:
             saved = load_file(path / "teacher_delta.safetensors", device=str(self.device))
             for name in self.teacher_delta:
                 self.teacher_delta[name].copy_(saved[name])
-        self.model.set_adapter(STUDENT)
+        self.model.set_adapter(self._student)
         self.optimizer.load_state_dict(blob["optimizer"])
         self.updates = blob["updates"]
         set_rng_state(blob["rng"])

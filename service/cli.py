@@ -20,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="local mode: model directory (default: the bundled toy)")
     p.add_argument("--engine", choices=["hf", "vllm"], default="hf")
     p.add_argument("--vllm-url")
+    p.add_argument("--concurrency", type=_positive, help=_CONCURRENCY_HELP)
     p.add_argument("--verbose", action="store_true", help="log the libraries' output too")
     p.set_defaults(func=_serve)
 
@@ -35,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         help="serve /metrics from this port up (SDPO_WORKER_METRICS_PORT, default 9410; 0: off)",
     )
+    p.add_argument("--concurrency", type=_positive, help=_CONCURRENCY_HELP)
     p.add_argument("--verbose", action="store_true", help="log the libraries' output too")
     p.set_defaults(func=_worker)
 
@@ -61,6 +63,22 @@ def _logging(verbose: bool) -> None:
     logging.getLogger("sdpo").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
+_CONCURRENCY_HELP = (
+    "problems the worker runs at once on its one model (SDPO_WORKER_CONCURRENCY, default 1; "
+    "docs/deploy.md says how to choose)"
+)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 256:
+        raise argparse.ArgumentTypeError(f"{text!r}: a whole number from 1 to 256")
+    return value
+
+
 def _serve(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -77,6 +95,8 @@ def _serve(args: argparse.Namespace) -> int:
         update["data_dir"] = Path(args.data_dir)
     if args.no_auth:
         update["api_keys_required"] = False
+    if args.concurrency:
+        update["worker_concurrency"] = args.concurrency
     s = s.model_copy(update=update)
     try:
         s.check()
@@ -99,6 +119,7 @@ def _worker(args: argparse.Namespace) -> int:
         name=args.name,
         model_name=args.model_name,
         metrics_port=args.metrics_port,
+        concurrency=args.concurrency,
     )
 
 

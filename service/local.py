@@ -326,6 +326,7 @@ async def _local_main(
         vllm_url=vllm_url,
         redis_url=url,
         metrics_port=0,  # its metrics are on the API's /metrics: same process
+        concurrency=settings.worker_concurrency,
     )
     for sig in (signal.SIGTERM, signal.SIGINT):  # uvicorn re-raises these after it stops
         signal.signal(sig, lambda *_: worker.stop())

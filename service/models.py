@@ -55,6 +55,9 @@ class Problem(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     suite: str | None = Field(None, description="The suite this problem is a run of, if any.")
+    worker: str | None = Field(
+        None, description="The worker that runs it (or ran it last); none before it starts."
+    )
     spec: StoredSpec
 
 
@@ -88,6 +91,10 @@ class WorkerInfo(BaseModel):
     model: str | None = None
     host: str | None = None
     busy: bool = Field(False, description="Running a problem now.")
+    capacity: int | None = Field(
+        None, description="Problems it runs at once (its SDPO_WORKER_CONCURRENCY)."
+    )
+    active_problems: int = Field(0, description="Problems it is running now.")
     metrics_port: int | None = Field(None, description="Where the worker serves /metrics.")
 
 
@@ -132,6 +139,7 @@ def problem_from_row(row: dict[str, str]) -> Problem:
         started_at=_ts(row.get("started_at")),
         finished_at=_ts(row.get("finished_at")),
         suite=row.get("suite") or None,
+        worker=row.get("worker") or None,
         spec=json.loads(row["spec"]),
     )
 

@@ -32,6 +32,8 @@ Variable (default): meaning
     SDPO_RETENTION_SECONDS (604800): finished problems (record, events, attempts, adapter)
         are deleted this long after they finish
     SDPO_EVENTS_MAXLEN (10000): a running problem's event log keeps about this many events
+    SDPO_WORKER_CONCURRENCY (1): problems a worker runs at once on its one model (`sdpo
+        worker --concurrency`, `sdpo serve --concurrency`); docs/deploy.md says how to choose
     SDPO_WORKER_METRICS_HOST (127.0.0.1): where a worker serves its /metrics
     SDPO_WORKER_METRICS_PORT (9410): a worker's /metrics port, or the next free one above
         it (several workers on one host); 0: not served
@@ -117,6 +119,7 @@ class Settings(BaseSettings):
     max_streams_per_tenant: int = 64
     retention_seconds: float = 7 * 86400.0
     events_maxlen: int = 10_000
+    worker_concurrency: int = Field(1, ge=1, le=256)
     worker_metrics_host: str = "127.0.0.1"
     worker_metrics_port: int = Field(9410, ge=0, le=65535)
     cpu_threads: int | None = Field(None, ge=1, le=1024)

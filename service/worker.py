@@ -1,17 +1,23 @@
-"""The worker: pull a problem from its model's queue, run `sdpo_core.solve`, report to Redis.
+"""The worker: pull problems from its model's queue, run `sdpo_core.solve`, report to Redis.
 
-One worker = one loaded model (one GPU). It
-- reads new queue entries (XREADGROUP) and takes over entries of dead workers (XAUTOCLAIM
-  once their heartbeat lapsed), resuming from the checkpoint directory recorded in Redis;
-- heartbeats: refreshes its liveness and re-claims its own entry so nobody takes it over;
+One worker = one loaded model (one GPU), running up to `concurrency` problems at once
+(SDPO_WORKER_CONCURRENCY): each in a slot of the one base model, with its own adapters,
+optimizer, RNG, checkpoint directory, claim, cancel flag and event stream
+(sdpo_core/slots.py). It
+- reads new queue entries (XREADGROUP) while it has a free slot and takes over entries of
+  dead workers (XAUTOCLAIM once their heartbeat lapsed), resuming from the checkpoint
+  directory recorded in Redis;
+- heartbeats: refreshes its liveness (capacity, active problems) and re-claims its own
+  entries so nobody takes them over;
 - writes every solve event to the problem's event log once (attempts deduplicated by index,
   steps by number, terminal events by the status change) and fenced by an owner token, so a
   worker whose problem was taken over cannot write any more. The solve thread only queues
   an event; one async writer per run writes them, in order;
-- stops within one step on cancel (a flag, set when writing its next event reports the
-  cancel, or by its heartbeat) or SIGTERM (problem handed back to the queue, status
-  `queued`), and rides out Redis restarts by reconnecting: while Redis is away (or full:
-  maxmemory reached) the run pauses at its next phase and its wall-clock budget stands still;
+- stops a run within one step on its cancel (a flag, set when writing its next event reports
+  the cancel, or by its heartbeat; its neighbours go on) or every run on SIGTERM (problems
+  handed back to the queue, status `queued`), and rides out Redis restarts by reconnecting:
+  while Redis is away (or full: maxmemory reached) the runs pause at their next phase and
+  their wall-clock budgets stand still;
 - deletes the checkpoints (adapter) of problems past the retention;
 - keeps its Prometheus counters in its own process and serves them on its own port
   (service/worker_metrics.py).
@@ -72,6 +78,7 @@ class _Job:
     entry: Entry
     pid: str
     owner: str
+    slot: int
     lost: bool = False  # another worker took the problem over
     cancel: bool = False  # the heartbeat saw cancel_requested
     started: float = field(default_factory=time.monotonic)
@@ -152,9 +159,11 @@ class Worker:
         name: str | None = None,
         redis_url: str | None = None,
         metrics_port: int | None = None,
+        concurrency: int | None = None,
     ) -> None:
         """`metrics_port`: where to serve /metrics (default SDPO_WORKER_METRICS_PORT; 0: not
-        served, e.g. local mode, whose API serves this worker's registry)."""
+        served, e.g. local mode, whose API serves this worker's registry). `concurrency`:
+        problems at once (default SDPO_WORKER_CONCURRENCY)."""
         self.settings = settings
         self.model_path = model_path
         self.model = model_name or model_name_for(model_path)
@@ -163,9 +172,11 @@ class Worker:
         self.device = device
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.redis_url = redis_url or settings.redis_url or "redis://127.0.0.1:6379/0"
+        self.concurrency = concurrency or settings.worker_concurrency
         self._stop = threading.Event()
         self.outage = Outage()
-        self.job: _Job | None = None
+        self.jobs: dict[str, _Job] = {}  # problem id -> its run, while it runs
+        self._free_slots = list(range(self.concurrency - 1, -1, -1))  # pop() gives slot 0 first
         self._last_sweep = 0.0
         self.runtime: Any = None
         self.problems_done = 0
@@ -174,7 +185,7 @@ class Worker:
         self.metrics_port: int | None = None  # where it is served, once running
 
     def stop(self) -> None:
-        """Ask the worker to hand back its problem and exit (what SIGTERM does)."""
+        """Ask the worker to hand back its problems and exit (what SIGTERM does)."""
         self._stop.set()
 
     # ------------------------------------------------------------------ main loop
@@ -203,7 +214,9 @@ class Worker:
             device=self.device,
             vllm_python=self.settings.vllm_python,
             vllm_api_key=self.settings.vllm_api_key,
+            concurrency=self.concurrency,
         )
+        self.metrics.watch(self.runtime.phases, self.concurrency, lambda: len(self.jobs))
         redis = connect(self.redis_url)
         self.store = Store(
             redis,
@@ -213,11 +226,23 @@ class Worker:
         )
         self.queue = Queue(redis, self.settings.key_prefix, self.model)
         beat = asyncio.create_task(self._heartbeat_loop())
-        log.info("worker %s: serving model %r", self.name, self.model)
+        log.info(
+            "worker %s: serving model %r, %d problem(s) at once",
+            self.name,
+            self.model,
+            self.concurrency,
+        )
+        runs: set[asyncio.Task[None]] = set()
         try:
             while not self._stop.is_set():
-                if max_problems is not None and self.problems_done >= max_problems:
-                    break
+                if max_problems is not None and self.problems_done + len(runs) >= max_problems:
+                    if not runs:
+                        break
+                    await asyncio.wait(runs, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                if not self._free_slots:  # full: wait for a run to end (or a stop)
+                    await asyncio.wait(runs, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+                    continue
                 try:
                     await self.queue.ensure_group()
                     entry = await self.queue.claim_stale(
@@ -228,8 +253,12 @@ class Worker:
                     await asyncio.sleep(1.0)
                     continue
                 if entry is not None:
-                    await self._run_entry(entry)
+                    run = asyncio.create_task(self._run_entry(entry, self._free_slots.pop()))
+                    runs.add(run)
+                    run.add_done_callback(runs.discard)
         finally:
+            if runs:  # on stop each run hands its problem back within a step
+                await asyncio.gather(*runs, return_exceptions=True)
             beat.cancel()
             try:
                 await self.store.remove_worker(self.name)
@@ -243,16 +272,19 @@ class Worker:
     async def _heartbeat_loop(self) -> None:
         while True:
             try:
-                job = self.job
+                jobs = list(self.jobs.values())
                 info = {"model": self.model, "host": socket.gethostname(), "pid": os.getpid()}
                 info["metrics_port"] = self.metrics_port or ""
-                info["problem"] = job.pid if job else ""
+                info["problem"] = ",".join(job.pid for job in jobs)
+                info["capacity"] = self.concurrency
+                info["active"] = len(jobs)
                 await self.store.heartbeat(self.name, info, self.settings.heartbeat_timeout)
-                if job is not None and not await self.queue.touch(self.name, job.entry.entry_id):
-                    log.warning("worker %s: lost %s to another worker", self.name, job.pid)
-                    job.lost = True
-                if job is not None and await self.store.cancel_requested(job.pid):
-                    job.cancel = True
+                for job in jobs:
+                    if not await self.queue.touch(self.name, job.entry.entry_id):
+                        log.warning("worker %s: lost %s to another worker", self.name, job.pid)
+                        job.lost = True
+                    if await self.store.cancel_requested(job.pid):
+                        job.cancel = True
                 self.outage.up()
                 await self._sweep()
             except _TRANSIENT as exc:
@@ -280,7 +312,16 @@ class Worker:
         return await _retry(fn, *args, outage=self.outage, **kwargs)
 
     # --------------------------------------------------------------- one problem
-    async def _run_entry(self, entry: Entry) -> None:
+    async def _run_entry(self, entry: Entry, slot: int) -> None:
+        """Run one queue entry in `slot` (given back when it ends)."""
+        try:
+            await self._run_in_slot(entry, slot)
+        except Exception:  # a bug in ours: the other runs go on, the entry is redelivered
+            log.exception("worker %s: running %s failed", self.name, entry.problem_id)
+        finally:
+            self._free_slots.append(slot)
+
+    async def _run_in_slot(self, entry: Entry, slot: int) -> None:
         from sdpo_core.solve import solve
 
         store, pid = self.store, entry.problem_id
@@ -316,8 +357,10 @@ class Worker:
         if outcome != "ok":
             await self._retry(self.queue.ack, entry.entry_id)
             return
-        job = self.job = _Job(entry, pid, owner)
-        log.info("worker %s: running %s (resumed=%s)", self.name, pid, entry.claimed)
+        job = self.jobs[pid] = _Job(entry, pid, owner, slot)
+        log.info(
+            "worker %s: running %s in slot %d (resumed=%s)", self.name, pid, slot, entry.claimed
+        )
         spec = ProblemSpec.from_stored(row["spec"])  # validated at submit
         writer = _Writer(self, job)
 
@@ -333,7 +376,7 @@ class Worker:
             result: SolveResult = await asyncio.to_thread(
                 solve,
                 spec,
-                self.runtime,
+                self.runtime.for_slot(slot),
                 on_event=writer.put,
                 checkpoint_dir=row["checkpoint_dir"],
                 should_stop=should_stop,
@@ -343,7 +386,7 @@ class Worker:
             log.exception("worker %s: solve raised", self.name)
             result = SolveResult("failed", False, 0, None, None, 0.0, 0, 0.0, 0, repr(exc))
         finally:
-            self.job = None
+            self.jobs.pop(pid, None)
             await writer.close()
         await self._after(job, result)
         self.problems_done += 1
@@ -507,8 +550,9 @@ def run_worker(
     name: str | None = None,
     model_name: str | None = None,
     metrics_port: int | None = None,
+    concurrency: int | None = None,
 ) -> int:
-    """`sdpo worker`: run until SIGTERM/SIGINT, then hand the current problem back."""
+    """`sdpo worker`: run until SIGTERM/SIGINT, then hand the current problems back."""
     worker = Worker(
         settings,
         model_path=model_path,
@@ -518,6 +562,7 @@ def run_worker(
         device=device,
         name=name,
         metrics_port=metrics_port,
+        concurrency=concurrency,
     )
 
     async def main() -> None:

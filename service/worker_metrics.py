@@ -16,7 +16,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily
 
 log = logging.getLogger("sdpo.worker")
 
@@ -83,6 +84,19 @@ class WorkerMetrics:
             registry=r,
         )
 
+    def watch(self, phases: Any, capacity: int, active: Any) -> None:
+        """Expose the worker's slots and phases: `phases` a PhaseClock (sdpo_core/slots.py),
+        `active()` the problems running now."""
+        Gauge(
+            "sdpo_worker_capacity", "Problems the worker runs at once.", registry=self.registry
+        ).set(capacity)
+        Gauge(
+            "sdpo_worker_active_problems",
+            "Problems the worker is running now.",
+            registry=self.registry,
+        ).set_function(lambda: float(active()))
+        self.registry.register(_PhaseCollector(phases))
+
     def attempt(self, passed: bool, verifier_error: bool = False) -> None:
         self.attempts.inc()
         self.verifier_runs.inc()
@@ -130,3 +144,22 @@ class WorkerMetrics:
         if server is not None:
             server.shutdown()
             server.server_close()
+
+
+class _PhaseCollector:
+    """sdpo_worker_phase_busy_seconds{phase}: wall time during which at least one of the
+    worker's problems was in the phase (its rate is the phase's busy fraction)."""
+
+    def __init__(self, phases: Any) -> None:
+        self.phases = phases
+
+    def collect(self) -> Any:
+        family = CounterMetricFamily(
+            "sdpo_worker_phase_busy_seconds",
+            "Seconds at least one of the worker's problems spent in each phase (generation, "
+            "verification, training, export).",
+            labels=["phase"],
+        )
+        for phase, seconds in self.phases.busy_seconds().items():
+            family.add_metric([phase], seconds)
+        yield family

@@ -40,4 +40,9 @@ class Engine(Protocol):
         not come from the adapter of the problem before it."""
         ...
 
+    def for_slot(self, slot: int) -> Engine:
+        """The engine another problem on the same model uses: its own current adapter, the
+        same model or server (sdpo_core/slots.py)."""
+        ...
+
     def close(self) -> None: ...

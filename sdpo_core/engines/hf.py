@@ -2,12 +2,19 @@
 
 It samples from the live student adapter, so "loading" a new adapter version costs nothing:
 the weights the trainer just updated are the weights it generates with.
+Several problems on one model (sdpo_core/slots.py): each slot has its own `HFEngine`, and they
+share one `HFGenerator`, which runs the calls of every slot waiting for the model together:
+the first caller waits for the model, the ones that arrive meanwhile join it, and it makes one
+generate call with each row on its own slot's adapter (PEFT's mixed-adapter batches).
 Each completion carries the sampler's temperature-1 log-probs of its tokens, as vLLM's do, for
 the trainer's rollout correction (sdpo.rollout_is): here they come from the same weights, so
 the weights are 1 up to the numerics of cached generation (measured: within 1e-3).
 """
 
 from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
 
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
@@ -42,34 +49,96 @@ class _LogProbRecorder(LogitsProcessor):
         return torch.stack(self.steps, dim=1)
 
 
-class HFEngine:
-    name = "hf"
+@dataclass
+class _Request:
+    slot: int
+    prompts: list[list[int]]
+    sampling: SamplingParams
+    done: threading.Event = field(default_factory=threading.Event)
+    result: list[Completion] | None = None
+    error: BaseException | None = None
+
+    @property
+    def key(self) -> tuple[object, ...]:  # requests that can share one generate call
+        s = self.sampling
+        return (s.max_new_tokens, s.temperature, s.top_p, s.seed)
+
+
+class HFGenerator:
+    """Generation on the trainer's model for every slot (see the module docstring)."""
 
     def __init__(self, trainer: SDPOTrainer, *, max_batch: int = 64) -> None:
         self.trainer = trainer
         self.max_batch = max_batch
-        self.adapter_version = 0
+        self._lock = threading.Lock()
+        self._queue: list[_Request] = []
+        self._leader = False  # a caller is waiting for the model to run the queue
+        self.calls = 0  # generate calls made (a diagnostic of how much was batched)
+
+    def submit(
+        self, slot: int, prompts: list[list[int]], sampling: SamplingParams
+    ) -> list[Completion]:
+        """One completion of each prompt, sampled from slot `slot`'s adapter."""
+        request = _Request(slot, prompts, sampling)
+        with self._lock:
+            self._queue.append(request)
+            lead, self._leader = not self._leader, True
+        if lead:
+            with self.trainer.lock:
+                with self._lock:
+                    batch, self._queue, self._leader = self._queue, [], False
+                self._run(batch)
+        request.done.wait()
+        if request.error is not None:
+            raise request.error
+        assert request.result is not None
+        return request.result
+
+    def _run(self, batch: list[_Request]) -> None:
+        groups: dict[tuple[object, ...], list[_Request]] = {}
+        for r in batch:
+            groups.setdefault(r.key, []).append(r)
+        for group in groups.values():
+            try:
+                self._run_group(group)
+            except Exception as exc:
+                if len(group) == 1:
+                    group[0].error = exc
+                else:  # find whose request it was: the others go on
+                    for r in group:
+                        try:
+                            self._run_group([r])
+                        except Exception as one:
+                            r.error = one
+            finally:
+                for r in group:
+                    r.done.set()
+
+    def _run_group(self, group: list[_Request]) -> None:
+        """One generate call per `max_batch` rows over the group's prompts."""
+        trainer = self.trainer
+        trainer.activate(group[0].slot)  # its RNG samples; with one slot, its adapter serves
+        rows = [(r, p) for r in group for p in r.prompts]
+        slots = {r.slot for r in group}
+        out: list[Completion] = []
+        for start in range(0, len(rows), self.max_batch):
+            chunk = rows[start : start + self.max_batch]
+            names = None
+            if len(slots) > 1:
+                names = [trainer.slots[r.slot].student for r, _ in chunk]
+            out.extend(self._generate([p for _, p in chunk], group[0].sampling, names))
+            self.calls += 1
+        at = 0
+        for r in group:
+            r.result, at = out[at : at + len(r.prompts)], at + len(r.prompts)
 
     @torch.no_grad()
-    def generate(self, prompt_ids: list[int], sampling: SamplingParams) -> list[Completion]:
-        out: list[Completion] = []
-        remaining = sampling.n
-        while remaining > 0:
-            n = min(remaining, self.max_batch)
-            out.extend(self._generate([prompt_ids] * n, sampling))
-            remaining -= n
-        return out
-
-    @torch.no_grad()
-    def generate_many(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Completion]:
-        out: list[Completion] = []
-        for start in range(0, len(prompts), self.max_batch):
-            out.extend(self._generate(prompts[start : start + self.max_batch], sampling))
-        return out
-
-    def _generate(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Completion]:
+    def _generate(
+        self, prompts: list[list[int]], sampling: SamplingParams, adapters: list[str] | None
+    ) -> list[Completion]:
         """One completion per prompt; prompts of different lengths are left-padded (the
-        attention mask hides the padding, and positions count from each row's first token)."""
+        attention mask hides the padding, and positions count from each row's first token).
+        `adapters`: each row's adapter (None: the active one)."""
         model = self.trainer.model if self.trainer.model is not None else self.trainer.base
         tok = self.trainer.tokenizer
         model.eval()
@@ -94,11 +163,13 @@ class HFEngine:
             pad_token_id=pad,
         )
         recorder = _LogProbRecorder()
+        extra = {"adapter_names": adapters} if adapters is not None else {}
         sequences = model.generate(
             input_ids=ids,
             attention_mask=attention,
             generation_config=config,
             logits_processor=LogitsProcessorList([recorder]),
+            **extra,
         )
         new = sequences[:, ids.shape[1] :]  # [n, L]
         logp = recorder.result(new)  # [n, L]
@@ -109,6 +180,37 @@ class HFEngine:
             text = tok.decode(row[:length], skip_special_tokens=True)
             completions.append(Completion(text, row[:length], row_logp[:length], finish))
         return completions
+
+
+class HFEngine:
+    """One slot's view of the in-process generator."""
+
+    name = "hf"
+
+    def __init__(
+        self,
+        trainer: SDPOTrainer,
+        *,
+        max_batch: int = 64,
+        slot: int = 0,
+        generator: HFGenerator | None = None,
+    ) -> None:
+        self.trainer = trainer
+        self.slot = slot
+        self.generator = generator or HFGenerator(trainer, max_batch=max_batch)
+        self.adapter_version = 0
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: list[int], sampling: SamplingParams) -> list[Completion]:
+        return self.generator.submit(self.slot, [prompt_ids] * sampling.n, sampling)
+
+    @torch.no_grad()
+    def generate_many(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Completion]:
+        return self.generator.submit(self.slot, prompts, sampling)
+
+    def for_slot(self, slot: int) -> HFEngine:
+        """The engine of another slot, sharing this one's generator."""
+        return HFEngine(self.trainer, slot=slot, generator=self.generator)
 
     def context_window(self) -> int | None:
         return None  # it generates with the trainer's own model

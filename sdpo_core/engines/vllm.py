@@ -98,6 +98,7 @@ class VLLMEngine:
             base_url = base_url[: -len("/v1")]
         self.base_url = base_url
         self.model_name = model_name
+        self.timeout, self.api_key = timeout, api_key
         self.retries = retries
         self.server_report = server_report
         self.adapter_version = 0
@@ -105,6 +106,18 @@ class VLLMEngine:
         self._max_model_len: int | None = None
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(base_url=base_url, timeout=timeout, headers=headers)
+
+    def for_slot(self, slot: int) -> VLLMEngine:
+        """An engine on the same server with an adapter of its own (one per problem in flight;
+        the server batches requests across adapters)."""
+        return VLLMEngine(
+            self.base_url,
+            self.model_name,
+            timeout=self.timeout,
+            api_key=self.api_key,
+            retries=self.retries,
+            server_report=self.server_report,
+        )
 
     # ------------------------------------------------------------------ HTTP
     def _report(self) -> str:

@@ -42,6 +42,8 @@ async def readyz(request: Request, store: StoreDep, settings: SettingsDep) -> JS
             model=w.get("model"),
             host=w.get("host"),
             busy=bool(w.get("problem")),
+            capacity=int(w["capacity"]) if w.get("capacity") else None,
+            active_problems=int(w.get("active") or (1 if w.get("problem") else 0)),
             metrics_port=int(w["metrics_port"]) if w.get("metrics_port") else None,
         )
         for w in workers

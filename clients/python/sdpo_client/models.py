@@ -64,6 +64,7 @@ class Problem(_Model):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     suite: str | None = None  # the suite this problem is a run of
+    worker: str | None = None  # the worker that runs it (or ran it last)
     spec: ProblemSpec
 
     @property

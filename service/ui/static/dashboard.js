@@ -391,6 +391,7 @@
       steps: 0,
       best: null,
       adapter: 0,
+      worker: null, // the worker of the latest `running` event (a resumed run names its new one)
       events: 0,
       lastEventId: null,
       terminal: null,
@@ -422,6 +423,7 @@
       const adapter = Math.max(state.adapter, p ? p.adapter_version : 0);
       setText("s-adapter", adapter ? `v${adapter}` : "none yet");
       setText("s-model", p ? p.model : "–");
+      setText("s-worker", state.worker || (p && p.worker) || "not started");
       const elapsed =
         p && TERMINAL.has(p.status) ? runSeconds(p) : state.t0 ? Date.now() / 1000 - state.t0 : null;
       setText("s-elapsed", fmtDuration(elapsed));
@@ -440,6 +442,7 @@
       switch (ev.event) {
         case "status":
           if (d.status === "running" && state.t0 === null) state.t0 = eventTime(ev.id);
+          if (d.status === "running" && d.worker) state.worker = d.worker;
           if (state.problem && !state.terminal) state.problem.status = d.status;
           break;
         case "attempt": {

@@ -1,0 +1,169 @@
+"""Several problems on one loaded base model.
+
+A worker with concurrency K runs K problems at once on one `Runtime`: each problem in flight
+holds a slot, and `Runtime.for_slot(i)` gives its run a view of the shared runtime in which
+- the trainer is `SlotTrainer`: every call makes slot i the trainer's active slot (its own
+  adapters, optimizer, settings and RNG; sdpo_core/trainer.py) under the trainer's lock, so
+  one problem's update never sees another's weights;
+- the engine serves slot i's adapter: the `hf` engine batches the generate calls of every
+  slot waiting for the model into one call with per-row adapters; the `vllm` engine gives
+  each slot its own adapter name on the one server, which batches across adapters while the
+  trainer steps.
+The lock is first come, first served (`FairLock`), so no problem waits more than one round of
+the others. `PhaseClock` measures how much of the wall time each phase kept the worker busy.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sdpo_core.config import SDPOConfig
+
+if TYPE_CHECKING:  # the trainer imports this module's lock
+    from sdpo_core.trainer import RolloutBatch, SDPOTrainer
+
+PHASES = ("generation", "verification", "training", "export")
+
+
+class FairLock:
+    """A reentrant lock granted in the order it was asked for (threading.Lock promises no
+    order: a thread that releases and asks again can take it back at once, starving others)."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._waiting: deque[object] = deque()
+        self._owner: int | None = None
+        self._depth = 0
+
+    def acquire(self) -> None:
+        me = threading.get_ident()
+        with self._cv:
+            if self._owner == me:
+                self._depth += 1
+                return
+            ticket = object()
+            self._waiting.append(ticket)
+            while self._owner is not None or self._waiting[0] is not ticket:
+                self._cv.wait()
+            self._waiting.popleft()
+            self._owner, self._depth = me, 1
+
+    def release(self) -> None:
+        with self._cv:
+            if self._owner != threading.get_ident():
+                raise RuntimeError("FairLock released by a thread that does not hold it")
+            self._depth -= 1
+            if self._depth == 0:
+                self._owner = None
+                self._cv.notify_all()
+
+    def __enter__(self) -> FairLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class PhaseClock:
+    """Per phase, the wall time during which at least one problem was in it (thread-safe):
+    busy seconds / wall seconds is the phase's busy fraction, at most 1 however many overlap."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._busy = dict.fromkeys(PHASES, 0.0)
+        self._inflight = dict.fromkeys(PHASES, 0)
+        self._since: dict[str, float] = {}
+
+    @contextmanager
+    def track(self, phase: str) -> Iterator[None]:
+        with self._lock:
+            if self._inflight[phase] == 0:
+                self._since[phase] = time.monotonic()
+            self._inflight[phase] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._inflight[phase] -= 1
+                if self._inflight[phase] == 0:
+                    self._busy[phase] += time.monotonic() - self._since.pop(phase)
+
+    def busy_seconds(self) -> dict[str, float]:
+        """Seconds each phase has been busy so far (a phase in progress counts up to now)."""
+        now = time.monotonic()
+        with self._lock:
+            return {
+                p: b + (now - self._since[p] if p in self._since else 0.0)
+                for p, b in self._busy.items()
+            }
+
+
+class SlotTrainer:
+    """The shared trainer as one problem sees it: slot `index`, activated under the lock."""
+
+    def __init__(self, trainer: SDPOTrainer, index: int) -> None:
+        self.trainer, self.index = trainer, index
+
+    @contextmanager
+    def _active(self) -> Iterator[SDPOTrainer]:
+        with self.trainer.lock:
+            self.trainer.activate(self.index)
+            yield self.trainer
+
+    # what does not depend on the slot
+    @property
+    def tokenizer(self) -> Any:
+        return self.trainer.tokenizer
+
+    @property
+    def context_window(self) -> int | None:
+        return self.trainer.context_window
+
+    @property
+    def device(self) -> Any:
+        return self.trainer.device
+
+    @property
+    def cfg(self) -> SDPOConfig:
+        slot = self.trainer.slots.get(self.index)
+        return slot.cfg if slot is not None else SDPOConfig()
+
+    # what works on the slot
+    def reset(self, cfg: SDPOConfig) -> None:
+        with self._active() as t:
+            t.reset(cfg)
+
+    def encode_chat(self, user_message: str) -> list[int]:
+        with self._active() as t:
+            return t.encode_chat(user_message)
+
+    def step(self, batch: RolloutBatch) -> dict[str, float]:
+        with self._active() as t:
+            return t.step(batch)
+
+    def save_adapter(self, path: str | Path) -> None:
+        with self._active() as t:
+            t.save_adapter(path)
+
+    def save_checkpoint(self, path: str | Path) -> None:
+        with self._active() as t:
+            t.save_checkpoint(path)
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        with self._active() as t:
+            t.load_checkpoint(path)
+
+    def sequence_logprobs(self, prompt_ids: list[int], response_ids: list[int]) -> list[float]:
+        with self._active() as t:
+            return t.sequence_logprobs(prompt_ids, response_ids)
+
+    def release(self) -> None:
+        with self.trainer.lock:
+            self.trainer.release(self.index)
