@@ -18,12 +18,14 @@ from service_fixtures import (  # noqa: E402
     create_api_key,
     drop_prefix,
     new_prefix,
+    scrape,
     service_env,
     start_api,
     start_worker,
     toy_model_available,
     wait_for,
     wait_worker_ready,
+    worker_metrics_port,
 )
 from test_service_crash import assert_clean_log, events_of, get, hard_problem  # noqa: E402
 
@@ -36,6 +38,22 @@ pytestmark = [
 def worker_info(base: str, h: dict, name: str) -> dict | None:
     workers = httpx.get(f"{base}/readyz", headers=h, timeout=5).json().get("workers") or []
     return next((w for w in workers if w["name"] == name), None)
+
+
+@pytest.mark.parametrize("command", ["worker", "serve"])
+def test_concurrency_must_be_a_positive_number(command: str) -> None:
+    import subprocess
+    import sys
+
+    for bad in ("0", "-1", "many"):
+        r = subprocess.run(
+            [sys.executable, "-m", "service", command, "--concurrency", bad],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert r.returncode == 2, r.stderr
+        assert "--concurrency" in r.stderr and "a whole number from 1 to 256" in r.stderr
 
 
 def test_sigkill_with_three_in_flight_hands_all_three_over(tmp_path: Path, redis_url: str) -> None:
@@ -59,7 +77,13 @@ def test_sigkill_with_three_in_flight_hands_all_three_over(tmp_path: Path, redis
             "three active problems",
         )
         assert info["capacity"] == 3 and info["busy"]
+        port = worker_metrics_port(base, a, h)
         wait_for(lambda: all(get(base, h, p)["steps"] >= 1 for p in pids), 300, "a step each", 0.05)
+        metrics = scrape(port)
+        assert metrics["sdpo_worker_capacity"] == 3
+        assert metrics["sdpo_worker_active_problems"] == 3
+        for phase in ("generation", "training", "export"):
+            assert metrics[f'sdpo_worker_phase_busy_seconds_total{{phase="{phase}"}}'] > 0
         first.signal(signal.SIGKILL)
         first.popen.wait(10)
         second = start_worker(env, tmp_path / "b.log", b, "--concurrency", "3")
