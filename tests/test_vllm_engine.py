@@ -314,3 +314,49 @@ def test_solve_loop_through_vllm_swaps_adapters_that_match_the_trainer(
         assert max_abs_diff(theirs, ours) < LOGPROB_TOL
     finally:
         engine.close()
+
+
+def test_two_problems_share_the_server_and_a_refused_adapter_fails_only_its_own(
+    vllm_server: VLLMServer,  # noqa: F811 - the fixture imported above
+    runtime,
+    tmp_path: Path,
+) -> None:
+    """Two problems in flight on one trainer and one server (sdpo_core/slots.py): each slot
+    serves its own adapter; the one whose adapter the server refuses (rank above its
+    --max-lora-rank) fails with the server's reason, the other runs to its budget."""
+    import threading
+
+    from sdpo_core.problem import parse_problem
+    from sdpo_core.runtime import Runtime
+    from sdpo_core.solve import solve
+    from sdpo_core.toy import make_problem
+
+    def spec(seed: int, rank: int):
+        data = make_problem(seed, 6, max_attempts=24)
+        data["sdpo"].update(samples_per_step=8, lora_rank=rank, lr=3e-3)
+        return parse_problem(data)
+
+    engine = VLLMEngine(vllm_server.url, vllm_server.model_name, timeout=120)
+    rt = Runtime(str(vllm_server.model_name), runtime.trainer, engine)
+    problems = {"good": (spec(9004, 8), 0), "refused": (spec(9005, 32), 1)}
+    results: dict = {}
+
+    def run(name: str) -> None:
+        problem, slot = problems[name]
+        results[name] = solve(problem, rt.for_slot(slot), checkpoint_dir=tmp_path / name)
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in problems]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(600)
+        good, refused = results["good"], results["refused"]
+        assert good.status == "exhausted" and good.attempts == 24 and good.steps == 2, good
+        assert refused.status == "failed" and refused.attempts == 8, refused
+        assert "VLLMAdapterError" in refused.error and "rank" in refused.error.lower()
+        assert rt.for_slot(0).engine.adapter_version == 2
+        assert rt.for_slot(1).engine is not rt.for_slot(0).engine
+    finally:
+        rt.close()
+        runtime.trainer.release(1)
