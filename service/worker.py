@@ -26,6 +26,7 @@ optimizer, RNG, checkpoint directory, claim, cancel flag and event stream
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import shutil
@@ -34,6 +35,7 @@ import socket
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,6 +185,9 @@ class Worker:
         self.metrics = WorkerMetrics()
         self._metrics_port = settings.worker_metrics_port if metrics_port is None else metrics_port
         self.metrics_port: int | None = None  # where it is served, once running
+        # one thread per slot: asyncio's default pool (min(32, cores + 4) threads) would hold
+        # back runs beyond its size, and the heartbeat's own to_thread calls behind them
+        self._solvers = ThreadPoolExecutor(self.concurrency, thread_name_prefix="solve")
 
     def stop(self) -> None:
         """Ask the worker to hand back its problems and exit (what SIGTERM does)."""
@@ -266,6 +271,7 @@ class Worker:
                 pass
             await redis.aclose()
             self.runtime.close()
+            self._solvers.shutdown(wait=False)
             self.metrics.close()
             log.info("worker %s: stopped", self.name)
 
@@ -373,7 +379,7 @@ class Worker:
             return stopping()
 
         try:
-            result: SolveResult = await asyncio.to_thread(
+            run = functools.partial(
                 solve,
                 spec,
                 self.runtime.for_slot(slot),
@@ -382,6 +388,8 @@ class Worker:
                 should_stop=should_stop,
                 clock=self.outage.clock,
             )
+            loop = asyncio.get_running_loop()
+            result: SolveResult = await loop.run_in_executor(self._solvers, run)
         except Exception as exc:  # solve reports its own errors; this is a bug in ours
             log.exception("worker %s: solve raised", self.name)
             result = SolveResult("failed", False, 0, None, None, 0.0, 0, 0.0, 0, repr(exc))
