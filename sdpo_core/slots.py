@@ -54,6 +54,12 @@ class FairLock:
             self._waiting.popleft()
             self._owner, self._depth = me, 1
 
+    @property
+    def waiting(self) -> int:
+        """Threads queued for the lock now."""
+        with self._cv:
+            return len(self._waiting)
+
     def release(self) -> None:
         with self._cv:
             if self._owner != threading.get_ident():

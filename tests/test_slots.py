@@ -84,15 +84,16 @@ def test_parallel_runs_are_each_their_own_problem(runtime, tmp_path: Path) -> No
         t.start()
     for t in threads:
         t.join(600)
-    requests = 0
+    rounds = []
     for i in range(3):
         r = results[i]
         assert r.status in {"solved", "exhausted"}, r
         attempts = [e.index for e in events[i] if e.kind == "attempt"]
         assert attempts == list(range(1, r.attempts + 1))
-        requests += r.steps + 1  # rollouts: one per step, and the last one
+        rounds.append(r.steps + 1)  # rollouts: one per step, and the last one
         assert (tmp_path / f"p{i}" / "adapter" / "adapter_config.json").exists()
-    assert generator.calls - calls_before < requests  # some calls served several problems
+    # lock-step rounds: about one call per round for all three, not one per problem and round
+    assert generator.calls - calls_before <= max(rounds) + 2 < sum(rounds)
     busy = runtime.phases.busy_seconds()
     assert busy["generation"] > 0 and busy["training"] > 0 and busy["verification"] > 0
     for slot in (1, 2):

@@ -5,7 +5,12 @@ the weights the trainer just updated are the weights it generates with.
 Several problems on one model (sdpo_core/slots.py): each slot has its own `HFEngine`, and they
 share one `HFGenerator`, which runs the calls of every slot waiting for the model together:
 the first caller waits for the model, the ones that arrive meanwhile join it, and it makes one
-generate call with each row on its own slot's adapter (PEFT's mixed-adapter batches).
+generate call with each row on its own slot's adapter (PEFT's mixed-adapter batches). Before
+it runs, it lets the problems queued for the model (training, exporting) go first: generation
+and training share the one device, so nothing overlaps, and a problem that generated alone
+while another trained would keep the two out of step for the rest of their runs, every call a
+batch of one. Lock-step rounds (one batched generate call, then each problem's update) do the
+same work with one generate call per round.
 Each completion carries the sampler's temperature-1 log-probs of its tokens, as vLLM's do, for
 the trainer's rollout correction (sdpo.rollout_is): here they come from the same weights, so
 the weights are 1 up to the numerics of cached generation (measured: within 1e-3).
@@ -67,9 +72,10 @@ class _Request:
 class HFGenerator:
     """Generation on the trainer's model for every slot (see the module docstring)."""
 
-    def __init__(self, trainer: SDPOTrainer, *, max_batch: int = 64) -> None:
+    def __init__(self, trainer: SDPOTrainer, *, max_batch: int = 64, max_yields: int = 256) -> None:
         self.trainer = trainer
         self.max_batch = max_batch
+        self.max_yields = max_yields
         self._lock = threading.Lock()
         self._queue: list[_Request] = []
         self._leader = False  # a caller is waiting for the model to run the queue
@@ -84,10 +90,22 @@ class HFGenerator:
             self._queue.append(request)
             lead, self._leader = not self._leader, True
         if lead:
-            with self.trainer.lock:
+            lock = self.trainer.lock
+            lock.acquire()
+            try:
+                # Problems queued for the model are in their update; each asks to generate
+                # right after it, and joins this call if it runs after them: let them go first
+                # (a bounded number of times, so the call is never held back for long).
+                for _ in range(self.max_yields):
+                    if not lock.waiting:
+                        break
+                    lock.release()
+                    lock.acquire()  # behind them
                 with self._lock:
                     batch, self._queue, self._leader = self._queue, [], False
                 self._run(batch)
+            finally:
+                lock.release()
         request.done.wait()
         if request.error is not None:
             raise request.error
