@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from sdpo_core.best_adapter import BEST_ADAPTER_DIR, BEST_ADAPTER_INFO
 from sdpo_core.chat import strip_thinking
 from sdpo_core.config import SDPOConfig
 from sdpo_core.contract import (
@@ -114,9 +115,6 @@ def latest_adapter_dir(checkpoint_dir: str | Path) -> Path | None:
     """The latest adapter (PEFT format) a run has written, or None before the first step."""
     path = Path(checkpoint_dir) / "adapter"
     return path if (path / "adapter_config.json").exists() else None
-
-
-BEST_ADAPTER_INFO = "best.json"  # in best_adapter/: {"attempt", "score", "adapter_version"}
 
 
 class _Checkpoints:
@@ -475,7 +473,7 @@ def _track_best(state: LoopState, pending: Pending, checkpoint_dir: str | Path |
     if checkpoint_dir is None:
         return
     root = Path(checkpoint_dir)
-    tmp = root / "best_adapter.tmp"
+    tmp = root / f"{BEST_ADAPTER_DIR}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     version = state.adapter_version
     if version:
@@ -484,7 +482,7 @@ def _track_best(state: LoopState, pending: Pending, checkpoint_dir: str | Path |
         tmp.mkdir(parents=True)
     info = {"attempt": state.best_attempt, "score": state.best_score, "adapter_version": version}
     (tmp / BEST_ADAPTER_INFO).write_text(json.dumps(info) + "\n")
-    atomic_replace_dir(tmp, root / "best_adapter")
+    atomic_replace_dir(tmp, root / BEST_ADAPTER_DIR)
 
 
 def _prune_adapters(root: Path, keep_from: int) -> None:

@@ -116,8 +116,8 @@ def test_the_best_attempts_adapter_is_kept_and_survives_a_resume(runtime, tmp_pa
 
     import torch
 
+    from sdpo_core.best_adapter import BEST_ADAPTER_INFO
     from sdpo_core.contract import StepPayload
-    from sdpo_core.solve import BEST_ADAPTER_INFO
 
     published: dict[int, dict[str, str]] = {}
 
@@ -163,7 +163,7 @@ def test_the_best_attempts_adapter_is_kept_and_survives_a_resume(runtime, tmp_pa
 def test_a_best_attempt_of_the_base_model_has_no_adapter_to_keep(runtime, tmp_path) -> None:
     import json
 
-    from sdpo_core.solve import BEST_ADAPTER_INFO
+    from sdpo_core.best_adapter import BEST_ADAPTER_INFO
 
     result, _ = run(hard({"maximize": True}, 8), runtime)  # one batch: the base model's
     solve(parse_problem(hard({"maximize": True}, 8)), runtime, checkpoint_dir=tmp_path)
