@@ -25,6 +25,8 @@ student's samples). benchmarks/plot_discovery.py draws the discovery@k curves fr
     python benchmarks/discovery.py --suite very_hard --seeds 3 --budget 3000 --jobs 2
     python benchmarks/discovery.py --suite very_hard --methods sdpo \
         --sdpo '{"ema_target": "factors"}' --tag _ema_factors   # an ablation
+    python benchmarks/discovery.py --suite very_hard --budget 3000 \
+        --export very_hard.jsonl   # the suite for `sdpo bench very_hard.jsonl --seeds 3`
 """
 
 from __future__ import annotations
@@ -166,9 +168,19 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix of the results files")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--jobs", type=int, default=1, help="processes (each loads the model)")
+    parser.add_argument(
+        "--export",
+        metavar="FILE",
+        help="write the suite as `sdpo bench` JSONL (budget and --sdpo applied) and exit",
+    )
     args = parser.parse_args()
     problems = SUITES[args.suite][: args.problems]
     sdpo = json.loads(args.sdpo)
+    if args.export:  # `sdpo bench FILE --seeds N` adds seeds 0..N-1, as the runs here do
+        lines = [json.dumps(_with_budget(p, args.budget, sdpo)) + "\n" for p in problems]
+        Path(args.export).write_text("".join(lines))
+        print(f"wrote {args.export}: {len(problems)} problems")
+        return
     methods = args.methods.split(",")
     tasks = [
         (m, i, p, seed, args.budget, sdpo)

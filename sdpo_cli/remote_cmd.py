@@ -92,6 +92,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = add("adapter", "download a problem's LoRA adapter", _adapter)
     p.add_argument("id")
     p.add_argument("-o", "--output", required=True, help="directory to extract into")
+    p.add_argument(
+        "--best",
+        action="store_true",
+        help="the adapter version that sampled the best attempt (with best.json), not the latest",
+    )
 
 
 _KEY_HELP = (
@@ -207,7 +212,8 @@ def _cancel(args: argparse.Namespace) -> int:
 
 def _adapter(args: argparse.Namespace) -> int:
     def body(client: Any) -> int:
-        print(client.download_adapter(args.id, args.output))
+        which = "best" if args.best else "latest"
+        print(client.download_adapter(args.id, args.output, which=which))
         return 0
 
     return _run(args, body)

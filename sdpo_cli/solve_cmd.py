@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     from sdpo_cli.progress import ProgressDisplay
+    from sdpo_core.best_adapter import read_best_adapter
     from sdpo_core.objectives import Maximize
     from sdpo_core.solve import latest_adapter_dir, solve
 
@@ -118,10 +119,16 @@ def run(args: argparse.Namespace) -> int:
             print(f"best attempt {result.best_attempt}:\n{result.best_solution}", file=out)
     if adapter is not None:
         print(f"adapter (PEFT): {adapter}", file=out)
+    best = read_best_adapter(ckpt)
+    best_dir = best[0] if best is not None and best[1]["adapter_version"] else None
+    if maximizing and best is not None:
+        where = best_dir or "none, the base model sampled it"
+        print(f"best attempt's adapter (v{best[1]['adapter_version']}): {where}", file=out)
     if args.json:
         summary = {
             **result.to_dict(),
             "adapter_dir": str(adapter) if adapter else None,
+            "best_adapter_dir": str(best_dir) if best_dir else None,
             "checkpoint_dir": str(ckpt),
         }
         print(json.dumps(summary))

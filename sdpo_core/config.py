@@ -14,6 +14,8 @@ SOLUTION_TEMPLATE = "\nCorrect solution:\n\n{successful_previous_attempt}"
 FEEDBACK_TEMPLATE = (
     "\nThe following is feedback from your unsuccessful earlier attempt:\n\n{feedback_raw}"
 )
+# demonstration = best_so_far: the line after the shown attempt (the solution template's).
+SCORE_TEMPLATE = "\nScore of this attempt: {score}"
 # Output heads and token embeddings of the families users run: LoRA there is not what the
 # trainer trains (its loss applies the frozen head to the decoder's hidden states) nor what
 # vLLM serves, so target_modules may not name them.
@@ -138,9 +140,19 @@ class SDPOConfig(BaseModel):
     unsure_weight: float = Field(
         0.0, ge=0.0, le=1.0, description="Loss weight of the positions teacher_entropy_gate picks."
     )
+    demonstration: Literal["passing_sibling", "best_so_far"] = Field(
+        "passing_sibling",
+        description="The attempt a teacher is shown in the solution template: passing_sibling, "
+        "a sibling that passed (the paper); best_so_far, the highest-scoring attempt so far "
+        "(of this group and earlier steps), with its score (score_template) and the sample's "
+        "own feedback. Never the sample itself. docs/algorithm-options.md",
+    )
     reprompt_template: str = REPROMPT_TEMPLATE
     solution_template: str = SOLUTION_TEMPLATE
     feedback_template: str = FEEDBACK_TEMPLATE
+    score_template: str = Field(
+        SCORE_TEMPLATE, description="The line after a best_so_far demonstration; {score}."
+    )
     max_feedback_chars: int = Field(2000, ge=0)
     feedback_with_solution: bool = Field(
         False,

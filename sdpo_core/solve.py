@@ -9,15 +9,20 @@ Checkpoints (in `checkpoint_dir`) make a run resumable with every attempt counte
                   leaves either the old or the new checkpoint current, never a mix.
 - adapters/vN/    each adapter version the engine loads (the last two are kept).
 - adapter/        the latest student adapter in PEFT format (what users download).
-Per step: generate + verify -> save (pending) -> attempt events -> update -> adapter/ ->
-save (trainer, no pending) -> step event. After a crash, a pending batch is trained on
-rather than sampled again, and its attempt events are emitted again with the same indices
-and content (consumers drop indices they have).
+- best_adapter/   the adapter version that sampled the best attempt (hard links), with
+                  best.json (attempt, score, adapter_version); version 0, the base model,
+                  is best.json alone (there is no adapter to give).
+Per step: generate + verify -> save (pending) -> best_adapter/ (a new best) -> attempt
+events -> update -> adapter/ -> save (trainer, no pending) -> step event. After a crash, a
+pending batch is trained on rather than sampled again (its best attempt taken again), and
+its attempt events are emitted again with the same indices and content (consumers drop
+indices they have).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import time
@@ -27,6 +32,7 @@ from typing import Any
 
 import torch
 
+from sdpo_core.best_adapter import BEST_ADAPTER_DIR, BEST_ADAPTER_INFO
 from sdpo_core.chat import strip_thinking
 from sdpo_core.config import SDPOConfig
 from sdpo_core.contract import (
@@ -41,7 +47,7 @@ from sdpo_core.methods import conversation_prompt
 from sdpo_core.problem import ProblemSpec
 from sdpo_core.runtime import Runtime
 from sdpo_core.slots import PhaseClock
-from sdpo_core.teacher import build_teacher_contexts, remember_feedback
+from sdpo_core.teacher import Demonstration, build_teacher_contexts, remember_feedback
 from sdpo_core.trainer import (
     RolloutBatch,
     SDPOTrainer,
@@ -76,6 +82,8 @@ class LoopState:
     best_score: float = 0.0
     best_attempt: int | None = None  # the best attempt so far: its index and text
     best_text: str | None = None
+    best_passed: bool = False
+    best_adapter_version: int | None = None  # the adapter that sampled the best attempt
     seconds: float = 0.0  # wall time spent before this run (resumed runs)
     pending: Pending | None = None
     feedback_pool: list[str] = dataclasses.field(default_factory=list)  # distinct, oldest first
@@ -241,6 +249,8 @@ def solve(
                 state.seconds = elapsed()
                 ckpt.save(state)
             pending = state.pending
+            earlier_best = _demonstration(state)  # before this batch (best_so_far's candidate)
+            _track_best(state, pending, checkpoint_dir)  # before the events announce it
             for i, (c, v) in enumerate(zip(pending.completions, pending.verdicts, strict=True)):
                 emit(
                     AttemptPayload(
@@ -251,10 +261,6 @@ def solve(
                         num_tokens=len(c.token_ids),
                     )
                 )
-            for i, (c, v) in enumerate(zip(pending.completions, pending.verdicts, strict=True)):
-                if state.best_attempt is None or v.score > state.best_score:
-                    state.best_score, state.best_attempt = v.score, pending.first_index + i
-                    state.best_text = c.text
             objective = problem.objective
             winner = next((i for i, v in enumerate(pending.verdicts) if objective.reached(v)), None)
             if winner is not None:
@@ -275,7 +281,14 @@ def solve(
                 ckpt.save(state)
                 continue
             metrics = _update(
-                state, pending, runtime, problem.prompt, prompt_ids, cfg, checkpoint_dir
+                state,
+                pending,
+                runtime,
+                problem.prompt,
+                prompt_ids,
+                cfg,
+                checkpoint_dir,
+                earlier_best,
             )
             state.pending = None
             state.seconds = elapsed()
@@ -348,13 +361,16 @@ def _update(
     prompt_ids: list[int],
     cfg: SDPOConfig,
     checkpoint_dir: str | Path | None,
+    earlier_best: Demonstration | None = None,
 ) -> dict[str, float]:
     """One SDPO update on the pending batch, then export and swap the adapter."""
     trainer, engine = runtime.trainer, runtime.engine
     texts = [strip_thinking(c.text) for c in pending.completions]  # a solution is its answer
     if cfg.feedback_memory:
         state.feedback_pool = remember_feedback(state.feedback_pool, pending.verdicts)
-    contexts = build_teacher_contexts(prompt, texts, pending.verdicts, cfg, state.feedback_pool)
+    contexts = build_teacher_contexts(
+        prompt, texts, pending.verdicts, cfg, state.feedback_pool, earlier_best
+    )
     batch = RolloutBatch(
         prompt_ids=prompt_ids,
         response_ids=[c.token_ids for c in pending.completions],
@@ -442,6 +458,41 @@ def _export_adapter(trainer: SDPOTrainer, root: Path, version: int) -> Path:
     shutil.copytree(version_dir, tmp, copy_function=os.link)
     atomic_replace_dir(tmp, root / "adapter")
     return version_dir
+
+
+def _demonstration(state: LoopState) -> Demonstration | None:
+    """The best attempt so far as a teacher may be shown it, or None before the first."""
+    if state.best_text is None:
+        return None
+    return Demonstration(strip_thinking(state.best_text), state.best_score, state.best_passed)
+
+
+def _track_best(state: LoopState, pending: Pending, checkpoint_dir: str | Path | None) -> None:
+    """Take the batch's best attempt if it beats the best so far (the first of equals), and
+    keep the adapter version that sampled it as best_adapter/ (the batch was sampled from
+    the current version, which adapters/ still holds)."""
+    improved = False
+    for i, (c, v) in enumerate(zip(pending.completions, pending.verdicts, strict=True)):
+        if state.best_attempt is None or v.score > state.best_score:
+            state.best_score, state.best_attempt = v.score, pending.first_index + i
+            state.best_text, state.best_passed = c.text, v.passed
+            improved = True
+    if not improved:
+        return
+    state.best_adapter_version = state.adapter_version
+    if checkpoint_dir is None:
+        return
+    root = Path(checkpoint_dir)
+    tmp = root / f"{BEST_ADAPTER_DIR}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    version = state.adapter_version
+    if version:
+        shutil.copytree(root / "adapters" / f"v{version}", tmp, copy_function=os.link)
+    else:  # the base model sampled it: no adapter, only the record saying so
+        tmp.mkdir(parents=True)
+    info = {"attempt": state.best_attempt, "score": state.best_score, "adapter_version": version}
+    (tmp / BEST_ADAPTER_INFO).write_text(json.dumps(info) + "\n")
+    atomic_replace_dir(tmp, root / BEST_ADAPTER_DIR)
 
 
 def _prune_adapters(root: Path, keep_from: int) -> None:

@@ -88,3 +88,41 @@ def test_remote_suite_runs_on_the_service(sdpo_service: Service, tmp_path: Path)
     assert proc.returncode == 0, proc.stderr
     report = check_report(out, ["sdpo", "best_of_k"])
     assert report["id"].startswith("ste_") and "submitted suite" in proc.stderr
+
+
+@pytest.mark.slow
+def test_local_bench_reproduces_the_discovery_benchmark(
+    tmp_path: Path, runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sdpo bench` on this machine gives the first passes of benchmarks/discovery.py's SDPO
+    runs for the same problems and seeds (one CPU thread each: deterministic)."""
+    import os
+
+    import torch
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from discovery import _with_budget, run_sdpo
+
+    problems = [make_problem(seed, 3) for seed in (11, 21)]  # solved after SDPO steps, or not
+    for p in problems:
+        p["sdpo"]["samples_per_step"] = 8
+    path = tmp_path / "s.jsonl"
+    path.write_text("".join(json.dumps(_with_budget(p, 96, {})) + "\n" for p in problems))
+    env = {**os.environ, "SDPO_CPU_THREADS": "1"}
+    proc = sdpo("bench", str(path), "--methods", "sdpo", "--seeds", "2", "--out",
+                str(tmp_path / "out"), env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    got = {(r["problem"], r["seed"]): r["solved_attempt"] for r in report["runs"]}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        want = {
+            (i, s): run_sdpo(runtime, p, s, 96, {})["first_pass"]
+            for i, p in enumerate(problems)
+            for s in range(2)
+        }
+    finally:
+        torch.set_num_threads(threads)
+    assert got == want
+    assert sum(f is not None and f > 8 for f in want.values()) >= 1  # found after a step

@@ -50,6 +50,28 @@ def test_solve_easy_example_json(tmp_path: Path, toy_model_dir: Path) -> None:
     assert "passed" in proc.stderr or "attempts" in proc.stderr  # progress went to stderr
 
 
+def test_solve_a_score_objective_names_the_best_attempts_adapter(
+    tmp_path: Path, toy_model_dir: Path
+) -> None:
+    from sdpo_core.toy import make_problem
+
+    problem = {**make_problem(9001, 4, max_attempts=40), "objective": {"maximize": True}}
+    problem["sdpo"]["samples_per_step"] = 8  # its best attempt came from adapter v1 (measured)
+    (tmp_path / "p.json").write_text(json.dumps(problem))
+    run = tmp_path / "run"
+    proc = sdpo(
+        "solve", "--model", str(toy_model_dir), str(tmp_path / "p.json"), "--json",
+        "--checkpoint-dir", str(run),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["best_adapter_dir"] == str(run / "best_adapter")
+    info = json.loads((run / "best_adapter" / "best.json").read_text())
+    assert info["attempt"] == summary["best_attempt"] and info["adapter_version"] == 1
+    assert (run / "best_adapter" / "adapter_config.json").is_file()
+    assert f"best attempt's adapter (v1): {run / 'best_adapter'}" in proc.stderr
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [

@@ -100,3 +100,78 @@ def test_the_optimisation_example_climbs(runtime) -> None:
     first_batch_best = max(s for _, s, _ in seen[:16])
     assert result.best_score > first_batch_best, (first_batch_best, result.best_score)
     assert result.best_score == max(s for _, s, _ in seen)
+
+
+def _digest(directory) -> dict[str, str]:
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in directory.iterdir()}
+
+
+def test_the_best_attempts_adapter_is_kept_and_survives_a_resume(runtime, tmp_path) -> None:
+    """best_adapter/ holds the adapter version that sampled the best attempt (the files of
+    adapter/ as that version was published), with best.json; a run stopped between sampling
+    and its update and resumed keeps the same best adapter, recorded in its checkpoint."""
+    import json
+
+    import torch
+
+    from sdpo_core.best_adapter import BEST_ADAPTER_INFO
+    from sdpo_core.contract import StepPayload
+
+    published: dict[int, dict[str, str]] = {}
+
+    def on_event(event) -> None:
+        events.append(event)
+        if isinstance(event, StepPayload):
+            published[event.adapter_version] = _digest(tmp_path / "a" / "adapter")
+
+    events: list = []
+    data = {**make_problem(9001, 4, max_attempts=40), "objective": {"maximize": True}}
+    data["sdpo"]["samples_per_step"] = 8
+    result = solve(parse_problem(data), runtime, on_event=on_event, checkpoint_dir=tmp_path / "a")
+    step_of = {e.index: e.step for e in events if isinstance(e, AttemptPayload)}
+    info = json.loads((tmp_path / "a" / "best_adapter" / BEST_ADAPTER_INFO).read_text())
+    version = step_of[result.best_attempt]  # attempts of step s come from adapter version s
+    assert info == {
+        "attempt": result.best_attempt,
+        "score": result.best_score,
+        "adapter_version": version,
+    }
+    assert version > 0, "this problem's best attempt came from a trained adapter when measured"
+    kept = _digest(tmp_path / "a" / "best_adapter")
+    assert kept.pop(BEST_ADAPTER_INFO) and kept == published[version]
+
+    seen: list = []
+    stop = lambda: sum(isinstance(e, AttemptPayload) for e in seen) >= 24  # noqa: E731
+    first = solve(
+        parse_problem(data),
+        runtime,
+        on_event=seen.append,
+        checkpoint_dir=tmp_path / "b",
+        should_stop=stop,
+    )
+    assert first.status == "stopped"
+    again = solve(parse_problem(data), runtime, checkpoint_dir=tmp_path / "b")
+    assert (again.best_attempt, again.best_score) == (result.best_attempt, result.best_score)
+    assert _digest(tmp_path / "b" / "best_adapter") == _digest(tmp_path / "a" / "best_adapter")
+    current = (tmp_path / "b" / "CURRENT").read_text().strip()
+    state = torch.load(tmp_path / "b" / "ckpt" / current / "state.pt", weights_only=False)
+    assert state["best_adapter_version"] == version and state["best_attempt"] == result.best_attempt
+
+
+def test_a_best_attempt_of_the_base_model_has_no_adapter_to_keep(runtime, tmp_path) -> None:
+    import json
+
+    from sdpo_core.best_adapter import BEST_ADAPTER_INFO
+
+    result, _ = run(hard({"maximize": True}, 8), runtime)  # one batch: the base model's
+    solve(parse_problem(hard({"maximize": True}, 8)), runtime, checkpoint_dir=tmp_path)
+    best = tmp_path / "best_adapter"
+    assert sorted(p.name for p in best.iterdir()) == [BEST_ADAPTER_INFO]
+    info = json.loads((best / BEST_ADAPTER_INFO).read_text())
+    assert info == {
+        "attempt": result.best_attempt,
+        "score": result.best_score,
+        "adapter_version": 0,
+    }

@@ -133,3 +133,11 @@ def test_submit_follow_solved_and_exhausted(sdpo_service: Service, tmp_path: Pat
         r = sdpo("adapter", final["id"], "-o", str(tmp_path / "out"), env=env)
         assert r.returncode == 0, r.stderr
         assert (Path(r.stdout.strip()) / "adapter_config.json").is_file()
+    # the best attempt's adapter: attempts 1-4 came from the base model, 5-8 from adapter v1
+    r = sdpo("adapter", final["id"], "--best", "-o", str(tmp_path / "best"), env=env)
+    if final["best_attempt"] <= 4:
+        assert r.returncode == 2 and "base_model" in r.stderr, r.stderr
+    else:
+        assert r.returncode == 0, r.stderr
+        info = json.loads((Path(r.stdout.strip()) / "best.json").read_text())
+        assert info["attempt"] == final["best_attempt"] and info["adapter_version"] == 1

@@ -462,6 +462,32 @@ def test_reconnect_mid_stream_loses_and_repeats_nothing(sdpo_service: Service) -
 
 
 @pytest.mark.slow
+def test_download_the_best_attempts_adapter(sdpo_service: Service, tmp_path: Path) -> None:
+    """which="best": the adapter version that sampled the best attempt, with best.json naming
+    the attempt; this problem's best came from adapter v1 when measured."""
+    from sdpo_core.toy import make_problem
+
+    problem = {**make_problem(9001, 4, max_attempts=40), "objective": {"maximize": True}}
+    problem["sdpo"] = {**problem["sdpo"], "samples_per_step": 8}
+    with tenant_client(sdpo_service) as c:
+        pid = c.submit(problem).id
+        final = c.wait(pid, timeout=600)
+        assert final.status == "exhausted" and final.best_attempt is not None
+        step = {a.index: a.step for a in c.attempts(pid)}[final.best_attempt]
+        adapter = c.download_adapter(pid, tmp_path / "best", which="best")
+        info = json.loads((adapter / "best.json").read_text())
+        assert info == {
+            "attempt": final.best_attempt,
+            "score": final.best_score,
+            "adapter_version": step,
+        }
+        assert step >= 1 and (adapter / "adapter_config.json").is_file()
+        assert any(adapter.glob("*.safetensors"))
+        latest = c.download_adapter(pid, tmp_path / "latest")
+        assert not (latest / "best.json").exists()
+
+
+@pytest.mark.slow
 def test_cancel_running_and_download_adapter(sdpo_service: Service, tmp_path: Path) -> None:
     from sdpo_core.toy import HARD_SUITE
 

@@ -151,11 +151,20 @@ def test_keys_create_cli(api_server: Service) -> None:
 def test_other_tenants_problems_are_404(api_server: Service) -> None:
     with tenant(api_server) as alice, tenant(api_server) as bob:
         pid = alice.post("/v1/problems", json=PROBLEM).json()["id"]
-        for path in ("", "/attempts", "/events", "/adapter"):
+        for path in ("", "/attempts", "/events", "/adapter", "/adapter?which=best"):
             assert_error(bob.get(f"/v1/problems/{pid}{path}"), 404, "not_found")
         assert_error(bob.post(f"/v1/problems/{pid}/cancel"), 404)
         assert_error(alice.get("/v1/problems/prb_00000000000000000000"), 404)
         assert bob.get("/v1/problems").json()["data"] == []
+
+
+def test_adapter_which(api_server: Service) -> None:
+    """?which=best: no_adapter before any attempt; another value is a 422 naming `which`."""
+    with tenant(api_server) as c:
+        pid = c.post("/v1/problems", json=PROBLEM).json()["id"]
+        assert_error(c.get(f"/v1/problems/{pid}/adapter?which=best"), 404, "no_adapter")
+        assert_error(c.get(f"/v1/problems/{pid}/adapter?which=latest"), 404, "no_adapter")
+        assert_error(c.get(f"/v1/problems/{pid}/adapter?which=first"), 422, field="which")
 
 
 def test_idempotency_key(api_server: Service) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import yaml
 
 from sdpo_core.config import SDPOConfig
-from sdpo_core.teacher import build_teacher_contexts, render_reprompt
+from sdpo_core.teacher import Demonstration, build_teacher_contexts, render_reprompt
 from sdpo_core.types import Verdict
 
 CFG = SDPOConfig()
@@ -134,3 +134,79 @@ def test_feedback_memory_adds_the_distinct_feedback_that_covers_most() -> None:
     ctx = build_teacher_contexts("Q", ["x", "y"], [fail(ab), PASS], cfg, [ab, cd, ab2])
     assert ctx[0].message == render_reprompt("Q", cfg, solution="y", feedbacks=[ab, ab2, cd])
     assert ctx[1].masked  # a passing sample with no passing sibling: no signal, as before
+
+
+BEST = CFG.merged({"demonstration": "best_so_far"})
+
+
+def scored(score: float, feedback: str = "fb") -> Verdict:
+    return Verdict(passed=False, score=score, feedback=feedback)
+
+
+def test_passing_sibling_is_the_default_demonstration() -> None:
+    assert CFG.demonstration == "passing_sibling"
+    # partial scores never make a demonstration under the paper's rule: feedback alone
+    ctx = build_teacher_contexts("Q", ["a", "b"], [scored(0.5, "fa"), scored(0.25, "fb")], CFG)
+    assert ctx[0].message == render_reprompt("Q", CFG, feedbacks=["fa"])
+
+
+def test_best_so_far_shows_the_best_other_attempt_with_its_score_and_own_feedback() -> None:
+    responses = ["low", "high", "mid"]
+    verdicts = [scored(0.25, "f-low"), scored(0.75, "f-high"), scored(0.5, "f-mid")]
+    ctx = build_teacher_contexts("Q", responses, verdicts, BEST)
+    # the solution template's framing, a score line after it, then the sample's own feedback
+    assert ctx[0].message == (
+        "Q\nCorrect solution:\n\nhigh\nScore of this attempt: 0.75"
+        "\nThe following is feedback from your unsuccessful earlier attempt:\n\nf-low"
+        "\n\nCorrectly solve the original question."
+    )
+    assert ctx[0].message == render_reprompt(
+        "Q", BEST, solution="high", feedbacks=["f-low"], score=0.75
+    )
+    # the best sample is never its own demonstration: it gets the next best
+    assert ctx[1].message == render_reprompt(
+        "Q", BEST, solution="mid", feedbacks=["f-high"], score=0.5
+    )
+    assert all(c.has_solution and c.has_feedback for c in ctx)
+    for c, r in zip(ctx, responses, strict=True):
+        assert f"\n\n{r}\n" not in c.message
+
+
+def test_best_so_far_includes_the_best_of_earlier_steps() -> None:
+    earlier = Demonstration("old", 0.9, False)
+    responses, verdicts = ["a", "b"], [scored(0.5, "fa"), scored(0.25, "fb")]
+    ctx = build_teacher_contexts("Q", responses, verdicts, BEST, earlier_best=earlier)
+    assert all("\n\nold\nScore of this attempt: 0.9" in c.message for c in ctx)
+    # the first of equals wins: the earlier best before this group's equal
+    ctx = build_teacher_contexts(
+        "Q", ["a"], [scored(0.9)], BEST, earlier_best=Demonstration("old", 0.9, False)
+    )
+    assert "\n\nold\n" in ctx[0].message
+    # an earlier best whose text is this sample's own is not shown to it
+    ctx = build_teacher_contexts(
+        "Q",
+        ["same", "b"],
+        [scored(0.5, "fs"), scored(0.1, "fb")],
+        BEST,
+        earlier_best=Demonstration("same", 0.9, False),
+    )
+    assert ctx[0].message == render_reprompt("Q", BEST, solution="b", feedbacks=["fs"], score=0.1)
+    assert "\n\nsame\nScore of this attempt: 0.9" in ctx[1].message
+
+
+def test_best_so_far_that_passed_follows_the_feedback_with_solution_rule() -> None:
+    responses, verdicts = ["wrong", "right"], [scored(0.5, "fb"), PASS]
+    ctx = build_teacher_contexts("Q", responses, verdicts, BEST)
+    assert ctx[0].message == render_reprompt("Q", BEST, solution="right", score=1.0)
+    assert not ctx[0].has_feedback
+    # a lone sample with nothing else to show and no feedback is still masked
+    assert build_teacher_contexts("Q", ["right"], [PASS], BEST)[0].masked
+
+
+def test_score_template_is_configurable() -> None:
+    cfg = BEST.merged({"score_template": " [{score}]"})
+    ctx = build_teacher_contexts("Q", ["a", "b"], [scored(0.5, ""), scored(0.125, "")], cfg)
+    assert (
+        ctx[1].message
+        == "Q\nCorrect solution:\n\na [0.5]\n\nCorrectly solve the original question."
+    )

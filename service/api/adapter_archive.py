@@ -1,4 +1,4 @@
-"""The adapter download: a tar.gz of a run's latest PEFT adapter directory."""
+"""The adapter download: a tar.gz of a run's PEFT adapter directory (latest or best)."""
 
 from __future__ import annotations
 

@@ -7,12 +7,13 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
+from sdpo_core.best_adapter import read_best_adapter
 from service.api.adapter_archive import archive_adapter
 from service.api.intake import check_limits, parse_submit, queue_model, read_body
 from service.api.metrics import CANCELS, PROBLEMS_CREATED
@@ -264,26 +265,59 @@ async def problem_events(
 
 @router.get(
     "/{problem_id}/adapter",
-    summary="Download the latest LoRA adapter",
+    summary="Download the latest LoRA adapter, or the one that sampled the best attempt",
     response_class=FileResponse,
     responses={
         200: {
-            "description": "A tar.gz of the PEFT adapter directory (`adapter/`).",
+            "description": "A tar.gz of the PEFT adapter directory (`adapter/`); with "
+            "`which=best` it also holds `best.json` (the attempt's index, its score and the "
+            "adapter version).",
             "content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}},
         },
         **error_responses(401, 404, 422),
     },
 )
-async def download_adapter(problem_id: str, tenant: TenantDep, store: StoreDep) -> FileResponse:
+async def download_adapter(
+    problem_id: str,
+    tenant: TenantDep,
+    store: StoreDep,
+    which: Annotated[
+        Literal["latest", "best"],
+        Query(
+            description="latest: the adapter after the last SDPO step; best: the adapter "
+            "version that sampled the best attempt (`best_attempt`)."
+        ),
+    ] = "latest",
+) -> FileResponse:
     row = await _owned(store, problem_id, tenant)
-    src = Path(row.get("checkpoint_dir") or "") / "adapter"
-    if not row.get("checkpoint_dir") or not (src / "adapter_config.json").is_file():
-        raise ApiError(404, "no adapter yet: no SDPO step has finished", code="no_adapter")
+    if which == "best":
+        src, version = _best_adapter(row.get("checkpoint_dir"))
+        name = f"{problem_id}-best-adapter-v{version}.tar.gz"
+    else:
+        src = Path(row.get("checkpoint_dir") or "") / "adapter"
+        if not row.get("checkpoint_dir") or not (src / "adapter_config.json").is_file():
+            raise ApiError(404, "no adapter yet: no SDPO step has finished", code="no_adapter")
+        name = f"{problem_id}-adapter-v{row.get('adapter_version') or '0'}.tar.gz"
     path = await asyncio.to_thread(archive_adapter, src)
-    version = row.get("adapter_version") or "0"
     return FileResponse(
         path,
         media_type="application/gzip",
-        filename=f"{problem_id}-adapter-v{version}.tar.gz",
+        filename=name,
         background=BackgroundTask(os.unlink, path),
     )
+
+
+def _best_adapter(checkpoint_dir: str | None) -> tuple[Path, int]:
+    """best_adapter/ of a run and its version; 404 when there is none to give."""
+    found = read_best_adapter(checkpoint_dir) if checkpoint_dir else None
+    if found is None:
+        raise ApiError(404, "no best attempt yet: no attempt has been verified", code="no_adapter")
+    src, info = found
+    if info["adapter_version"] == 0:
+        raise ApiError(
+            404,
+            f"the best attempt ({info['attempt']}, score {info['score']}) was sampled from the "
+            "base model (adapter version 0): there is no adapter to download",
+            code="base_model",
+        )
+    return src, int(info["adapter_version"])

@@ -15,7 +15,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from pydantic import BaseModel
@@ -38,6 +38,7 @@ RETRY_STATUSES = frozenset({408, 500, 502, 503, 504})
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 ProblemInput = Mapping[str, Any] | BaseModel
+AdapterWhich = Literal["latest", "best"]  # the adapter after the last step, or the best attempt's
 
 
 class _Base:
@@ -415,15 +416,20 @@ class Client(_Base):
             time.sleep(poll)
         return suite
 
-    def download_adapter(self, problem_id: str, path: str | os.PathLike[str]) -> Path:
-        """Download the latest LoRA adapter and extract it into directory `path`; returns
-        the PEFT directory (`path/adapter`). NotFoundError (`no_adapter`) before any step."""
+    def download_adapter(
+        self, problem_id: str, path: str | os.PathLike[str], *, which: AdapterWhich = "latest"
+    ) -> Path:
+        """Download the latest LoRA adapter (`which="best"`: the version that sampled the best
+        attempt, with `best.json`) and extract it into directory `path`; returns the PEFT
+        directory (`path/adapter`). NotFoundError: `no_adapter` before any step (best: before
+        any attempt), `base_model` when the base model sampled the best attempt."""
         dest = Path(path)
         with tempfile.TemporaryDirectory() as tmp:
             archive = Path(tmp) / "adapter.tar.gz"
             for attempt in range(self.max_retries + 1):
                 try:
-                    with self._http.stream("GET", f"/v1/problems/{problem_id}/adapter") as r:
+                    url = f"/v1/problems/{problem_id}/adapter"
+                    with self._http.stream("GET", url, params={"which": which}) as r:
                         if r.status_code >= 400:
                             r.read()
                             delay = self._retry_status(r, True, attempt)
@@ -628,14 +634,17 @@ class AsyncClient(_Base):
             await asyncio.sleep(poll)
         return suite
 
-    async def download_adapter(self, problem_id: str, path: str | os.PathLike[str]) -> Path:
+    async def download_adapter(
+        self, problem_id: str, path: str | os.PathLike[str], *, which: AdapterWhich = "latest"
+    ) -> Path:
         """See `Client.download_adapter`."""
         dest = Path(path)
         with tempfile.TemporaryDirectory() as tmp:
             archive = Path(tmp) / "adapter.tar.gz"
             for attempt in range(self.max_retries + 1):
                 try:
-                    async with self._http.stream("GET", f"/v1/problems/{problem_id}/adapter") as r:
+                    url = f"/v1/problems/{problem_id}/adapter"
+                    async with self._http.stream("GET", url, params={"which": which}) as r:
                         if r.status_code >= 400:
                             await r.aread()
                             delay = self._retry_status(r, True, attempt)

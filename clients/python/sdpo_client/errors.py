@@ -61,7 +61,8 @@ class PermissionDeniedError(APIStatusError):
 
 
 class NotFoundError(APIStatusError):
-    """404: unknown problem (or another tenant's), or no adapter yet (`code == "no_adapter"`)."""
+    """404: unknown problem (or another tenant's), no adapter yet (`code == "no_adapter"`),
+    or the best attempt was the base model's (`code == "base_model"`)."""
 
 
 class ConflictError(APIStatusError):
