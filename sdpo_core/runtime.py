@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from sdpo_core.chat import ChatTemplateError, has_thinking_switch
 from sdpo_core.config import SDPOConfig
 from sdpo_core.engines.base import Engine
-from sdpo_core.slots import PhaseClock, SlotTrainer
+from sdpo_core.slots import GenerationRounds, PhaseClock, Schedule, SlotTrainer
 from sdpo_core.trainer import SDPOTrainer
 
 EngineName = Literal["hf", "vllm"]
@@ -106,6 +106,9 @@ class Runtime:
     # SDPO settings for this model before a problem's own "sdpo" overrides (family + file)
     defaults: SDPOConfig = field(default_factory=SDPOConfig)
     phases: PhaseClock = field(default_factory=PhaseClock)  # shared by every slot's view
+    # lock-step rounds of an engine in another process (sdpo_core/slots.py); None: the
+    # problems' generation overlaps the trainer (or the engine batches by itself: hf)
+    rounds: GenerationRounds | None = None
     _slots: dict[int, Runtime] = field(default_factory=dict, repr=False)
 
     def for_slot(self, index: int) -> Runtime:
@@ -124,6 +127,7 @@ class Runtime:
                 None,
                 self.defaults,
                 self.phases,
+                self.rounds,
             )
             self._slots[index] = view
         return view
@@ -230,12 +234,24 @@ def load_runtime(
     vllm_python: str | Path | None = None,
     vllm_api_key: str | None = None,
     concurrency: int = 1,
+    schedule: Schedule = "auto",
 ) -> Runtime:
     """Load the base model once. engine="vllm" without a URL starts a local vLLM server
     (with `vllm_python`, default the checkout's .venv-vllm) that allows LoRA ranks up to
     `max_lora_rank` and holds `max_loras_for(concurrency)` adapters; with a URL,
     `vllm_model_name` is the server's name for the base model (default: the path, vLLM's own
-    default). `vllm_api_key` is sent on /v1/*."""
+    default). `vllm_api_key` is sent on /v1/*. `schedule` (several problems at once): on the
+    `vllm` engine, "lockstep" rounds (the problems generate together, then each trains) or
+    "overlap" (one problem trains while others generate); "auto": lock-step when the trainer
+    runs on the CPU, whose cores the vLLM server shares, else overlap. The `hf` engine
+    generates with the trainer's own model, so its rounds are always lock-step."""
+    if schedule not in ("auto", "lockstep", "overlap"):
+        raise ValueError(f"schedule {schedule!r}: one of 'auto', 'lockstep', 'overlap'")
+    if engine == "hf" and schedule == "overlap":
+        raise ValueError(
+            "schedule 'overlap' needs the vllm engine: the hf engine generates with the "
+            "trainer's own model, so generation and training cannot overlap"
+        )
     path = str(model_path or default_model_dir())
     if not (Path(path) / "config.json").is_file():
         raise FileNotFoundError(
@@ -250,7 +266,9 @@ def load_runtime(
     if engine == "hf":
         from sdpo_core.engines.hf import HFEngine
 
-        return Runtime(path, trainer, HFEngine(trainer), defaults=defaults)
+        phases = PhaseClock()
+        engine_hf = HFEngine(trainer, phases=phases)
+        return Runtime(path, trainer, engine_hf, defaults=defaults, phases=phases)
     if engine == "vllm":
         from sdpo_core.engines.vllm import VLLMEngine
         from sdpo_core.engines.vllm_server import launch_vllm_server
@@ -269,5 +287,7 @@ def load_runtime(
         report = server.failure_report if server is not None else None
         vllm = VLLMEngine(vllm_url, served_name, server_report=report, api_key=vllm_api_key)
         vllm.wait_ready()
-        return Runtime(path, trainer, vllm, server, defaults=defaults)
+        lockstep = schedule == "lockstep" or (schedule == "auto" and trainer.device.type == "cpu")
+        rounds = GenerationRounds(trainer.lock) if lockstep else None
+        return Runtime(path, trainer, vllm, server, defaults=defaults, rounds=rounds)
     raise ValueError(f"unknown engine {engine!r}; one of 'hf', 'vllm'")

@@ -18,10 +18,10 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from sdpo_core.config import SDPOConfig
 
@@ -29,6 +29,8 @@ if TYPE_CHECKING:  # the trainer imports this module's lock
     from sdpo_core.trainer import RolloutBatch, SDPOTrainer
 
 PHASES = ("generation", "verification", "training", "export")
+Schedule = Literal["auto", "lockstep", "overlap"]
+T = TypeVar("T")
 
 
 class FairLock:
@@ -75,6 +77,68 @@ class FairLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def let_queued_go_first(lock: FairLock, max_yields: int) -> None:
+    """Holding `lock`: hand it to the threads queued for it (problems in their updates, each
+    about to generate), at most `max_yields` times, and take it back behind them."""
+    for _ in range(max_yields):
+        if not lock.waiting:
+            return
+        lock.release()
+        lock.acquire()
+
+
+class GenerationRounds:
+    """Lock-step rounds for an engine in another process (vLLM) that shares its compute with
+    the trainer (a CPU host): the problems generate together, each with its own request (the
+    server batches them), while the trainer is idle; then each trains. Without it one problem
+    generates while another trains, and the two compete for the same cores.
+
+    The first caller of a round waits for the model, letting the problems queued for it (their
+    updates) go first; it then releases every caller queued so far, and holds the model until
+    all of them have their completions."""
+
+    def __init__(self, lock: FairLock, max_yields: int = 256) -> None:
+        self.lock, self.max_yields = lock, max_yields
+        self._cv = threading.Condition()
+        self._queue: list[threading.Event] = []
+        self._leader = False
+        self._running = 0
+
+    def run(self, generate: Callable[[], T]) -> T:
+        go = threading.Event()
+        with self._cv:
+            self._queue.append(go)
+            lead, self._leader = not self._leader, True
+        if not lead:
+            go.wait()
+            try:
+                return generate()
+            finally:
+                self._done()
+        self.lock.acquire()
+        try:
+            let_queued_go_first(self.lock, self.max_yields)
+            with self._cv:
+                batch, self._queue, self._leader = self._queue, [], False
+                self._running = len(batch)
+            for event in batch:
+                event.set()
+            try:
+                return generate()
+            finally:
+                self._done()
+                with self._cv:  # the round ends when every request of it has
+                    while self._running:
+                        self._cv.wait()
+        finally:
+            self.lock.release()
+
+    def _done(self) -> None:
+        with self._cv:
+            self._running -= 1
+            self._cv.notify_all()
 
 
 class PhaseClock:

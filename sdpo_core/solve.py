@@ -27,6 +27,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +43,9 @@ from sdpo_core.contract import (
     SolvedPayload,
     StepPayload,
 )
-from sdpo_core.engines.base import Engine
 from sdpo_core.methods import conversation_prompt
 from sdpo_core.problem import ProblemSpec
 from sdpo_core.runtime import Runtime
-from sdpo_core.slots import PhaseClock
 from sdpo_core.teacher import Demonstration, build_teacher_contexts, remember_feedback
 from sdpo_core.trainer import (
     RolloutBatch,
@@ -242,9 +241,7 @@ def solve(
                     if problem.method == "multi_turn"
                     else None
                 )
-                state.pending = _rollout(
-                    state, engine, verifier, prompt_ids, cfg, n, rows, runtime.phases
-                )
+                state.pending = _rollout(state, runtime, verifier, prompt_ids, cfg, n, rows)
                 state.attempts += len(state.pending.completions)
                 state.seconds = elapsed()
                 ckpt.save(state)
@@ -309,24 +306,28 @@ def solve(
 
 def _rollout(
     state: LoopState,
-    engine: Engine,
+    runtime: Runtime,
     verifier: Verifier,
     prompt_ids: list[int],
     cfg: SDPOConfig,
     n: int,
     rows: list[list[int]] | None,
-    phases: PhaseClock,
 ) -> Pending:
-    """Sample `n` attempts of the prompt (or one of each prompt in `rows`) and verify them."""
+    """Sample `n` attempts of the prompt (or one of each prompt in `rows`) and verify them
+    (with the other problems in flight, in lock-step rounds when the runtime has them)."""
     t0 = time.perf_counter()
+    engine, phases = runtime.engine, runtime.phases
     sampling = SamplingParams(
         n=n, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p
     )
-    with phases.track("generation"):
-        if rows is None:
-            completions = engine.generate(prompt_ids, sampling)
-        else:
-            completions = engine.generate_many(rows, sampling)
+
+    def generate() -> list[Completion]:  # timed without the wait for a round
+        with nullcontext() if engine.times_itself else phases.track("generation"):
+            if rows is None:
+                return engine.generate(prompt_ids, sampling)
+            return engine.generate_many(rows, sampling)
+
+    completions = runtime.rounds.run(generate) if runtime.rounds else generate()
     t1 = time.perf_counter()
     with phases.track("verification"):
         verdicts = verifier.verify_batch([strip_thinking(c.text) for c in completions])

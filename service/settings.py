@@ -34,6 +34,9 @@ Variable (default): meaning
     SDPO_EVENTS_MAXLEN (10000): a running problem's event log keeps about this many events
     SDPO_WORKER_CONCURRENCY (1): problems a worker runs at once on its one model (`sdpo
         worker --concurrency`, `sdpo serve --concurrency`); docs/deploy.md says how to choose
+    SDPO_WORKER_SCHEDULE (auto): several problems on the vllm engine: lockstep (they generate
+        together, then each trains), overlap (one trains while others generate); auto:
+        lockstep on a CPU host, overlap on a GPU. The hf engine is always lock-step
     SDPO_WORKER_METRICS_HOST (127.0.0.1): where a worker serves its /metrics
     SDPO_WORKER_METRICS_PORT (9410): a worker's /metrics port, or the next free one above
         it (several workers on one host); 0: not served
@@ -52,7 +55,7 @@ from __future__ import annotations
 import ipaddress
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, PrivateAttr, field_validator, model_validator
@@ -120,6 +123,7 @@ class Settings(BaseSettings):
     retention_seconds: float = 7 * 86400.0
     events_maxlen: int = 10_000
     worker_concurrency: int = Field(1, ge=1, le=256)
+    worker_schedule: Literal["auto", "lockstep", "overlap"] = "auto"
     worker_metrics_host: str = "127.0.0.1"
     worker_metrics_port: int = Field(9410, ge=0, le=65535)
     cpu_threads: int | None = Field(None, ge=1, le=1024)

@@ -220,6 +220,7 @@ class Worker:
             vllm_python=self.settings.vllm_python,
             vllm_api_key=self.settings.vllm_api_key,
             concurrency=self.concurrency,
+            schedule=self.settings.worker_schedule,
         )
         self.metrics.watch(self.runtime.phases, self.concurrency, lambda: len(self.jobs))
         redis = connect(self.redis_url)

@@ -158,3 +158,37 @@ def test_phase_clock_counts_overlap_once() -> None:
         pass
     busy = clock.busy_seconds()
     assert 0 <= busy["generation"] < 1 and busy["training"] == 0
+
+
+def test_generation_rounds_gather_the_problems_waiting_for_the_model() -> None:
+    """Lock-step rounds (sdpo_core/slots.py): problems that ask to generate while another's
+    update holds the model generate together after it, holding the model until all are done."""
+    import time
+
+    from sdpo_core.slots import GenerationRounds
+
+    lock = FairLock()
+    rounds = GenerationRounds(lock)
+    ran: list[tuple[int, bool]] = []
+    lock.acquire()  # an update in progress
+
+    def ask(i: int) -> None:
+        def generate() -> int:
+            time.sleep(0.05)
+            ran.append((i, lock._owner is not None))  # the model stays taken for the round
+            return i
+
+        assert rounds.run(generate) == i
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    while not (lock.waiting == 1 and len(rounds._queue) == 3):
+        time.sleep(0.01)
+    assert ran == []  # nobody generated during the update
+    lock.release()
+    for t in threads:
+        t.join(10)
+    assert sorted(i for i, _ in ran) == [0, 1, 2] and all(held for _, held in ran)
+    with lock:  # the round gave the model back
+        pass

@@ -17,6 +17,9 @@ class Engine(Protocol):
 
     name: str
     adapter_version: int
+    # it adds its own generate calls to the runtime's PhaseClock (the hf engine: a caller may
+    # wait for the model before its call runs); else the solve loop times each call
+    times_itself: bool
 
     def generate(self, prompt_ids: list[int], sampling: SamplingParams) -> list[Completion]:
         """`sampling.n` completions of one prompt."""

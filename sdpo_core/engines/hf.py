@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
+from sdpo_core.slots import PhaseClock, let_queued_go_first
 from sdpo_core.trainer import SDPOTrainer
 from sdpo_core.types import Completion, SamplingParams
 
@@ -72,8 +73,16 @@ class _Request:
 class HFGenerator:
     """Generation on the trainer's model for every slot (see the module docstring)."""
 
-    def __init__(self, trainer: SDPOTrainer, *, max_batch: int = 64, max_yields: int = 256) -> None:
+    def __init__(
+        self,
+        trainer: SDPOTrainer,
+        *,
+        max_batch: int = 64,
+        max_yields: int = 256,
+        phases: PhaseClock | None = None,
+    ) -> None:
         self.trainer = trainer
+        self.phases = phases or PhaseClock()  # the time its generate calls run
         self.max_batch = max_batch
         self.max_yields = max_yields
         self._lock = threading.Lock()
@@ -93,17 +102,13 @@ class HFGenerator:
             lock = self.trainer.lock
             lock.acquire()
             try:
-                # Problems queued for the model are in their update; each asks to generate
-                # right after it, and joins this call if it runs after them: let them go first
-                # (a bounded number of times, so the call is never held back for long).
-                for _ in range(self.max_yields):
-                    if not lock.waiting:
-                        break
-                    lock.release()
-                    lock.acquire()  # behind them
+                # problems queued for the model are in their update; each asks to generate
+                # right after it and joins this call if it runs after them
+                let_queued_go_first(lock, self.max_yields)
                 with self._lock:
                     batch, self._queue, self._leader = self._queue, [], False
-                self._run(batch)
+                with self.phases.track("generation"):
+                    self._run(batch)
             finally:
                 lock.release()
         request.done.wait()
@@ -204,6 +209,7 @@ class HFEngine:
     """One slot's view of the in-process generator."""
 
     name = "hf"
+    times_itself = True
 
     def __init__(
         self,
@@ -212,10 +218,11 @@ class HFEngine:
         max_batch: int = 64,
         slot: int = 0,
         generator: HFGenerator | None = None,
+        phases: PhaseClock | None = None,
     ) -> None:
         self.trainer = trainer
         self.slot = slot
-        self.generator = generator or HFGenerator(trainer, max_batch=max_batch)
+        self.generator = generator or HFGenerator(trainer, max_batch=max_batch, phases=phases)
         self.adapter_version = 0
 
     @torch.no_grad()

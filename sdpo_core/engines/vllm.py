@@ -82,6 +82,7 @@ class VLLMEngine:
     """
 
     name = "vllm"
+    times_itself = False
 
     def __init__(
         self,
