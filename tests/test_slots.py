@@ -192,3 +192,14 @@ def test_generation_rounds_gather_the_problems_waiting_for_the_model() -> None:
     assert sorted(i for i, _ in ran) == [0, 1, 2] and all(held for _, held in ran)
     with lock:  # the round gave the model back
         pass
+
+
+def test_the_hf_engine_cannot_overlap() -> None:
+    import pytest
+
+    from sdpo_core.runtime import load_runtime
+
+    with pytest.raises(ValueError, match="'overlap' needs the vllm engine"):
+        load_runtime(None, engine="hf", schedule="overlap")
+    with pytest.raises(ValueError, match="one of 'auto', 'lockstep', 'overlap'"):
+        load_runtime(None, engine="vllm", schedule="sometimes")  # type: ignore[arg-type]

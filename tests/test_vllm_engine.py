@@ -316,18 +316,22 @@ def test_solve_loop_through_vllm_swaps_adapters_that_match_the_trainer(
         engine.close()
 
 
+@pytest.mark.parametrize("schedule", ["lockstep", "overlap"])
 def test_two_problems_share_the_server_and_a_refused_adapter_fails_only_its_own(
     vllm_server: VLLMServer,  # noqa: F811 - the fixture imported above
     runtime,
     tmp_path: Path,
+    schedule: str,
 ) -> None:
-    """Two problems in flight on one trainer and one server (sdpo_core/slots.py): each slot
-    serves its own adapter; the one whose adapter the server refuses (rank above its
-    --max-lora-rank) fails with the server's reason, the other runs to its budget."""
+    """Two problems in flight on one trainer and one server (sdpo_core/slots.py), in
+    lock-step rounds or overlapping: each slot serves its own adapter; the one whose adapter
+    the server refuses (rank above its --max-lora-rank) fails with the server's reason, the
+    other runs to its budget."""
     import threading
 
     from sdpo_core.problem import parse_problem
     from sdpo_core.runtime import Runtime
+    from sdpo_core.slots import GenerationRounds
     from sdpo_core.solve import solve
     from sdpo_core.toy import make_problem
 
@@ -337,7 +341,8 @@ def test_two_problems_share_the_server_and_a_refused_adapter_fails_only_its_own(
         return parse_problem(data)
 
     engine = VLLMEngine(vllm_server.url, vllm_server.model_name, timeout=120)
-    rt = Runtime(str(vllm_server.model_name), runtime.trainer, engine)
+    rounds = GenerationRounds(runtime.trainer.lock) if schedule == "lockstep" else None
+    rt = Runtime(str(vllm_server.model_name), runtime.trainer, engine, rounds=rounds)
     problems = {"good": (spec(9004, 8), 0), "refused": (spec(9005, 32), 1)}
     results: dict = {}
 
