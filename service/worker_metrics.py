@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,6 +37,29 @@ STEP_PARTS = {
     "time_student": (
         "sdpo_step_student_seconds",
         "Step time spent in student forward/backward and the optimizer.",
+    ),
+}
+
+# Rollout correction (sdpo.rollout_is) per step: the weights exp(trainer - sampler log-prob)
+# are ~1 when the engine samples the model being trained; a mean far from 1, a capped
+# fraction above 0 or a gap of several nats means it does not (dtype, kernels, template).
+# StepEvent.metrics key -> (histogram name, help, buckets)
+ROLLOUT_PARTS = {
+    "rollout_is_mean": (
+        "sdpo_step_rollout_is_mean",
+        "Mean uncapped rollout-correction weight of a step's response tokens (1: the engine "
+        "samples the trainer's model).",
+        (0.5, 0.8, 0.9, 0.95, 0.99, 1.01, 1.05, 1.1, 1.25, 1.5, 2, 5),
+    ),
+    "rollout_is_capped_frac": (
+        "sdpo_step_rollout_is_capped_fraction",
+        "Fraction of a step's response tokens whose rollout weight hit rollout_is_cap.",
+        (0, 0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1),
+    ),
+    "rollout_logp_gap_max": (
+        "sdpo_step_rollout_logp_gap_max",
+        "Largest |trainer - sampler| log-prob (nats) of a step's response tokens.",
+        (0.001, 0.01, 0.1, 0.5, 1, 2, 5, 10, 20),
     ),
 }
 
@@ -83,6 +107,15 @@ class WorkerMetrics:
             buckets=STEP_BUCKETS,
             registry=r,
         )
+        self.rollout = {
+            key: Histogram(name, doc, buckets=buckets, registry=r)
+            for key, (name, doc, buckets) in ROLLOUT_PARTS.items()
+        }
+        self.updates_skipped_nonfinite = Counter(
+            "sdpo_updates_skipped_nonfinite",
+            "SDPO updates skipped for a non-finite gradient norm (no optimizer step, no EMA).",
+            registry=r,
+        )
 
     def watch(self, phases: Any, capacity: int, active: Any) -> None:
         """Expose the worker's slots and phases: `phases` a PhaseClock (sdpo_core/slots.py),
@@ -106,7 +139,8 @@ class WorkerMetrics:
             self.verifier_errors.inc()
 
     def step(self, metrics: Mapping[str, Any]) -> None:
-        """One step, from its StepEvent.metrics (`time_*` seconds)."""
+        """One step, from its StepEvent.metrics (`time_*` seconds, `rollout_*` when the
+        rollout correction ran, `skipped_nonfinite` updates)."""
         self.steps.inc()
         parts = (*STEP_PARTS, "time_export", "time_swap")
         self.step_seconds.observe(sum(float(metrics.get(k, 0.0)) for k in parts))
@@ -116,6 +150,10 @@ class WorkerMetrics:
         if "time_swap" in metrics:
             swap = float(metrics["time_swap"]) + float(metrics.get("time_export", 0.0))
             self.adapter_swap_seconds.observe(swap)
+        for key, hist in self.rollout.items():
+            if math.isfinite(value := float(metrics.get(key, math.nan))):
+                hist.observe(value)  # a non-finite one (a skipped update's) would poison _sum
+        self.updates_skipped_nonfinite.inc(float(metrics.get("skipped_nonfinite", 0.0)))
 
     def finished(self, status: str, seconds: float | None) -> None:
         self.problems_finished.labels(status).inc()

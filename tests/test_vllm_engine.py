@@ -286,7 +286,9 @@ def test_solve_loop_through_vllm_swaps_adapters_that_match_the_trainer(
     tmp_path: Path,
 ) -> None:
     """The whole loop on the vllm engine: each SDPO step's adapter is exported, loaded under a
-    new name, the old one unloaded, and the served log-probs equal the trainer's."""
+    new name, the old one unloaded, and the served log-probs equal the trainer's. The rollout
+    correction's step metrics (the sampler's log-probs are vLLM's here) show the same: weights
+    1, nothing capped, a gap within the float32 tolerance."""
     from sdpo_core.contract import StepPayload
     from sdpo_core.problem import parse_problem
     from sdpo_core.runtime import Runtime
@@ -303,6 +305,11 @@ def test_solve_loop_through_vllm_swaps_adapters_that_match_the_trainer(
         assert result.status == "exhausted" and result.attempts == 24
         steps = [e for e in events if isinstance(e, StepPayload)]
         assert [s.adapter_version for s in steps] == [1, 2]
+        for s in steps:
+            m = s.metrics
+            assert m["rollout_is_mean"] == pytest.approx(1.0, abs=10 * LOGPROB_TOL)
+            assert m["rollout_is_capped_frac"] == 0.0
+            assert 0.0 <= m["rollout_logp_gap_max"] < LOGPROB_TOL
         assert engine.adapter_version == 2 and engine.adapter_name is not None
         served = [m for m in engine.loaded_models() if m.startswith("sdpo-v")]
         assert served == [engine.adapter_name]  # v1 was unloaded
