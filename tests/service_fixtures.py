@@ -197,9 +197,14 @@ def worker_metrics_port(base_url: str, name: str, headers: dict[str, str]) -> in
 def scrape(port: int) -> dict[str, float]:
     """A worker's /metrics over HTTP, parsed with prometheus_client's text parser:
     {sample name with its labels sorted, e.g. 'x_total{status="solved"}': value}."""
+    return parse_exposition(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text)
+
+
+def parse_exposition(text: str) -> dict[str, float]:
+    """Prometheus exposition text, parsed with prometheus_client's parser: {sample name with
+    its labels sorted: value}."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
     out = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:

@@ -8,7 +8,7 @@ import math
 import socket
 
 import pytest
-from service_fixtures import scrape
+from service_fixtures import parse_exposition, scrape
 
 from service.local import free_port
 from service.worker_metrics import WorkerMetrics
@@ -53,15 +53,8 @@ def test_a_taken_port_moves_the_next_worker_up_and_zero_is_off() -> None:
 def _exposition(metrics: WorkerMetrics) -> dict[str, float]:
     """The registry's exposition text, parsed: {sample name with its labels: value}."""
     from prometheus_client import generate_latest
-    from prometheus_client.parser import text_string_to_metric_families
 
-    text = generate_latest(metrics.registry).decode()
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
-            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
-    return out
+    return parse_exposition(generate_latest(metrics.registry).decode())
 
 
 def test_rollout_correction_and_skipped_updates_of_real_steps(runtime) -> None:
