@@ -45,6 +45,30 @@ def _rss_mb() -> float:
     return 0.0
 
 
+def _cpu_seconds_of_tree(root: int) -> dict[int, float]:
+    """CPU seconds (user + system) each process of `root`'s tree has used so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parent: dict[int, int] = {}
+    used: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # gone since listed
+            continue
+        parent[int(entry)] = int(fields[1])
+        used[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    tree, frontier = {root}, [root]
+    while frontier:
+        p = frontier.pop()
+        kids = [c for c, pp in parent.items() if pp == p and c not in tree]
+        tree.update(kids)
+        frontier += kids
+    return {p: used[p] for p in tree if p in used}
+
+
 def suite(budget: int) -> list[dict]:
     from discovery import SUITES
 
@@ -54,7 +78,9 @@ def suite(budget: int) -> list[dict]:
     ]
 
 
-async def _one(engine: str, k: int, budget: int, redis_url: str, threads: int) -> dict:
+async def _one(
+    engine: str, k: int, budget: int, redis_url: str, threads: int, schedule: str
+) -> dict:
     """One (engine, K): a worker in this process, the suite submitted once its model is up."""
     import torch
 
@@ -72,6 +98,7 @@ async def _one(engine: str, k: int, budget: int, redis_url: str, threads: int) -
             worker_metrics_port=0,
             cpu_threads=threads,
             heartbeat_seconds=1.0,
+            worker_schedule=schedule,
         )
         worker = Worker(settings, engine=engine, metrics_port=0, concurrency=k, name="bench")
         problems = suite(budget)
@@ -95,11 +122,15 @@ async def _one(engine: str, k: int, budget: int, redis_url: str, threads: int) -
             assert outcome == "created", outcome
             pids.append(pid)
         peak_active = 0
-        while not run.done():  # how many ran at once (at most K)
+        cpu_start = _cpu_seconds_of_tree(os.getpid())  # this worker and its vLLM server
+        cpu_last = dict(cpu_start)
+        while not run.done():  # how many ran at once (at most K), and the CPU they used
             peak_active = max(peak_active, len(worker.jobs))
+            cpu_last.update(_cpu_seconds_of_tree(os.getpid()))
             await asyncio.sleep(0.5)
         await run
         wall = time.monotonic() - t0
+        cpu = sum(v - cpu_start.get(p, 0.0) for p, v in cpu_last.items())
         rows = [await store.get_problem(pid) for pid in pids]
         busy = worker.runtime.phases.busy_seconds()
         keys = [k async for k in store.redis.scan_iter(f"{prefix}:*")]
@@ -112,6 +143,7 @@ async def _one(engine: str, k: int, budget: int, redis_url: str, threads: int) -
     return {
         "engine": engine,
         "k": k,
+        "schedule": "lockstep" if worker.runtime.rounds or engine == "hf" else "overlap",
         "wall_seconds": round(wall, 1),
         "problems": len(rows),
         "peak_active_problems": peak_active,
@@ -120,6 +152,9 @@ async def _one(engine: str, k: int, budget: int, redis_url: str, threads: int) -
         "attempts": attempts,
         "attempts_per_second": round(attempts / wall, 2),
         "busy_fraction": {p: round(s / wall, 3) for p, s in busy.items()},
+        # CPU seconds of the worker and its server over wall seconds times the cores it may use:
+        # near 1 at K = 1 leaves nothing idle for more problems to fill
+        "cpu_utilisation": round(cpu / (wall * len(os.sched_getaffinity(0))), 3),
         "first_pass": first,
         "solved": sum(f is not None for f in first),
         "mean_attempts": round(statistics.mean(f or budget for f in first), 1),
@@ -242,6 +277,12 @@ def main() -> None:
     ap.add_argument("--ks", nargs="+", type=int, default=[1, 2, 4, 8])
     ap.add_argument("--budget", type=int, default=3000)
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument(
+        "--schedule",
+        default="auto",
+        choices=["auto", "lockstep", "overlap"],
+        help="SDPO_WORKER_SCHEDULE (auto: lock-step on a CPU host, overlap on a GPU)",
+    )
     ap.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     ap.add_argument("--memory", action="store_true", help="the memory check instead")
     ap.add_argument(
@@ -251,7 +292,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
     if a.one:
-        result = asyncio.run(_one(a.one[0], int(a.one[1]), a.budget, a.redis_url, a.threads))
+        result = asyncio.run(
+            _one(a.one[0], int(a.one[1]), a.budget, a.redis_url, a.threads, a.schedule)
+        )
         print("RESULT " + json.dumps(result), flush=True)
         return
     if a.report:
@@ -285,6 +328,7 @@ def main() -> None:
         for k in a.ks:
             cmd = [sys.executable, __file__, "--one", engine, str(k), "--budget", str(a.budget)]
             cmd += ["--threads", str(a.threads), "--redis-url", a.redis_url]
+            cmd += ["--schedule", a.schedule]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
             if proc.returncode != 0 or line is None:
@@ -295,6 +339,7 @@ def main() -> None:
                 f"{engine:>5} K={k}: {r['problems_per_hour']:7.1f} problems/h, "
                 f"{r['attempts_per_second']:6.2f} attempts/s, solved {r['solved']}/8, "
                 f"mean {r['mean_attempts']}, busy {r['busy_fraction']}, "
+                f"CPU {r['cpu_utilisation']:.0%}, "
                 f"peak RSS {r['peak_rss_mb']} MB",
                 flush=True,
             )

@@ -122,7 +122,7 @@ class Runtime:
             engine = self.engine if index == 0 else self.engine.for_slot(index)
             view = Runtime(
                 self.model_path,
-                SlotTrainer(trainer, index),
+                SlotTrainer(trainer, index, self.phases),
                 engine,
                 None,
                 self.defaults,

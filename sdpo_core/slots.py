@@ -176,16 +176,27 @@ class PhaseClock:
 
 
 class SlotTrainer:
-    """The shared trainer as one problem sees it: slot `index`, activated under the lock."""
+    """The shared trainer as one problem sees it: slot `index`, activated under the lock.
 
-    def __init__(self, trainer: SDPOTrainer, index: int) -> None:
+    It times its own updates ("training") and adapter saves ("export") once it holds the
+    model, so a problem's wait for the others is no phase's busy time (as the engines'
+    generate calls)."""
+
+    times_itself = True
+
+    def __init__(self, trainer: SDPOTrainer, index: int, phases: PhaseClock | None = None) -> None:
         self.trainer, self.index = trainer, index
+        self.phases = phases or PhaseClock()
 
     @contextmanager
-    def _active(self) -> Iterator[SDPOTrainer]:
+    def _active(self, phase: str | None = None) -> Iterator[SDPOTrainer]:
         with self.trainer.lock:
             self.trainer.activate(self.index)
-            yield self.trainer
+            if phase is None:
+                yield self.trainer
+            else:
+                with self.phases.track(phase):
+                    yield self.trainer
 
     # what does not depend on the slot
     @property
@@ -211,15 +222,17 @@ class SlotTrainer:
             t.reset(cfg)
 
     def encode_chat(self, user_message: str) -> list[int]:
-        with self._active() as t:
-            return t.encode_chat(user_message)
+        # in the queue for the model like the update it is for (so a lock-step round waits for
+        # it), but with no slot switch: it needs the slot's settings, not its adapter
+        with self.trainer.lock:
+            return self.trainer.encode_chat(user_message, self.cfg)
 
     def step(self, batch: RolloutBatch) -> dict[str, float]:
-        with self._active() as t:
+        with self._active("training") as t:
             return t.step(batch)
 
     def save_adapter(self, path: str | Path) -> None:
-        with self._active() as t:
+        with self._active("export") as t:
             t.save_adapter(path)
 
     def save_checkpoint(self, path: str | Path) -> None:

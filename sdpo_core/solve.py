@@ -27,7 +27,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -379,7 +379,12 @@ def _update(
         rollout_logprobs=[c.logprobs for c in pending.completions],
     )
     check_teacher_fits(trainer, batch, cfg)
-    with runtime.phases.track("training"):
+    phases = runtime.phases
+
+    def timed(phase: str) -> AbstractContextManager[None]:  # a SlotTrainer times its own calls
+        return nullcontext() if trainer.times_itself else phases.track(phase)
+
+    with timed("training"):
         metrics = trainer.step(batch)
     state.steps += 1
     if metrics["skipped_nonfinite"] >= cfg.updates_per_batch:
@@ -387,16 +392,18 @@ def _update(
     state.adapter_version += 1
     t0 = time.perf_counter()
     version_dir = None
-    with runtime.phases.track("export"):
-        if checkpoint_dir is not None:
-            version_dir = _export_adapter(trainer, Path(checkpoint_dir), state.adapter_version)
-        elif engine.name != "hf":
-            raise ValueError(
-                f"the {engine.name} engine needs a checkpoint_dir to export adapters to"
-            )
-        t1 = time.perf_counter()
+    if checkpoint_dir is not None:
+        root = Path(checkpoint_dir)
+        with timed("export"):
+            version_dir = _save_adapter_version(trainer, root, state.adapter_version)
+        with phases.track("export"):
+            _publish_adapter(root, version_dir)
+    elif engine.name != "hf":
+        raise ValueError(f"the {engine.name} engine needs a checkpoint_dir to export adapters to")
+    t1 = time.perf_counter()
+    with phases.track("export"):
         engine.load_adapter(str(version_dir), state.adapter_version)
-        t2 = time.perf_counter()
+    t2 = time.perf_counter()
     if checkpoint_dir is not None:
         _prune_adapters(Path(checkpoint_dir), keep_from=state.adapter_version - 1)
     metrics.update(
@@ -449,16 +456,27 @@ def check_teacher_fits(trainer: SDPOTrainer, batch: RolloutBatch, cfg: SDPOConfi
 
 
 def _export_adapter(trainer: SDPOTrainer, root: Path, version: int) -> Path:
-    """Save the student as adapters/v{version} (what the engine loads: a server may re-read it
-    later, so each version keeps its own directory) and publish it as adapter/ (hard links)."""
+    """Save the student as adapters/v{version} and publish it as adapter/."""
+    version_dir = _save_adapter_version(trainer, root, version)
+    _publish_adapter(root, version_dir)
+    return version_dir
+
+
+def _save_adapter_version(trainer: SDPOTrainer, root: Path, version: int) -> Path:
+    """Save the student as adapters/v{version}: what the engine loads (a server may re-read
+    it later, so each version keeps its own directory)."""
     version_dir = root / "adapters" / f"v{version}"
     version_dir.parent.mkdir(parents=True, exist_ok=True)
     trainer.save_adapter(version_dir)
+    return version_dir
+
+
+def _publish_adapter(root: Path, version_dir: Path) -> None:
+    """Publish a saved version as adapter/ (hard links, swapped in atomically)."""
     tmp = root / "adapter.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(version_dir, tmp, copy_function=os.link)
     atomic_replace_dir(tmp, root / "adapter")
-    return version_dir
 
 
 def _demonstration(state: LoopState) -> Demonstration | None:

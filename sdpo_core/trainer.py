@@ -21,6 +21,7 @@ import math
 import os
 import random
 import shutil
+import threading
 import time
 import warnings
 from contextlib import contextmanager
@@ -46,6 +47,7 @@ from sdpo_core.loss import (
     sdpo_loss_chunked,
     token_logprobs,
 )
+from sdpo_core.model_thread import on_model_thread
 from sdpo_core.slots import FairLock
 
 STUDENT = "student"  # slot 0's adapter names, and the names in checkpoint files
@@ -108,6 +110,9 @@ def atomic_replace_dir(tmp: Path, final: Path) -> None:
 
 
 class SDPOTrainer:
+    times_itself = False  # its caller times its updates (a SlotTrainer times its own)
+
+    @on_model_thread
     def __init__(
         self, model_path: str | Path, *, device: str | None = None, dtype: str | None = None
     ) -> None:
@@ -129,6 +134,8 @@ class SDPOTrainer:
         self.slots: dict[int, TrainingSlot] = {0: TrainingSlot(0)}
         self.slot = self.slots[0]  # the active slot
         self.lock = FairLock()  # held by whoever uses the model when several problems share it
+        self._tokenizer_lock = threading.Lock()  # encoding needs no model, only the tokenizer
+        self._checkpointing = False  # activation checkpointing on the base now
 
     # ------------------------------------------------------------------ slots
     # the active slot's state, under the names the rest of the trainer uses
@@ -152,6 +159,7 @@ class SDPOTrainer:
     def _teacher(self) -> str:
         return self.slot.teacher
 
+    @on_model_thread
     def activate(self, index: int) -> None:
         """Make slot `index` the one the trainer works on (created empty the first time): its
         adapter active and trainable, its RNG the process's (the previous slot's put aside)."""
@@ -166,6 +174,7 @@ class SDPOTrainer:
             self.model.set_adapter(self._student)
             self._use_checkpointing(self.cfg.gradient_checkpointing)
 
+    @on_model_thread
     def release(self, index: int) -> None:
         """Free slot `index`'s adapters and optimizer (its problem is done)."""
         slot = self.slots.get(index)
@@ -181,13 +190,19 @@ class SDPOTrainer:
             self.model.set_adapter(self._student)
 
     def _use_checkpointing(self, wanted: bool) -> None:
+        """Activation checkpointing on or off; a no-op when it already is (switching walks
+        every module, and slots switch on every call when several problems share the model)."""
         base = self.base
-        if wanted and base.supports_gradient_checkpointing:
+        wanted = wanted and base.supports_gradient_checkpointing
+        if wanted == self._checkpointing:
+            return
+        if wanted:
             # non-reentrant (transformers' default): the EMA teacher's forward hooks run again,
             # the same, in the recomputation; only in train mode, so the teacher is untouched
             base.activation_checkpointing_enable()
-        elif base.is_activation_checkpointing:
+        else:
             base.activation_checkpointing_disable()
+        self._checkpointing = wanted
 
     # ------------------------------------------------------------------ setup
     @property
@@ -196,16 +211,20 @@ class SDPOTrainer:
         when its config does not say."""
         return getattr(self.base.config.get_text_config(), "max_position_embeddings", None)
 
-    def encode_chat(self, user_message: str) -> list[int]:
+    def encode_chat(self, user_message: str, cfg: SDPOConfig | None = None) -> list[int]:
         """The user message rendered with the chat template plus the generation prompt, with
-        the current config's system prompt and thinking switch (sdpo_core/chat.py)."""
-        return encode_chat(
-            self.tokenizer,
-            user_message,
-            system_prompt=self.cfg.system_prompt,
-            enable_thinking=self.cfg.enable_thinking,
-        )
+        the system prompt and thinking switch of `cfg` (default: the active slot's; see
+        sdpo_core/chat.py). Needs only the tokenizer, not the model's lock."""
+        cfg = cfg or self.cfg
+        with self._tokenizer_lock:
+            return encode_chat(
+                self.tokenizer,
+                user_message,
+                system_prompt=cfg.system_prompt,
+                enable_thinking=cfg.enable_thinking,
+            )
 
+    @on_model_thread
     def reset(self, cfg: SDPOConfig) -> None:
         """Fresh student and teacher adapters and optimizer for a new problem, in the active
         slot (the other slots' adapters are untouched)."""
@@ -418,6 +437,7 @@ class SDPOTrainer:
                 out[b, t : t + rows] = -(lp.exp() * lp).sum(-1)
         return out
 
+    @on_model_thread
     @torch.no_grad()
     def sequence_logprobs(self, prompt_ids: list[int], response_ids: list[int]) -> list[float]:
         """The student's log-prob of each response token (for checks against an engine)."""
@@ -504,6 +524,7 @@ class SDPOTrainer:
         return loss, m, lp, rw, t_teacher
 
     # ------------------------------------------------------------------ the update
+    @on_model_thread
     def step(self, batch: RolloutBatch) -> dict[str, float]:
         """`cfg.updates_per_batch` SDPO updates on one rollout batch, then one EMA teacher
         update (the authors' dp_actor.update_policy: once per batch, after its updates, and only
@@ -588,6 +609,7 @@ class SDPOTrainer:
             metrics["teacher_delta_ratio"] = self.teacher_delta_ratio()
         return metrics
 
+    @on_model_thread
     @torch.no_grad()
     def teacher_delta_ratio(self) -> float:
         """||teacher delta|| / ||student delta|| over all adapted layers (a diagnostic of how far
@@ -606,6 +628,7 @@ class SDPOTrainer:
         return math.sqrt(teacher / student) if student > 0 else 0.0
 
     # ------------------------------------------------------------------ persistence
+    @on_model_thread
     def save_adapter(self, path: str | Path) -> None:
         """The student as a standard PEFT adapter (adapter_config.json + safetensors) at `path`,
         loadable by PeftModel.from_pretrained and by vLLM. Written atomically."""
@@ -623,6 +646,7 @@ class SDPOTrainer:
             tmp = final_tmp
         atomic_replace_dir(tmp, path)
 
+    @on_model_thread
     def save_checkpoint(self, path: str | Path) -> None:
         """Everything the trainer needs to continue exactly: both adapters, the optimizer, its
         update count and settings, the RNG. (The solve loop's own state is the loop's file.)"""
@@ -656,6 +680,7 @@ class SDPOTrainer:
             pairs.append((self._teacher, f"{TEACHER}.safetensors"))
         return pairs
 
+    @on_model_thread
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore a checkpoint written by save_checkpoint."""
         path = Path(path)

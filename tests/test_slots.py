@@ -203,3 +203,23 @@ def test_the_hf_engine_cannot_overlap() -> None:
         load_runtime(None, engine="hf", schedule="overlap")
     with pytest.raises(ValueError, match="one of 'auto', 'lockstep', 'overlap'"):
         load_runtime(None, engine="vllm", schedule="sometimes")  # type: ignore[arg-type]
+
+
+def test_a_problem_waiting_for_the_model_is_not_busy_training(runtime) -> None:
+    """A slot's update is timed once it holds the model: the time it waits behind another
+    problem's update counts as that problem's training, not twice."""
+    import time
+
+    cfg = runtime.defaults.merged({**FAST, "seed": 3})
+    view = runtime.for_slot(1)
+    one_step(view, cfg)  # warm: the slot exists
+    before = runtime.phases.busy_seconds()["training"]
+    done = threading.Event()
+    with runtime.trainer.lock:  # another problem's update, 1 s long, not timed here
+        threading.Thread(target=lambda: (one_step(view, cfg), done.set())).start()
+        time.sleep(1.0)
+    assert done.wait(30)
+    spent = runtime.phases.busy_seconds()["training"] - before
+    view.trainer.release()
+    runtime.trainer.activate(0)  # the session's runtime as the other tests expect it
+    assert 0 < spent < 0.9, spent

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
+from sdpo_core.model_thread import on_model_thread
 from sdpo_core.slots import PhaseClock, let_queued_go_first
 from sdpo_core.trainer import SDPOTrainer
 from sdpo_core.types import Completion, SamplingParams
@@ -117,6 +118,7 @@ class HFGenerator:
         assert request.result is not None
         return request.result
 
+    @on_model_thread
     def _run(self, batch: list[_Request]) -> None:
         groups: dict[tuple[object, ...], list[_Request]] = {}
         for r in batch:
