@@ -24,7 +24,7 @@ student's samples). benchmarks/plot_discovery.py draws the discovery@k curves fr
 
     python benchmarks/discovery.py --suite very_hard --seeds 3 --budget 3000 --jobs 2
     python benchmarks/discovery.py --suite very_hard --methods sdpo \
-        --sdpo '{"ema_target": "factors"}' --tag _ema_factors   # an ablation
+        --sdpo '{"ema_target": "delta"}' --tag _ema_delta   # an ablation
     python benchmarks/discovery.py --suite very_hard --budget 3000 \
         --export very_hard.jsonl   # the suite for `sdpo bench very_hard.jsonl --seeds 3`
 """

@@ -5,12 +5,15 @@ is submitted at once to one real `Worker` (service/worker.py, a real Redis) with
 K = 1, 2, 4, 8 and the `hf` or `vllm` engine; each (engine, K) runs in its own process, so
 peak RSS is its own. Reported per configuration: problems finished per hour, attempts per
 second, each phase's busy fraction (wall time during which at least one problem was
-generating, verifying, training, exporting/swapping), each problem's first passing attempt,
-and the peak RSS of the worker (and of the vLLM server). The ratio lines compare each K with
-K = 1 of the same engine in the same run.
+generating, verifying, training, exporting/swapping), the CPU it used (the worker and its
+vLLM server, as a fraction of the cores it may use: what is left idle for more problems to
+fill), each problem's first passing attempt, and the peak RSS of the worker (and of the vLLM
+server). The ratio lines compare each K with K = 1 of the same engine in the same run.
 
     python benchmarks/throughput.py                       # both engines, K = 1 2 4 8
     python benchmarks/throughput.py --engines hf --ks 1 4 --budget 1000
+    python benchmarks/throughput.py --engines vllm --schedule overlap \
+        --out benchmarks/results/throughput_overlap.json
     python benchmarks/throughput.py --memory              # RSS per added problem, 8-layer
                                                           # hidden-512 Qwen3, 151,936 vocab
 
@@ -88,6 +91,8 @@ async def _one(
     from service.store import Store, connect
     from service.worker import Worker
 
+    if threads == 0:  # what a worker picks on a quiet machine: a local vLLM server gets a core
+        threads = max(1, len(os.sched_getaffinity(0)) - (engine == "vllm"))
     torch.set_num_threads(threads)
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory() as tmp:
@@ -143,6 +148,7 @@ async def _one(
     return {
         "engine": engine,
         "k": k,
+        "threads": threads,
         "schedule": "lockstep" if worker.runtime.rounds or engine == "hf" else "overlap",
         "wall_seconds": round(wall, 1),
         "problems": len(rows),
@@ -276,7 +282,13 @@ def main() -> None:
     ap.add_argument("--engines", nargs="+", default=["hf", "vllm"], choices=["hf", "vllm"])
     ap.add_argument("--ks", nargs="+", type=int, default=[1, 2, 4, 8])
     ap.add_argument("--budget", type=int, default=3000)
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="the trainer's torch threads (0: as a worker picks on a quiet machine: every "
+        "core, less one beside a local vLLM server)",
+    )
     ap.add_argument(
         "--schedule",
         default="auto",
@@ -305,7 +317,7 @@ def main() -> None:
         out.write_text(json.dumps(body, indent=1) + "\n")
         return
     if a.memory:
-        result = _memory(a.threads)
+        result = _memory(a.threads or len(os.sched_getaffinity(0)))
         print(json.dumps(result, indent=1))
         out = a.out or RESULTS / "throughput_memory.json"
         out.write_text(json.dumps(result, indent=1) + "\n")
@@ -321,7 +333,7 @@ def main() -> None:
             if r["engine"] in base and r["k"] != 1:
                 ratio = r["problems_per_hour"] / base[r["engine"]]["problems_per_hour"]
                 r["ratio_problems_per_hour_vs_k1"] = round(ratio, 2)
-        body = {"suite": "fresh_very_hard", "budget": a.budget, "threads": a.threads}
+        body = {"suite": "fresh_very_hard", "budget": a.budget}
         out.write_text(json.dumps({**body, "runs": runs}, indent=1) + "\n")
 
     for engine in a.engines:

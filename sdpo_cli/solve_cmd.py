@@ -40,7 +40,8 @@ def local_runtime(args: argparse.Namespace) -> Any:
     from service.settings import Settings
 
     settings = Settings.from_env()
-    threads, why = use_cpu_threads(settings.cpu_threads)
+    local_vllm = args.engine == "vllm" and not getattr(args, "vllm_url", None)
+    threads, why = use_cpu_threads(settings.cpu_threads, beside_vllm=local_vllm)
     print(f"CPU threads: {threads} ({why})", file=sys.stderr)
     return load_runtime(
         args.model,

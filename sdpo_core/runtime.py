@@ -190,16 +190,21 @@ def _cpu_limit_of(directory: Path) -> float | None:
         return None
 
 
-def cpu_threads(requested: int | None = None) -> tuple[int, str]:
+def cpu_threads(requested: int | None = None, *, beside_vllm: bool = False) -> tuple[int, str]:
     """How many CPU threads torch should use, and why: `requested` (SDPO_CPU_THREADS), else
-    the cores this process may run on less the machine's current load, within its cgroup's
-    CPU limit, at least 1 (on a busy CPU, torch's default of every core costs 8-10x)."""
+    the cores this process may run on less the machine's current load, less one for a local
+    vLLM server (`beside_vllm`), within its cgroup's CPU limit, at least 1 (on a busy CPU,
+    torch's default of every core costs 8-10x; beside a vLLM server on 2 cores, a trainer
+    step took 69 ms per attempt with 2 threads and 11.8 ms with 1: the server's own threads
+    keep running, and the trainer's stall at every barrier when they take its core)."""
     if requested:
         return requested, "SDPO_CPU_THREADS"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    n = max(1, (cores or 1) - round(load))
+    n = max(1, (cores or 1) - round(load) - int(beside_vllm))
     why = f"free cores: {cores} usable, load {load:.1f}"
+    if beside_vllm:
+        why += ", one left to the local vLLM server"
     limit = cgroup_cpu_limit()
     if limit is not None:
         n = max(1, min(n, math.floor(limit)))
@@ -207,10 +212,10 @@ def cpu_threads(requested: int | None = None) -> tuple[int, str]:
     return n, why + "; SDPO_CPU_THREADS sets it"
 
 
-def use_cpu_threads(requested: int | None = None) -> tuple[int, str]:
+def use_cpu_threads(requested: int | None = None, *, beside_vllm: bool = False) -> tuple[int, str]:
     """Set torch's CPU threads (`cpu_threads`); returns how many and why, for the caller to
     say."""
-    n, why = cpu_threads(requested)
+    n, why = cpu_threads(requested, beside_vllm=beside_vllm)
     torch.set_num_threads(n)
     return n, why
 

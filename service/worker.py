@@ -202,7 +202,8 @@ class Worker:
         self.metrics_port = self.metrics.serve(
             self.settings.worker_metrics_host, self._metrics_port
         )
-        threads, why = use_cpu_threads(self.settings.cpu_threads)
+        local_vllm = self.engine == "vllm" and not self.vllm_url
+        threads, why = use_cpu_threads(self.settings.cpu_threads, beside_vllm=local_vllm)
         log.info(
             "worker %s: loading %s (%s engine, %d CPU threads: %s)",
             self.name,

@@ -142,6 +142,8 @@ def test_cpu_threads_default_to_the_free_cores() -> None:
     cores = len(os.sched_getaffinity(0))
     n, why = cpu_threads()
     assert 1 <= n <= cores and f"{cores} usable" in why and "SDPO_CPU_THREADS sets it" in why
+    n, why = cpu_threads(beside_vllm=True)  # a local vLLM server on the same cores
+    assert 1 <= n <= max(1, cores - 1) and "one left to the local vLLM server" in why
 
 
 def test_cgroup_cpu_limit_of_a_cgroup_v2_tree(tmp_path: Path) -> None:
