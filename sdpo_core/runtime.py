@@ -247,8 +247,9 @@ def load_runtime(
     `vllm_model_name` is the server's name for the base model (default: the path, vLLM's own
     default). `vllm_api_key` is sent on /v1/*. `schedule` (several problems at once): on the
     `vllm` engine, "lockstep" rounds (the problems generate together, then each trains) or
-    "overlap" (one problem trains while others generate); "auto": lock-step when the trainer
-    runs on the CPU, whose cores the vLLM server shares, else overlap. The `hf` engine
+    "overlap" (one problem trains while others generate); "auto": overlap (on 2 CPU cores
+    too, with a core left to the server: 1.31x the attempts per second of one problem at
+    K = 4, lock-step 0.96x; benchmarks/throughput.py). The `hf` engine
     generates with the trainer's own model, so its rounds are always lock-step."""
     if schedule not in ("auto", "lockstep", "overlap"):
         raise ValueError(f"schedule {schedule!r}: one of 'auto', 'lockstep', 'overlap'")
@@ -292,7 +293,6 @@ def load_runtime(
         report = server.failure_report if server is not None else None
         vllm = VLLMEngine(vllm_url, served_name, server_report=report, api_key=vllm_api_key)
         vllm.wait_ready()
-        lockstep = schedule == "lockstep" or (schedule == "auto" and trainer.device.type == "cpu")
-        rounds = GenerationRounds(trainer.lock) if lockstep else None
+        rounds = GenerationRounds(trainer.lock) if schedule == "lockstep" else None
         return Runtime(path, trainer, vllm, server, defaults=defaults, rounds=rounds)
     raise ValueError(f"unknown engine {engine!r}; one of 'hf', 'vllm'")

@@ -36,7 +36,7 @@ Variable (default): meaning
         worker --concurrency`, `sdpo serve --concurrency`); docs/deploy.md says how to choose
     SDPO_WORKER_SCHEDULE (auto): several problems on the vllm engine: lockstep (they generate
         together, then each trains), overlap (one trains while others generate); auto:
-        lockstep on a CPU host, overlap on a GPU. The hf engine is always lock-step
+        overlap. The hf engine is always lock-step
     SDPO_WORKER_METRICS_HOST (127.0.0.1): where a worker serves its /metrics
     SDPO_WORKER_METRICS_PORT (9410): a worker's /metrics port, or the next free one above
         it (several workers on one host); 0: not served
